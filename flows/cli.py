@@ -1,0 +1,46 @@
+"""The ``mergeops`` command line: each command parses arguments, calls one library function and
+maps mergeops errors to one line on stderr and an exit code (0 ok, 1 a check said no, 2 bad input).
+
+Library imports happen inside each command so ``mergeops --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from merge.errors import MergeopsError
+
+
+class _Group(click.Group):
+    """Maps every MergeopsError raised by a command to one clear line and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MergeopsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mergeops")
+def cli() -> None:
+    """Governed model merging: audit → merge → evaluate → gate → register → approve → promote.
+
+    \b
+    Example:
+      mergeops zoo build --profile tiny --out /tmp/zoo
+    """
+
+
+# Subcommand groups register here, one line each, explicitly (no import side effects).
+
+
+def main() -> None:
+    cli(prog_name="mergeops")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

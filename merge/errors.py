@@ -1,0 +1,39 @@
+"""The root of mergeops's exception hierarchy.
+
+Every folder (merge/, evaluation/, registry/, flows/) derives its own error types from the two
+kinds below, so the CLI can map any of them to one line on stderr and an exit code:
+``UsageError`` (exit 2: bad input or usage) and ``CheckFailed`` (exit 1: a check said no).
+It lives in ``merge/`` because that folder may import nothing else of ours.
+"""
+
+from __future__ import annotations
+
+
+class MergeopsError(Exception):
+    """Base of every error mergeops raises on purpose; ``exit_code`` is what the CLI returns."""
+
+    exit_code = 2
+
+
+class UsageError(MergeopsError):
+    """Bad input or usage: a malformed recipe, a missing file, an unknown option value."""
+
+    exit_code = 2
+
+
+class CheckFailed(MergeopsError):
+    """A check said no: audit findings, a failed gate, a verify mismatch, a refused approval."""
+
+    exit_code = 1
+
+
+class RecipeError(UsageError):
+    """The recipe is invalid; raised before any tensor is read."""
+
+
+class CompatibilityError(UsageError):
+    """Parents cannot be merged together (architecture, tensor names, shapes, tokenizer)."""
+
+
+class FormatError(UsageError):
+    """A checkpoint file is malformed, unsafe or truncated."""

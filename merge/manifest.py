@@ -1,0 +1,69 @@
+"""Manifests and content ids: what a model directory *is*, independent of where it lives.
+
+A manifest lists every file of a model directory (relative POSIX path, sha256, size), sorted by
+path. The content id is the sha256 of the manifest's canonical JSON (sorted keys, no whitespace),
+so two directories with the same bytes have the same id wherever they are stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from merge.errors import UsageError
+
+MANIFEST_NAME = "mergeops.manifest.json"
+_CHUNK = 8 * 1024 * 1024
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    sha256: str
+    size: int
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def canonical_json(obj: object) -> bytes:
+    """The byte form that hashes are taken over: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def file_entries(model_dir: Path) -> list[FileEntry]:
+    """Every regular file under ``model_dir`` except the manifest itself, sorted by path.
+
+    Symlinks are refused: a manifest must describe bytes that live inside the directory.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UsageError(f"{model_dir}: not a directory")
+    entries = []
+    for path in sorted(model_dir.rglob("*")):
+        rel = path.relative_to(model_dir).as_posix()
+        if path.is_symlink():
+            raise UsageError(f"{model_dir}: {rel} is a symlink; copy the file into the model dir")
+        if not path.is_file() or rel == MANIFEST_NAME:
+            continue
+        entries.append(FileEntry(path=rel, sha256=sha256_file(path), size=path.stat().st_size))
+    return entries
+
+
+def content_id_of(entries: list[FileEntry]) -> str:
+    files = [e.model_dump() for e in sorted(entries, key=lambda e: e.path)]
+    return hashlib.sha256(canonical_json(files)).hexdigest()
+
+
+def content_id(model_dir: Path) -> str:
+    """The content id of a model directory (sha256 of its manifest's canonical JSON)."""
+    return content_id_of(file_entries(Path(model_dir)))
