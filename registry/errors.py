@@ -31,3 +31,11 @@ class AuditLogTampered(CheckFailed):
 
 class VerifyMismatch(CheckFailed):
     """Re-running a merge from its lineage did not reproduce the registered weights or parents."""
+
+
+class AuditFailed(CheckFailed):
+    """A source-model audit found an error-severity problem: these parents must not be merged."""
+
+
+class PolicyError(UsageError):
+    """A licence/audit policy file is missing, malformed or inconsistent."""
