@@ -1,0 +1,164 @@
+"""DVC versioning of the pipeline's artifacts: parents, merged models and evaluation reports.
+
+The store is a git + DVC repository (by default ``<home>/store``, its own small repo so the
+project's working tree stays clean) with a default remote (by default the folder
+``<home>/dvc-remote``; an S3 URL at scale). Artifacts are placed under content-addressed paths
+(``models/<content id>``, ``parents/<content id>``, ``reports/<name>``), ``dvc add``-ed, the
+``.dvc`` files committed to git, and pushed after registration. The md5s DVC computes and the git
+revision of that commit go into the lineage record; ``dvc.lock`` (written by ``dvc repro`` of
+``dvc.yaml``'s stages) records the same md5 for the same bytes, so the two can be compared.
+
+Real ``dvc`` and ``git`` executables are called (the ones next to this Python first), never a
+re-implementation of DVC's hashing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from flows.errors import StoreError
+
+_GIT_IDENTITY = ["-c", "user.name=mergeops", "-c", "user.email=mergeops@localhost"]
+
+
+def _dvc_exe() -> str:
+    local = Path(sys.executable).with_name("dvc")
+    return str(local) if local.exists() else "dvc"
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise StoreError(f"{cmd[0]}: not found; install it (dvc and git are needed for versioning)") from exc
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        last = detail[-1] if detail else f"exit {proc.returncode}"
+        raise StoreError(f"`{' '.join(cmd[:3])}` failed in {cwd}: {last}")
+    return proc.stdout
+
+
+class DvcStore:
+    """A git + DVC repository that versions artifacts; every method is safe to repeat."""
+
+    def __init__(self, root: Path, remote_url: str) -> None:
+        self.root = Path(root).resolve()
+        self.remote_url = str(remote_url)
+
+    # -- setup -----------------------------------------------------------------------------
+    def ensure(self) -> DvcStore:
+        """Create the repo (git init, dvc init) and set the default remote, if not done yet."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._locked():  # (the lock file lives in root's parent, which now exists)
+            if not (self.root / ".git").exists():
+                _run(["git", "init", "-q"], self.root)
+            if not (self.root / ".dvc").exists():
+                _run([_dvc_exe(), "init", "-q"], self.root)
+            if self._configured_remote() != self.remote_url:
+                if "://" not in self.remote_url:
+                    Path(self.remote_url).mkdir(parents=True, exist_ok=True)
+                _run([_dvc_exe(), "remote", "add", "-d", "-f", "local", self.remote_url], self.root)
+            self._commit("Set up the mergeops artifact store")
+        return self
+
+    def _configured_remote(self) -> str | None:
+        config = self.root / ".dvc" / "config"
+        if not config.exists():
+            return None
+        text = config.read_text()
+        if "['remote \"local\"']" not in text:
+            return None
+        for line in text.split("['remote \"local\"']", 1)[1].splitlines():
+            key, _, value = line.strip().partition("=")
+            if key.strip() == "url":
+                return value.strip()
+        return None
+
+    # -- versioning ------------------------------------------------------------------------
+    def track(self, items: dict[str, Path], message: str) -> tuple[dict[str, str], str]:
+        """Copy each source into the store at its relative path, ``dvc add`` them, commit.
+
+        ``items`` maps a store-relative path (e.g. ``models/<content id>``) to a source file or
+        directory. Returns ({relative path: md5}, git revision). A path already in the store is
+        not copied again (paths are content-addressed by the caller).
+        """
+        for rel in items:
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise StoreError(f"{rel}: store paths must be relative and stay inside {self.root}")
+        with self._locked():
+            for rel, src in items.items():
+                dest = self.root / rel
+                if dest.exists():
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f".{dest.name}.tmp")
+                if tmp.exists():
+                    shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+                if Path(src).is_dir():
+                    shutil.copytree(src, tmp)
+                else:
+                    shutil.copy2(src, tmp)
+                tmp.rename(dest)
+            if items:
+                _run([_dvc_exe(), "add", "-q", *sorted(items)], self.root)
+            md5s = {rel: dvc_file_md5(self.root / f"{rel}.dvc") for rel in items}
+            revision = self._commit(message)
+        return md5s, revision
+
+    def push(self) -> None:
+        """Upload everything tracked to the default remote."""
+        with self._locked():
+            _run([_dvc_exe(), "push", "-q"], self.root)
+
+    def revision(self) -> str | None:
+        if not (self.root / ".git").exists():
+            return None
+        try:
+            return _run(["git", "rev-parse", "HEAD"], self.root).strip()
+        except StoreError:
+            return None  # a repo without commits yet
+
+    def _commit(self, message: str) -> str | None:
+        _run(["git", "add", "-A", "."], self.root)
+        staged = subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=self.root, check=False)
+        if staged.returncode != 0:
+            _run(["git", *_GIT_IDENTITY, "commit", "-q", "-m", message], self.root)
+        return self.revision()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        # git's index and dvc's cache are not safe under two concurrent writers.
+        # The lock file sits beside the repo so that `git add -A` never picks it up.
+        with open(self.root.parent / f".{self.root.name}.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def dvc_file_md5(dvc_file: Path) -> str:
+    """The md5 DVC recorded for the single output of a ``.dvc`` file (``<md5>.dir`` for a dir)."""
+    data = yaml.safe_load(Path(dvc_file).read_text())
+    return data["outs"][0]["md5"]
+
+
+def lock_md5s(repo_root: Path) -> dict[str, dict[str, str]]:
+    """``{stage: {output path: md5}}`` from ``<repo_root>/dvc.lock``; empty when there is none."""
+    lock = Path(repo_root) / "dvc.lock"
+    if not lock.exists():
+        return {}
+    data = yaml.safe_load(lock.read_text()) or {}
+    stages = data.get("stages", {})
+    return {
+        stage: {out["path"]: out["md5"] for out in body.get("outs", []) if "md5" in out}
+        for stage, body in stages.items()
+    }

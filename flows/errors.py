@@ -1,0 +1,24 @@
+"""Errors raised by the flows: each says which step stopped and why, in one line."""
+
+from __future__ import annotations
+
+from merge.errors import CheckFailed, MergeopsError, UsageError
+
+
+class StoreError(MergeopsError):
+    """A git or DVC call failed while versioning artifacts (exit 2: fix the store or its remote)."""
+
+    exit_code = 2
+
+
+class StepRefused(CheckFailed):
+    """A pipeline step said no (the audit, a gate); nothing was registered."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"{step}: {reason}; nothing was registered")
+        self.step = step
+        self.reason = reason
+
+
+class WatchConfigError(UsageError):
+    """No recipe to watch, or a watched recipe cannot be read."""

@@ -1,0 +1,82 @@
+"""The DVC store against real git and dvc executables in a temporary repository."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.dvc_store import DvcStore, lock_md5s
+from flows.errors import StoreError
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+@pytest.fixture()
+def artifact(tmp_path: Path) -> Path:
+    model = tmp_path / "src" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"a": 1}')
+    (model / "weights.bin").write_bytes(bytes(range(256)) * 4)
+    return model
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+def test_track_commits_md5s_and_push_fills_the_remote(tmp_path: Path, artifact: Path) -> None:
+    remote = tmp_path / "remote"
+    store = DvcStore(tmp_path / "store", str(remote)).ensure()
+    report = tmp_path / "src" / "report.json"
+    report.write_text('{"ok": true}')
+
+    md5s, revision = store.track({"models/abc": artifact, "reports/abc.json": report}, "version abc")
+
+    assert md5s["models/abc"].endswith(".dir")
+    assert len(md5s["reports/abc.json"]) == 32
+    assert revision == _git(store.root, "rev-parse", "HEAD").strip()
+    assert "models/abc.dvc" in _git(store.root, "ls-files")
+    assert "models/abc/config.json" not in _git(store.root, "ls-files")  # the bytes live in DVC
+    store.push()
+    pushed = {p.name for p in remote.rglob("*") if p.is_file()}
+    assert md5s["reports/abc.json"][2:] in pushed
+
+
+def test_tracking_the_same_content_again_changes_nothing(tmp_path: Path, artifact: Path) -> None:
+    store = DvcStore(tmp_path / "store", str(tmp_path / "remote")).ensure()
+    first, rev1 = store.track({"models/abc": artifact}, "v1")
+    second, rev2 = store.track({"models/abc": artifact}, "v1 again")
+    assert first == second
+    assert rev1 == rev2
+    assert DvcStore(tmp_path / "store", str(tmp_path / "remote")).ensure().revision() == rev1
+
+
+def test_dvc_lock_records_the_same_md5_as_the_store(tmp_path: Path, artifact: Path) -> None:
+    """`dvc repro` of a stage producing the same bytes records the md5 the lineage holds."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    subprocess.run([DVC, "init", "-q"], cwd=repo, check=True)
+    stage = {"stages": {"merge": {"cmd": f"cp -r {artifact} out/model", "outs": ["out/model"]}}}
+    (repo / "out").mkdir()
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(stage))
+    subprocess.run([DVC, "repro", "-q"], cwd=repo, check=True)
+
+    store = DvcStore(tmp_path / "store", str(tmp_path / "remote")).ensure()
+    md5s, _ = store.track({"models/abc": artifact}, "v1")
+    assert lock_md5s(repo) == {"merge": {"out/model": md5s["models/abc"]}}
+    assert lock_md5s(tmp_path / "nowhere") == {}
+
+
+def test_a_failing_dvc_call_is_a_typed_one_line_error(tmp_path: Path, artifact: Path) -> None:
+    store = DvcStore(tmp_path / "store", str(tmp_path / "remote")).ensure()
+    with pytest.raises(StoreError, match="inside"):
+        store.track({"../escape": artifact}, "outside the repo")
+    assert not (tmp_path / "escape").exists()
+    (store.root / ".dvc" / "config").write_text("[core\nbroken")
+    with pytest.raises(StoreError, match="dvc add"):
+        store.track({"models/abc": artifact}, "v1")
