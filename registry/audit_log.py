@@ -1,0 +1,120 @@
+"""A tamper-evident, append-only audit log of every registry state change.
+
+One JSON object per line (canonical JSON): ``{"seq", "at", "event", "data", "prev", "hash"}``.
+``hash`` is the sha256 of the canonical JSON of the entry without ``hash``; ``prev`` is the
+previous entry's ``hash`` (64 zeros for the first). Editing a line breaks its own hash (or, if the
+editor recomputed it, the next line's ``prev``); deleting or reordering lines breaks ``seq`` and
+the chain. Appends take an exclusive ``flock`` so concurrent writers (a CLI approval while a flow
+registers) never interleave or fork the chain.
+
+A chain alone cannot tell a log whose tail was cut, or whose last entry was rewritten with a fresh
+hash, from an honest shorter log: ``verify(anchors=...)`` also checks ``(seq, hash)`` pairs kept
+elsewhere. The registry mirrors each entry's pair into MLflow tags for that purpose.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from merge.manifest import canonical_json
+from registry.errors import AuditLogTampered, RegistryError
+
+GENESIS = "0" * 64
+EVENTS = ("registered", "approved", "rejected", "promoted", "verified", "remerge_triggered")
+
+
+def _entry_hash(entry: dict) -> str:
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+class AuditLog:
+    """``AuditLog(path).append("approved", model=..., version=..., reviewer=...)``; ``.verify()``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, event: str, **data: object) -> dict:
+        """Append one entry under an exclusive lock and return it with its ``hash``."""
+        if event not in EVENTS:
+            raise RegistryError(f"unknown audit-log event {event!r}; use one of {', '.join(EVENTS)}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fh.seek(0)
+                lines = [ln for ln in fh.read().split(b"\n") if ln]
+                prev = json.loads(lines[-1])["hash"] if lines else GENESIS
+                entry = {"seq": len(lines) + 1, "at": datetime.now(UTC).isoformat(timespec="microseconds"),
+                         "event": event, "data": data, "prev": prev}
+                entry["hash"] = _entry_hash(entry)
+                line = canonical_json(entry)
+                fh.seek(0, os.SEEK_END)
+                fh.write(line + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return entry
+
+    def entries(self) -> list[dict]:
+        """Every entry, verified first (a tampered log is never read as if it were sound)."""
+        self.verify()
+        if not self.path.exists():
+            return []
+        return [json.loads(ln) for ln in self.path.read_bytes().split(b"\n") if ln]
+
+    def head(self) -> str:
+        """The hash of the last entry (``GENESIS`` for an empty log)."""
+        return self.verify()[1]
+
+    def verify(self, anchors: list[tuple[int, str, str]] = ()) -> tuple[int, str]:
+        """Check the whole chain; return ``(entries, head hash)`` or raise naming the first bad line.
+
+        ``anchors`` are ``(seq, hash, where)`` triples recorded elsewhere (``where`` names the copy,
+        e.g. an MLflow model version); each must match the log's entry ``seq``.
+        """
+        if not self.path.exists():
+            if anchors:
+                raise AuditLogTampered(f"{self.path}: missing, but {anchors[0][2]} records entry {anchors[0][0]}")
+            return 0, GENESIS
+        with open(self.path, "rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            try:
+                raw = fh.read()
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        if raw and not raw.endswith(b"\n"):
+            raise AuditLogTampered(f"{self.path}: the last line is incomplete; the log was truncated or edited")
+        prev, hashes = GENESIS, {}
+        for lineno, line in enumerate(raw.split(b"\n")[:-1], start=1):
+            where = f"{self.path}:{lineno}"
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise AuditLogTampered(f"{where}: not valid JSON ({exc.msg}); the line was edited") from exc
+            if not isinstance(entry, dict) or canonical_json(entry) != line:
+                raise AuditLogTampered(f"{where}: not in canonical form; the line was edited")
+            if entry.get("seq") != lineno:
+                raise AuditLogTampered(
+                    f"{where}: holds entry seq {entry.get('seq')!r}; entries were deleted or reordered")
+            if entry.get("hash") != _entry_hash(entry):
+                raise AuditLogTampered(f"{where}: entry hash does not match its content; the line was edited")
+            if entry.get("prev") != prev:
+                raise AuditLogTampered(
+                    f"{where}: previous-entry hash does not match line {lineno - 1}; "
+                    "an entry was edited, deleted or reordered")
+            prev = hashes[lineno] = entry["hash"]
+        for seq, digest, source in anchors:
+            if seq not in hashes:
+                raise AuditLogTampered(
+                    f"{self.path}: has {len(hashes)} entries but {source} records entry {seq}; entries were deleted")
+            if hashes[seq] != digest:
+                raise AuditLogTampered(
+                    f"{self.path}:{seq}: differs from the copy in {source}; the line was edited")
+        return len(hashes), prev
