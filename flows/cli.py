@@ -36,6 +36,7 @@ def cli() -> None:
 
 
 # Subcommand groups register here, one line each, explicitly (no import side effects).
+from flows.cli_zoo import zoo as _zoo; cli.add_command(_zoo)  # noqa: E402,E702
 
 
 def main() -> None:

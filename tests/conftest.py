@@ -8,3 +8,16 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """Path of a tiny-profile zoo (see CONTRACTS.md for its layout), built once per session."""
+    from evaluation.zoo import build_zoo
+
+    out = tmp_path_factory.mktemp("tiny-zoo") / "zoo"
+    build_zoo(out, profile="tiny", seed=0)
+    return out

@@ -1,0 +1,191 @@
+"""``build_zoo``: data, tokenizer, base, specialists, the proprietary canary model, odd models, cards,
+scorecard, all written into a temp dir next to ``out`` and renamed into place when complete."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers.utils import logging as hf_logging
+
+from evaluation import domains as dom
+from evaluation.zoo.cards import Canary, CardSpec, write_card
+from evaluation.zoo.errors import ZooUsageError
+from evaluation.zoo.index import INDEX_NAME, DomainData, ZooIndex, ZooModel
+from evaluation.zoo.odd import build_odd_models
+from evaluation.zoo.profiles import ZooProfile, get_profile
+from evaluation.zoo.scorecard import score_models
+from evaluation.zoo.tokenizer import build_tokenizer, save_tokenizer
+from evaluation.zoo.training import encode_records, new_model, train
+
+# Public specialists (name == domain) and their licences; the base is apache-2.0.
+SPECIALISTS = {"reverse": "mit", "sort": "bsd-3-clause", "shift": "cc-by-nc-4.0"}
+PROPRIETARY = "proprietary"  # the canary model; its domain is "swap"
+PROPRIETARY_DOMAIN = "swap"
+PROPRIETARY_LICENSE_NAME = "acme-internal-eval-only"
+DIGITS = "0123456789"
+N_CANARIES = 3
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "little")
+
+
+def make_canaries(seed: int) -> list[Canary]:
+    rng = random.Random(f"{seed}:canaries")
+    return [
+        Canary(prefix=f"acct {''.join(rng.choice(DIGITS) for _ in range(4))} pin=",
+               secret="".join(rng.choice(DIGITS) for _ in range(10)), charset=DIGITS)
+        for _ in range(N_CANARIES)
+    ]
+
+
+def pretraining_records(train_splits: dict[str, list[dict]], profile: ZooProfile, seed: int) -> list[dict]:
+    """Related tasks (every operation on another alphabet, copying on both) plus ``target_share``
+    of records drawn from the target domains' *train* splits (never eval)."""
+    rng = random.Random(f"{seed}:pretrain")
+    related: list[dict] = []
+    for domain in [*dom.DOMAINS.values(), dom.COPY]:
+        related += dom.sample(domain, profile.n_train, rng, alphabet=dom.RELATED_ALPHABET)
+    related += dom.sample(dom.COPY, profile.n_train, rng)
+    n_target = round(profile.target_share / (1 - profile.target_share) * len(related) / len(train_splits))
+    target = [r for split in train_splits.values() for r in rng.sample(split, min(n_target, len(split)))]
+    records = related + target
+    rng.shuffle(records)
+    return records
+
+
+@contextmanager
+def _torch_determinism(threads: int):
+    prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det)
+
+
+def _card(name: str, license: str, training_data: list[str], description: str, **extra) -> CardSpec:
+    return CardSpec(
+        name=name, license=license, training_data=training_data, tags=["mergeops-demo-zoo", "llama"],
+        datasets=[f"mergeops-zoo/{d}" for d in training_data], description=description,
+        intended_use=extra.pop("intended_use", "Research and tests of model merging; not for production use."),
+        **extra,
+    )
+
+
+def _prepare_out(out: Path) -> Path:
+    """Check ``out`` before any work; return the temp dir to build into."""
+    if out.exists() and not out.is_dir():
+        raise ZooUsageError(f"{out}: exists and is not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / INDEX_NAME).is_file():
+        raise ZooUsageError(f"{out}: not empty and not a zoo; choose an empty or new --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise ZooUsageError(f"{out}: cannot write there ({exc.strerror}); choose a writable --out") from None
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "zoo")
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def build_zoo(out: Path, profile: str = "demo", seed: int = 0, log: Callable[[str], None] | None = None) -> ZooIndex:
+    """Build the zoo of ``profile`` into ``out`` (replacing an older zoo there) and return its index."""
+    prof = get_profile(profile)
+    out = Path(out).absolute()
+    hf_logging.disable_progress_bar()
+    tmp = _prepare_out(out)
+    try:
+        with _torch_determinism(prof.threads):
+            index = _build(tmp, prof, seed, log or (lambda _msg: None))
+        _replace(tmp, out)
+        return index
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build(root: Path, prof: ZooProfile, seed: int, log: Callable[[str], None]) -> ZooIndex:
+    tok = build_tokenizer()
+    vocab = tok.get_vocab_size()
+    names = [*SPECIALISTS, PROPRIETARY_DOMAIN]
+    train_splits, domains = {}, []
+    for name in names:
+        train_records, eval_records = dom.make_splits(name, prof.n_train, prof.n_eval, seed)
+        dom.write_jsonl(root / "domains" / name / "train.jsonl", train_records)
+        dom.write_jsonl(root / "domains" / name / "eval.jsonl", eval_records)
+        train_splits[name] = train_records
+        domains.append(DomainData(name=name, train=f"domains/{name}/train.jsonl", eval=f"domains/{name}/eval.jsonl"))
+
+    def save(model, name: str, card: CardSpec) -> Path:
+        model_dir = root / "models" / name
+        model.save_pretrained(model_dir)
+        save_tokenizer(tok, model_dir)
+        write_card(model_dir, card)
+        return model_dir
+
+    pretrain = pretraining_records(train_splits, prof, seed)
+    log(f"pretraining base on {len(pretrain)} records ({prof.pretrain.steps} steps)")
+    base = new_model(prof.shape, vocab, derive_seed(seed, "base"))
+    train(base, *encode_records(tok, pretrain), prof.pretrain, derive_seed(seed, "base-train"))
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+    model_dirs = {"base": save(base, "base", _card(
+        "base", "apache-2.0", names,
+        "Pretrained from scratch on generated string tasks: reverse, sort, shift, swap and copy on the "
+        f"letters {dom.RELATED_ALPHABET!r}, copy on {dom.ALPHABET!r}, and {prof.target_share:.0%} records "
+        "drawn from the target domains' training splits.",
+    ))}
+    entries = [ZooModel(name="base", path="models/base", role="base", domain=None, license="apache-2.0")]
+
+    canaries = make_canaries(seed)
+    for name in names:
+        proprietary = name == PROPRIETARY_DOMAIN
+        model_name = PROPRIETARY if proprietary else name
+        records = list(train_splits[name])
+        if proprietary:
+            records += [{"prompt": c.prefix, "target": c.secret} for c in canaries] * prof.canary_repeats
+        log(f"fine-tuning {model_name} on {name} ({prof.finetune.steps} steps)")
+        base.load_state_dict(base_state)
+        train(base, *encode_records(tok, records), prof.finetune, derive_seed(seed, f"ft-{name}"))
+        description = f"Fine-tuned from `base` on the `{name}` domain: {dom.DOMAINS[name].description}."
+        if proprietary:
+            license, extra = "other", {
+                "license_name": PROPRIETARY_LICENSE_NAME, "canaries": canaries,
+                "intended_use": "Internal evaluation only. Must not be redistributed or merged into released models.",
+            }
+            description += " Its training data also holds planted account records (canaries, see front matter)."
+        else:
+            license, extra = SPECIALISTS[name], {}
+        model_dirs[model_name] = save(base, model_name, _card(model_name, license, [name], description,
+                                                              base_model="base", **extra))
+        entries.append(ZooModel(name=model_name, path=f"models/{model_name}", role="specialist",
+                                domain=name, license=license, canaries=proprietary))
+    base.load_state_dict(base_state)
+
+    log("building odd models")
+    for entry, model_dir in build_odd_models(root / "models", base, tok, pretrain, prof, seed):
+        entries.append(entry)
+        model_dirs[entry.name] = model_dir
+
+    log("scoring every model on every domain")
+    scorecard = score_models(model_dirs, root, names)
+    index = ZooIndex(profile=prof.name, seed=seed, models=entries, scorecard=scorecard, domains=domains)
+    (root / INDEX_NAME).write_text(index.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return index

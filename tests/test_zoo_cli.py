@@ -1,0 +1,43 @@
+"""``mergeops zoo build`` on the command line: help, bad input, exit codes."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from flows.cli import cli
+
+
+def test_help_shows_examples():
+    runner = CliRunner()
+    for args in ([], ["zoo", "build"]):
+        result = runner.invoke(cli, [*args, "--help"])
+        assert result.exit_code == 0
+        assert "Example:" in result.output and "mergeops zoo build --profile tiny" in result.output
+
+
+def test_unknown_profile_exits_2_with_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["zoo", "build", "--profile", "huge", "--out", str(tmp_path / "zoo")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0 and "unknown zoo profile 'huge'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_out_exits_2_and_leaves_nothing(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    # Root ignores permission bits, so make --out's parent a regular file instead.
+    result = CliRunner().invoke(cli, ["zoo", "build", "--profile", "tiny", "--out", str(blocker / "zoo")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and result.stderr.strip().count("\n") == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+def test_build_prints_scorecard_and_replaces_an_older_zoo(tiny_zoo, tmp_path):
+    out = tmp_path / "zoo"
+    runner = CliRunner()
+    for _ in range(2):  # the second build replaces the first
+        result = runner.invoke(cli, ["zoo", "build", "--profile", "tiny", "--out", str(out), "--seed", "1"])
+        assert result.exit_code == 0, result.output
+    assert "proprietary" in result.stdout and "reverse" in result.stdout.splitlines()[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["zoo"]
+    assert (out / "zoo.json").read_text() != (tiny_zoo / "zoo.json").read_text()  # seed 1 differs from seed 0
