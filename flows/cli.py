@@ -37,12 +37,15 @@ def cli() -> None:
 
 # Subcommand groups register here, one line each, explicitly (no import side effects).
 from flows.cli_zoo import zoo as _zoo; cli.add_command(_zoo)  # noqa: E402,E702
+from flows.cli_audit import audit as _audit; cli.add_command(_audit)  # noqa: E402,E702
 from flows.cli_registry import lineage as _lineage; cli.add_command(_lineage)  # noqa: E402,E702
 from flows.cli_registry import approve as _approve; cli.add_command(_approve)  # noqa: E402,E702
 from flows.cli_registry import reject as _reject; cli.add_command(_reject)  # noqa: E402,E702
 from flows.cli_registry import promote as _promote; cli.add_command(_promote)  # noqa: E402,E702
 from flows.cli_registry import verify as _verify; cli.add_command(_verify)  # noqa: E402,E702
 from flows.cli_registry import log as _log; cli.add_command(_log)  # noqa: E402,E702
+from flows.cli_pipeline import run as _run; cli.add_command(_run)  # noqa: E402,E702
+from flows.cli_pipeline import watch as _watch; cli.add_command(_watch)  # noqa: E402,E702
 
 
 def main() -> None:

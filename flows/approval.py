@@ -1,0 +1,70 @@
+"""The approval step: a Prefect pause with a typed input when a Prefect server is configured.
+
+With a server (``PREFECT_API_URL``), the flow run pauses and waits for an ``ApprovalInput``
+(reviewer, decision, comment) given in the Prefect UI or sent by ``resume_with_decision``; the
+decision goes through registry.approvals, so the same four-eyes and gate rules apply as for
+``mergeops approve``. A refused decision (the requester reviewing their own version) is logged and
+the run waits again. Ephemeral mode (no server) cannot be resumed from outside, so the run ends
+with the version awaiting approval and ``mergeops approve`` completes the same transition.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import get_run_logger
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+
+from flows.settings import get_settings
+
+
+class ApprovalInput(RunInput):
+    reviewer: str
+    decision: Literal["approve", "reject"]
+    comment: str = ""
+
+
+def await_approval(name: str, version: str, requested_by: str, *, timeout_s: int = 3600) -> str:
+    """Return ``approved``, ``rejected`` or ``awaiting_approval`` (ephemeral mode, or no answer in time)."""
+    from registry.errors import ApprovalRefused
+
+    log = get_run_logger()
+    settings = get_settings()
+    if not settings.prefect_api_url:
+        log.info("%s v%s awaits approval: mergeops approve %s %s --reviewer WHO", name, version, name, version)
+        return "awaiting_approval"
+    while True:
+        description = (f"Review **{name} v{version}** (requested by {requested_by}). "
+                       "The reviewer must be someone else; a rejection needs a comment.")
+        try:
+            answer = pause_flow_run(wait_for_input=ApprovalInput.with_initial_data(description=description,
+                                                                                   decision="approve"),
+                                    timeout=timeout_s, key=f"approval-{name}-{version}")
+        except FlowPauseTimeout:
+            log.info("no decision on %s v%s in time; it stays awaiting approval", name, version)
+            return "awaiting_approval"
+        try:
+            return decide(name, version, answer.reviewer, answer.decision, answer.comment)
+        except ApprovalRefused as exc:
+            log.warning("decision refused: %s", exc)
+            timeout_s = max(60, timeout_s // 2)
+
+
+def decide(name: str, version: str, reviewer: str, decision: str, comment: str) -> str:
+    """Apply a reviewer's decision through the registry's rules; return the new state."""
+    from registry import approvals
+
+    settings = get_settings()
+    act = approvals.approve if decision == "approve" else approvals.reject
+    act(settings.tracking_uri, name, version, reviewer=reviewer, comment=comment,
+        audit_log_path=settings.audit_log_path)
+    return "approved" if decision == "approve" else "rejected"
+
+
+def resume_with_decision(flow_run_id: str, reviewer: str, decision: str, comment: str = "") -> None:
+    """Resume a paused pipeline run with a decision, as the Prefect UI's form does."""
+    from prefect.flow_runs import resume_flow_run
+
+    resume_flow_run(flow_run_id, run_input={"reviewer": reviewer, "decision": decision, "comment": comment})

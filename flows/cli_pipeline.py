@@ -1,0 +1,71 @@
+"""``mergeops run`` and ``mergeops watch``: the pipeline and the re-merge watch from the shell."""
+
+from __future__ import annotations
+
+import click
+
+
+def _print_result(result: dict) -> None:
+    click.echo(f"{result['name']} v{result['version']}: {result['status'].replace('_', ' ')}")
+    click.echo(f"  merged content id  {result['content_id']}")
+    click.echo(f"  merge              {'reused (same recipe, parents and code)' if result['merge_cached'] else 'computed'}")
+    if result.get("dvc_revision"):
+        click.echo(f"  DVC revision       {result['dvc_revision']}")
+    for gate in result.get("gates", []):
+        mark = "pass" if gate["passed"] else "FAIL"
+        click.echo(f"  gate {mark:<4}  {gate['gate']}: observed {gate.get('observed')} "
+                   f"threshold {gate.get('threshold')}")
+    if result["status"] == "awaiting_approval":
+        click.echo(f"next: mergeops approve {result['name']} {result['version']} --reviewer WHO "
+                   f"(someone other than the requester)")
+
+
+@click.command("run")
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False), help="Gate policy YAML (default: shipped).")
+@click.option("--requested-by", help="Who asks for this merge (default: the current user).")
+@click.option("--zoo", "zoo_dir", type=click.Path(exists=True, file_okay=False),
+              help="Zoo dir with the evaluation domains (default: the parents' zoo).")
+def run(recipe: str, policy: str | None, requested_by: str | None, zoo_dir: str | None) -> None:
+    """Run RECIPE through audit, merge, evaluation and gates to a registered candidate.
+
+    Exit 1 when the audit or a gate stops it (nothing is registered), 2 on bad input.
+
+    \b
+    Example:
+      mergeops run recipes/demo.yaml --requested-by alice
+    """
+    from flows.pipeline import merge_pipeline
+
+    _print_result(merge_pipeline(recipe, policy_path=policy, requested_by=requested_by, zoo_dir=zoo_dir))
+
+
+@click.command("watch")
+@click.option("--once", is_flag=True, help="One pass over the watched recipes, then exit.")
+@click.option("--recipe", "recipes", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Recipe to watch (repeatable; default: the `watch:` list in params.yaml).")
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False), help="Gate policy YAML for re-merges.")
+@click.option("--cron", default="*/30 * * * *", show_default=True, help="Schedule when serving.")
+def watch(once: bool, recipes: tuple[str, ...], policy: str | None, cron: str) -> None:
+    """Re-merge watched recipes whose parents changed: one new candidate per change, never promoted.
+
+    Without --once, serves the watch with a cron schedule and a trigger on the
+    `mergeops.parent.updated` event (needs a Prefect server for the trigger).
+
+    \b
+    Example:
+      mergeops watch --once --recipe recipes/demo.yaml
+    """
+    from flows import watch as watching
+
+    if not once:
+        watching.serve(list(recipes) or None, policy, cron)
+        return
+    for outcome in watching.watch_flow(list(recipes) or None, policy_path=policy):
+        if outcome.get("status") == "unchanged":
+            click.echo(f"{outcome['name']}: unchanged ({outcome['reason']})")
+        elif outcome.get("status") == "failed":
+            click.echo(f"{outcome['name']}: re-merge stopped: {outcome['message']}")
+        else:
+            click.echo(f"{outcome['name']}: re-merged ({outcome['reason']})")
+            _print_result(outcome)

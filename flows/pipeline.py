@@ -1,0 +1,184 @@
+"""The governed pipeline as one Prefect flow: audit → merge → evaluate → gate → version → register → approval.
+
+The flow only sequences tasks (flows/tasks.py), each wrapping one plain library function. Any
+refusal raises before ``register``, so a failed run registers nothing and its state says why. A
+re-run whose recipe, parents and code are unchanged reuses the merge, hits the evaluation cache and
+finds the version it registered before: no new version.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from flows import tasks
+from flows.approval import await_approval
+from flows.dvc_store import lock_md5s
+from flows.settings import get_settings
+from flows.versions import baseline, find_same
+
+
+@dataclass
+class PipelineResult:
+    name: str
+    status: str  # "awaiting_approval" | "approved" | "rejected" | "unchanged"
+    version: str
+    content_id: str
+    merge_cached: bool
+    gates: list[dict] = field(default_factory=list)
+    dvc_revision: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_name(recipe, recipe_path: Path) -> str:
+    prefix = get_settings().registered_model_prefix
+    return prefix + (recipe.name or recipe_path.stem)
+
+
+def parent_dirs(recipe) -> list[str]:
+    """Absolute parent directories, in the recipe's order, without duplicates."""
+    seen: dict[str, None] = {}
+    for ref in recipe.model_refs():
+        seen[str(recipe.path_of(ref).resolve())] = None
+    return list(seen)
+
+
+def find_zoo_dir(parents: list[str]) -> Path | None:
+    """The zoo a parent comes from (``<zoo>/models/<name>`` beside ``<zoo>/zoo.json``)."""
+    for parent in parents:
+        zoo = Path(parent).parent.parent
+        if (zoo / "zoo.json").is_file():
+            return zoo
+    return None
+
+
+def _report_dict(report) -> dict:
+    return json.loads(report.to_json()) if hasattr(report, "to_json") else dict(report)
+
+
+@flow(name="merge-pipeline", log_prints=True)
+def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_by: str | None = None,
+                   zoo_dir: str | None = None, wait_for_approval: bool = True,
+                   approval_timeout_s: int = 3600) -> dict:
+    """Run one recipe through every gate to a registered candidate (or a refusal, with its reason)."""
+    from merge.errors import UsageError
+    from merge.recipe import load_recipe
+    from registry.lineage import build_lineage
+
+    log = get_run_logger()
+    settings = get_settings()
+    requested_by = requested_by or getpass.getuser()
+    path = Path(recipe_path).resolve()
+    recipe = load_recipe(path)
+    name = model_name(recipe, path)
+    parents = parent_dirs(recipe)
+    zoo = Path(zoo_dir) if zoo_dir else find_zoo_dir(parents)
+    if zoo is None:
+        raise UsageError(f"{path}: its parents are not in a zoo dir; pass --zoo DIR (a dir with zoo.json)")
+
+    parent_ids = tasks.resolve_parents(parents)
+    audit = tasks.audit_parents(recipe.model_refs(), recipe.intended_use or "research", str(recipe.base_dir),
+                                recipe.pins)
+    # Pin the merge to the audited bytes: run_merge re-hashes each parent before reading a weight.
+    recipe = recipe.model_copy(update={"pins": {**audit.pins(), **(recipe.pins or {})}})
+    key = tasks.merge_cache_key(recipe.sha256, list(parent_ids.values()), tasks.code_version())
+    merged = tasks.merge_recipe(recipe, key, str(settings.cache_dir))
+    log.info("merge %s: %s (content id %s)", "reused" if merged.cached else "done", merged.out_dir,
+             merged.content_id[:12])
+
+    champion = baseline(settings.tracking_uri, name)
+    champion_scores = _champion_scores(settings.tracking_uri, champion)
+    models = [(merged.out_dir, "merged", name)] + [(p, "parent", Path(p).name) for p in parents]
+    report = tasks.evaluate(models, str(zoo), str(settings.cache_dir / "evaluations"), policy_path,
+                            audit.verdict, champion_scores)
+    evaluation = _report_dict(report)
+    gates = evaluation.get("gates", [])
+    _gate_table(name, gates)
+    try:
+        tasks.check_gates(gates)
+    except Exception as exc:
+        _summary(name, None, merged, evaluation, status=f"stopped: {exc}")
+        raise
+
+    same = find_same(settings.tracking_uri, name, recipe_sha256=recipe.sha256,
+                     parent_content_ids=list(parent_ids.values()), merged_content_id=merged.content_id)
+    if same is not None:
+        log.info("%s v%s already holds these bytes; nothing registered", name, same.version)
+        _summary(name, same.version, merged, evaluation, status="unchanged (already registered)")
+        return PipelineResult(name, "unchanged", same.version, merged.content_id, merged.cached, gates,
+                              same.tag("dvc_rev")).to_dict()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        eval_json = Path(tmp) / "evaluation.json"
+        eval_json.write_text(json.dumps(evaluation, indent=2, sort_keys=True))
+        audit_json = Path(tmp) / "audit.json"
+        audit_json.write_text(audit.to_json() if hasattr(audit, "to_json") else json.dumps(audit))
+        items = {f"parents/{cid}": p for p, cid in parent_ids.items()}
+        items |= {f"models/{merged.content_id}": merged.out_dir,
+                  f"reports/{merged.content_id}/evaluation.json": str(eval_json),
+                  f"reports/{merged.content_id}/audit.json": str(audit_json)}
+        md5s, revision = tasks.version_artifacts(str(settings.home_dir / "store"), settings.dvc_remote_url,
+                                                 items, f"{name}: {merged.content_id[:12]} by {requested_by}")
+        for stage_outs in lock_md5s(Path.cwd()).values():
+            md5s = {**stage_outs, **md5s}
+        lineage = build_lineage(
+            name=name, recipe_text=path.read_text(), recipe_sha256=recipe.sha256, recipe_base_dir=recipe.base_dir,
+            merge_manifest=json.loads((Path(merged.out_dir) / "mergeops.manifest.json").read_text()),
+            audit_report=audit, requested_by=requested_by, evaluation_report=evaluation,
+            seed=recipe.seed, dvc_revision=revision, dvc_md5s=md5s,
+        )
+        info = tasks.register(settings.tracking_uri, name, merged.out_dir, lineage, str(settings.audit_log_path),
+                              [str(eval_json)], [str(audit_json)], settings.artifact_root)
+    tasks.push_artifacts(str(settings.home_dir / "store"), settings.dvc_remote_url)
+    _summary(name, info.version, merged, evaluation, status="candidate, awaiting approval")
+    _link(settings.tracking_uri, name, info.version)
+    status = "awaiting_approval"
+    if wait_for_approval:
+        status = await_approval(name, info.version, requested_by, timeout_s=approval_timeout_s)
+    return PipelineResult(name, status, info.version, merged.content_id, merged.cached, gates, revision).to_dict()
+
+
+def _champion_scores(tracking_uri: str, champion) -> dict[str, float] | None:
+    if champion is None or "champion" not in champion.aliases:
+        return None
+    from registry.mlflow_registry import load_lineage
+
+    return dict(load_lineage(tracking_uri, champion).evaluation.scores) or None
+
+
+# -- Prefect artifacts: what a reviewer reads in the UI ------------------------------------------
+def _gate_table(name: str, gates: list[dict]) -> None:
+    rows = [{k: g.get(k) for k in ("gate", "observed", "threshold", "passed", "reason")} for g in gates]
+    create_table_artifact(rows or [{"gate": "(no gates in the policy)"}], key="gate-decisions",
+                          description=f"Gate decisions for {name}")
+
+
+def _summary(name: str, version: str | None, merged, evaluation: dict, *, status: str) -> None:
+    retention = evaluation.get("retention", {})
+    lines = [f"# {name}" + (f" v{version}" if version else ""), "", f"**Status:** {status}", "",
+             f"- merged content id: `{merged.content_id}`",
+             f"- merge: {'reused from cache' if merged.cached else 'computed'} (`{merged.out_dir}`)"]
+    if evaluation.get("normalized_average") is not None:
+        lines.append(f"- normalized average: {evaluation['normalized_average']:.3f}")
+    if retention:
+        lines += ["", "| domain | retention |", "| --- | --- |"]
+        lines += [f"| {d} | {v:.3f} |" for d, v in sorted(retention.items())]
+    failed = [g for g in evaluation.get("gates", []) if not g.get("passed")]
+    lines += ["", f"Gates: {len(evaluation.get('gates', [])) - len(failed)} passed, {len(failed)} failed"]
+    lines += [f"- **{g['gate']}**: {g.get('reason', '')}" for g in failed]
+    create_markdown_artifact("\n".join(lines), key="merge-summary", description=f"{name}: {status}")
+
+
+def _link(tracking_uri: str, name: str, version: str) -> None:
+    ui = tracking_uri if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    create_link_artifact(f"{ui}/#/models/{name}/versions/{version}", link_text=f"{name} v{version} in MLflow",
+                         key="mlflow-version",
+                         description=f"MLflow model version (tracking URI {tracking_uri})")

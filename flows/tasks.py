@@ -1,0 +1,151 @@
+"""The pipeline's Prefect tasks: each wraps one plain function from merge/, evaluation/ or registry/.
+
+Retries sit on the decorator and fire only for transient I/O (``OSError``); a check that says no
+(``CheckFailed``) or bad input (``UsageError``) fails at once. Prefect's own result cache is off
+(``cache_policy=NONE``): steps are reused by content, not by Prefect's input hashing of paths —
+the merge through ``<cache>/merges/<key>`` (key = recipe sha256 + parents' content ids + code
+version), the evaluation through evaluation/'s cache keyed by model content id and suite hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from flows.errors import StepRefused
+from merge.manifest import MANIFEST_NAME, canonical_json, content_id
+
+_CODE_DIRS = ("merge",)  # the code whose change changes a merge's bytes
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry only I/O hiccups (a busy file system, a flaky remote), never a refusal."""
+    try:
+        state.result()
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+_IO_RETRIES = dict(retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, cache_policy=NONE)
+
+
+# -- content ids -----------------------------------------------------------------------------
+def code_version() -> str:
+    """sha256 over the merge engine's sources and the versions of the packages it computes with."""
+    digest = hashlib.sha256()
+    for folder in _CODE_DIRS:
+        for path in sorted((_REPO / folder).rglob("*.py")):
+            digest.update(path.relative_to(_REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    for package in ("mergeops", "torch", "safetensors", "numpy"):
+        try:
+            digest.update(f"{package}=={metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            pass
+    return digest.hexdigest()
+
+
+def merge_cache_key(recipe_sha256: str, parent_ids: list[str], code: str) -> str:
+    """The merged model's cache key: same recipe bytes, same parent bytes, same code → same key."""
+    return hashlib.sha256(canonical_json({"recipe": recipe_sha256, "parents": sorted(parent_ids),
+                                          "code": code})).hexdigest()
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    key: str
+    content_id: str
+    out_dir: str
+    cached: bool  # True: an identical merge was reused, nothing was merged
+
+
+# -- tasks -------------------------------------------------------------------------------------
+@task(name="resolve-parents", **_IO_RETRIES)
+def resolve_parents(parent_dirs: list[str]) -> dict[str, str]:
+    """``{parent dir: content id}`` from the bytes on disk now."""
+    return {d: content_id(Path(d)) for d in parent_dirs}
+
+
+@task(name="audit", cache_policy=NONE)
+def audit_parents(refs: list[str], intended_use: str, base_dir: str, pins: dict[str, str] | None):
+    """Audit every parent as the recipe names it; an error finding stops the run (AuditFailed)."""
+    from registry.audit import audit_models
+
+    report = audit_models(refs, intended_use=intended_use, base_dir=Path(base_dir), pins=pins)
+    return report.raise_for_verdict()
+
+
+@task(name="merge", **_IO_RETRIES)
+def merge_recipe(recipe, key: str, cache_dir: str) -> MergeOutcome:
+    """Run the merge into ``<cache>/merges/<key>``, or reuse the finished merge already there."""
+    from merge.run import run_merge
+
+    target = Path(cache_dir) / "merges" / key
+    manifest = target / MANIFEST_NAME
+    if manifest.is_file():
+        return MergeOutcome(key, json.loads(manifest.read_text())["content_id"], str(target), cached=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # run_merge writes to a temp dir beside its out dir and renames; a crash leaves no `target`.
+    staging = target.with_name(f".{key}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    result = run_merge(recipe, staging, progress=False)
+    staging.rename(target)
+    return MergeOutcome(key, result.content_id, str(target), cached=False)
+
+
+@task(name="evaluate", **_IO_RETRIES)
+def evaluate(models: list[tuple[str, str, str]], zoo_dir: str, cache_dir: str, policy: str | None,
+             audit_verdict: str, champion_scores: dict[str, float] | None):
+    """Evaluate the merged model and every parent (each cached by content id and suite hash)."""
+    from evaluation.gates import load_gate_policy
+    from evaluation.run import ModelRef, evaluate_models
+
+    refs = [ModelRef(path=Path(p), role=role, name=name) for p, role, name in models]
+    return evaluate_models(refs, zoo_dir=Path(zoo_dir), cache_dir=Path(cache_dir),
+                           policy=load_gate_policy(Path(policy) if policy else None),
+                           audit_verdict=audit_verdict, champion_scores=champion_scores)
+
+
+@task(name="gate", cache_policy=NONE)
+def check_gates(gates: list[dict]) -> None:
+    """Stop the run when any gate failed, naming each failed gate with its value and threshold."""
+    failed = [g for g in gates if not g["passed"]]
+    if failed:
+        raise StepRefused("gate", "; ".join(g.get("reason") or f"{g['gate']} failed" for g in failed))
+
+
+@task(name="version-artifacts", **_IO_RETRIES)
+def version_artifacts(store_root: str, remote: str, items: dict[str, str], message: str):
+    """DVC-add the parents, the merged model and the reports; return (md5s, revision)."""
+    from flows.dvc_store import DvcStore
+
+    return DvcStore(Path(store_root), remote).ensure().track({k: Path(v) for k, v in items.items()}, message)
+
+
+@task(name="push-artifacts", **_IO_RETRIES)
+def push_artifacts(store_root: str, remote: str) -> None:
+    from flows.dvc_store import DvcStore
+
+    DvcStore(Path(store_root), remote).push()
+
+
+@task(name="register", cache_policy=NONE)
+def register(tracking_uri: str, name: str, model_dir: str, lineage, audit_log_path: str,
+             evaluation_files: list[str], audit_reports: list[str], artifact_location: str):
+    from registry.mlflow_registry import register_candidate
+
+    return register_candidate(tracking_uri=tracking_uri, name=name, model_dir=Path(model_dir), lineage=lineage,
+                              audit_log_path=Path(audit_log_path),
+                              evaluation_files=[Path(p) for p in evaluation_files],
+                              audit_reports=[Path(p) for p in audit_reports], artifact_location=artifact_location)

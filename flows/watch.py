@@ -1,0 +1,131 @@
+"""Re-merge when a parent publishes new bytes: one new candidate per real change, never a promotion.
+
+For each watched recipe: re-resolve its parents to content ids now, and compare them with the
+baseline (the champion's lineage, else the latest candidate's). Nothing changed, or a version with
+exactly these parents and this recipe already exists: no run, no version. Otherwise write a
+``remerge_triggered`` audit-log entry and run the pipeline to a new candidate.
+
+Two watches at once (a cron tick and an event, two machines on one shared home) take the same
+per-recipe file lock and re-check "does a version with these parents exist" under it, so the second
+finds the first one's version and does nothing.
+
+``mergeops watch`` serves ``watch_flow`` with a cron schedule and a deployment trigger on the
+``mergeops.parent.updated`` event (emitted by ``emit_parent_updated``); ``--once`` runs one pass.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger
+
+from flows.errors import WatchConfigError
+from flows.pipeline import merge_pipeline, model_name, parent_dirs
+from flows.settings import get_settings
+from flows.versions import baseline, find_same, parent_ids
+from merge.manifest import content_id
+
+PARENT_UPDATED = "mergeops.parent.updated"
+DEFAULT_CRON = "*/30 * * * *"
+
+
+def watched_recipes(recipes: list[str] | None = None, params: Path = Path("params.yaml")) -> list[str]:
+    """``recipes`` if given, else the ``watch:`` list of params.yaml (paths relative to it)."""
+    if recipes:
+        return [str(Path(r).resolve()) for r in recipes]
+    if params.is_file():
+        listed = (yaml.safe_load(params.read_text()) or {}).get("watch") or []
+        if listed:
+            return [str((params.parent / r).resolve()) for r in listed]
+    raise WatchConfigError(f"nothing to watch: pass --recipe RECIPE.yaml or list recipes under `watch:` in {params}")
+
+
+def plan(recipe_path: str, tracking_uri: str) -> dict:
+    """What a pass would do for one recipe, from the bytes on disk and the registry (no side effects)."""
+    from merge.recipe import load_recipe
+
+    path = Path(recipe_path)
+    recipe = load_recipe(path)
+    name = model_name(recipe, path)
+    current = {d: content_id(Path(d)) for d in parent_dirs(recipe)}
+    base = baseline(tracking_uri, name)
+    previous = parent_ids(base) if base else []
+    changed = sorted(Path(d).name for d, cid in current.items() if cid not in previous)
+    same = find_same(tracking_uri, name, recipe_sha256=recipe.sha256, parent_content_ids=list(current.values()))
+    if same is not None:
+        reason = f"{name} v{same.version} already has these parents"
+    elif base is None:
+        reason = "no version registered yet"
+    else:
+        reason = f"changed since {name} v{base.version}: {', '.join(changed) or 'recipe'}"
+    return {"recipe": str(path), "name": name, "run": same is None, "reason": reason, "changed": changed,
+            "baseline": base.version if base else None, "parents": current}
+
+
+@contextmanager
+def recipe_lock(home: Path, name: str) -> Iterator[None]:
+    lock_dir = home / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"watch-{name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@flow(name="mergeops-watch", log_prints=True)
+def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None,
+               requested_by: str = "mergeops-watch") -> list[dict]:
+    """One pass over the watched recipes; returns what was done for each."""
+    from registry.audit_log import AuditLog
+
+    log = get_run_logger()
+    settings = get_settings()
+    outcomes = []
+    for recipe_path in watched_recipes(recipes):
+        first = plan(recipe_path, settings.tracking_uri)
+        with recipe_lock(settings.home_dir, first["name"]):
+            decision = plan(recipe_path, settings.tracking_uri)  # again, under the lock
+            if not decision["run"]:
+                log.info("%s: no re-merge (%s)", decision["name"], decision["reason"])
+                outcomes.append({**decision, "status": "unchanged"})
+                continue
+            AuditLog(settings.audit_log_path).append(
+                "remerge_triggered", model=decision["name"], recipe=decision["recipe"], reason=decision["reason"],
+                changed=decision["changed"], baseline=decision["baseline"],
+                parents=sorted(decision["parents"].values()))
+            log.info("%s: re-merging (%s)", decision["name"], decision["reason"])
+            # Never waits for a reviewer and never promotes: the new version stays a candidate.
+            state = merge_pipeline(recipe_path, policy_path=policy_path, requested_by=requested_by,
+                                   wait_for_approval=False, return_state=True)
+            if state.is_completed():
+                outcomes.append({**decision, **state.result()})
+            else:
+                log.warning("%s: re-merge stopped: %s", decision["name"], state.message)
+                outcomes.append({**decision, "status": "failed", "message": state.message})
+    return outcomes
+
+
+def serve(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON) -> None:
+    """Serve the watch on a cron schedule and on every ``mergeops.parent.updated`` event."""
+    from prefect.events import DeploymentEventTrigger
+
+    params = {"recipes": watched_recipes(recipes), "policy_path": policy_path}
+    trigger = DeploymentEventTrigger(expect={PARENT_UPDATED}, match={"prefect.resource.id": "mergeops.model.*"},
+                                     parameters=params)
+    watch_flow.serve(name="mergeops-watch", cron=cron, triggers=[trigger], parameters=params,
+                     description="Re-merge watched recipes when a parent's content id changes")
+
+
+def emit_parent_updated(model_dir: Path) -> None:
+    """Announce new bytes in a parent dir; a served watch reacts to it."""
+    from prefect.events import emit_event
+
+    cid = content_id(Path(model_dir))
+    emit_event(event=PARENT_UPDATED, resource={"prefect.resource.id": f"mergeops.model.{cid}",
+                                               "mergeops.path": str(Path(model_dir).resolve())})
