@@ -51,6 +51,8 @@ class LicensePolicy(_Frozen):
     unknown_license: Literal["refuse", "review"] = "refuse"
     missing_license: Literal["refuse", "review"] = "refuse"
     different_base: Literal["warning", "error"] = "warning"
+    # Licence ids not in `licenses` that go to review (a warning) even when unknown_license is refuse.
+    review_licenses: tuple[str, ...] = ()
     weights: WeightPolicy = WeightPolicy()
     categories: tuple[str, ...]
     matrix: dict[str, tuple[Outcome, ...]]
@@ -103,6 +105,7 @@ def load_license_policy(path: str | Path | None = None) -> LicensePolicy:
     if not isinstance(doc, dict):
         raise PolicyError(f"{path}: licence policy must be a YAML mapping")
     doc["aliases"] = {_key(str(k)): v for k, v in (doc.get("aliases") or {}).items()}
+    doc["review_licenses"] = [_key(str(v)) for v in doc.get("review_licenses") or []]
     try:
         return LicensePolicy(**doc, sha256=hashlib.sha256(raw).hexdigest())
     except (ValidationError, TypeError) as exc:
@@ -157,7 +160,7 @@ def combine(
                                     message=f"no licence declared (card front matter or LICENSE file): {what}; add `license:` to the model card"))
             continue
         if lid not in policy.licenses:
-            if policy.unknown_license == "refuse":
+            if policy.unknown_license == "refuse" and lid not in policy.review_licenses:
                 findings.append(Finding(parent=ref, check="license.unknown", severity="error",
                                         message=f"licence {lid!r} is not in the policy: refused; add it to the policy (--policy FILE) once reviewed"))
             else:
