@@ -208,8 +208,10 @@ def build_lineage(
     """Assemble a record from the pipeline's reports.
 
     ``merge_manifest`` is ``<out>/mergeops.manifest.json`` as a dict; ``audit_report`` and
-    ``evaluation_report`` use the ``--json`` keys of DESIGN.md. ``references`` maps a parent's
-    path to the reference written in the recipe, ``revisions`` maps it to a resolved revision.
+    ``evaluation_report`` use the ``--json`` keys of DESIGN.md. A manifest parent may carry
+    ``ref`` (as ``MergeResult.parents`` do: pass ``{**result.manifest, "parents": result.parents}``);
+    otherwise ``references`` maps a parent's path to the reference written in the recipe.
+    ``revisions`` maps a parent's path to a resolved revision (hub commit, DVC rev).
     """
     manifest, audit, evaluation = _plain(merge_manifest), _plain(audit_report), _plain(evaluation_report) or {}
     references, revisions = references or {}, revisions or {}
@@ -219,7 +221,7 @@ def build_lineage(
         found = audited.get(parent["content_id"], {})
         path = str(parent["path"])
         parents.append(ParentRecord(
-            reference=references.get(path, path), resolved_revision=revisions.get(path), path=path,
+            reference=parent.get("ref") or references.get(path, path), resolved_revision=revisions.get(path), path=path,
             content_id=parent["content_id"], license=found.get("license"),
             audit_verdict=found.get("verdict", "not audited"),
         ))
