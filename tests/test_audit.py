@@ -1,0 +1,216 @@
+"""The source-model audit on crafted inputs: one bad input per check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+from audit_helpers import base_tensors, finetune, make_model, pickle_bomb, raw_safetensors
+
+from merge.errors import UsageError
+from merge.manifest import content_id
+from registry.audit import audit_models
+from registry.schemas import FINDINGS_SCHEMA
+
+
+def checks(report, parent=None, severity=None):
+    return {f.check for f in report.findings
+            if (parent is None or f.parent == parent) and (severity is None or f.severity == severity)}
+
+
+@pytest.fixture
+def family(tmp_path):
+    """A base and two small fine-tunes declaring it: a clean, mergeable set."""
+    base = base_tensors()
+    make_model(tmp_path / "base", base)
+    make_model(tmp_path / "a", finetune(base, 1), license="mit", base_model="base")
+    make_model(tmp_path / "b", finetune(base, 2), license="bsd-3-clause", base_model="base")
+    return tmp_path, base
+
+
+def test_clean_family_passes_with_provenance(family):
+    root, _ = family
+    report = audit_models(["base", "a", "b"], base_dir=root)
+    assert report.verdict == "pass", report.findings
+    assert report.base == "base" and [p.is_base for p in report.parents] == [True, False, False]
+    assert report.pins() == {ref: content_id(root / ref) for ref in ("base", "a", "b")}
+    a = report.parents[1]
+    assert a.revision == a.content_id and a.revision_kind == "content-id"
+    assert a.delta_from_base is not None and 0 < a.relative_delta < 0.1
+    assert {"mergeops", "safetensors", "torch"} <= set(report.tools)
+    assert report.audited_at.endswith("+00:00")
+    assert len(FINDINGS_SCHEMA.validate(report.findings_table())) == len(report.findings)
+
+
+def test_truncated_file_is_refused(tmp_path):
+    model = make_model(tmp_path / "m")
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    report = audit_models([model])
+    assert report.verdict == "fail"
+    [finding] = [f for f in report.findings if f.check == "format.header"]
+    assert "truncated" in finding.message and "model.safetensors" in finding.message
+
+
+def test_header_claiming_2_pow_60_bytes_is_refused_without_allocating(tmp_path):
+    model = make_model(tmp_path / "m")
+    raw_safetensors(model / "model.safetensors", {}, b"", claimed_length=2**60)
+    report = audit_models([model])
+    assert any(f.check == "format.header" and "exceeds" in f.message for f in report.findings)
+    assert report.parents[0].verdict == "fail"
+
+
+def test_overlapping_offsets_are_refused(tmp_path):
+    model = make_model(tmp_path / "m")
+    header = {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+              "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}
+    raw_safetensors(model / "model.safetensors", header, bytes(24))
+    report = audit_models([model])
+    assert any(f.check == "format.header" and "overlaps" in f.message for f in report.findings)
+
+
+def test_stray_shard_outside_the_index_is_still_validated(tmp_path):
+    model = make_model(tmp_path / "m")
+    raw_safetensors(model / "extra.safetensors", {"x": {"dtype": "XX", "shape": [1], "data_offsets": [0, 1]}}, b"\0")
+    report = audit_models([model])
+    assert any(f.check == "format.header" and "extra.safetensors" in f.message for f in report.findings)
+
+
+def test_pickle_files_are_refused_and_never_unpickled(tmp_path):
+    marker = tmp_path / "UNPICKLED"
+    # The payload is real: deserialising it elsewhere does create its marker.
+    proof = tmp_path / "proof"
+    subprocess.run([sys.executable, "-c", "import pickle,sys; pickle.loads(sys.stdin.buffer.read())"],
+                   input=pickle_bomb(proof), check=True)
+    assert proof.exists()
+
+    model = make_model(tmp_path / "m")
+    (model / "pytorch_model.bin").write_bytes(pickle_bomb(marker))
+    (model / "weights.dat").write_bytes(pickle_bomb(marker))  # a pickle under an innocent name
+    with zipfile.ZipFile(model / "checkpoint", "w") as zf:  # torch's zip layout, no suffix
+        zf.writestr("archive/data.pkl", pickle_bomb(marker))
+    only = make_model(tmp_path / "only-pickle")
+    (only / "model.safetensors").unlink()
+    (only / "model.ckpt").write_bytes(pickle_bomb(marker))
+
+    report = audit_models([model, only])
+    assert not marker.exists()
+    refused = sorted(f.message.split()[0] for f in report.findings if f.check == "format.pickle")
+    assert refused == ["checkpoint", "model.ckpt", "pytorch_model.bin", "weights.dat"]
+    assert all("safetensors" in f.message for f in report.findings if f.check == "format.pickle")
+    assert [p.verdict for p in report.parents] == ["fail", "fail"]
+
+
+def test_nan_tensor_is_refused(family):
+    root, base = family
+    bad = finetune(base, 3)
+    bad["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    make_model(root / "nan", bad, base_model="base")
+    report = audit_models(["base", "a", "nan"], base_dir=root)
+    [finding] = [f for f in report.findings if f.check == "weights.nonfinite"]
+    assert finding.parent == "nan" and finding.severity == "error"
+    assert "model.layers.0.mlp.up_proj.weight" in finding.message
+
+
+def test_zero_matrix_and_unexpected_dtype(tmp_path):
+    tensors = base_tensors()
+    tensors["model.layers.0.mlp.up_proj.weight"] = torch.zeros(16, 8)
+    tensors["model.norm.weight"] = torch.zeros(8, dtype=torch.float64)
+    report = audit_models([make_model(tmp_path / "m", tensors)])
+    by_check = {(f.check, f.severity) for f in report.findings}
+    assert ("weights.zero", "error") in by_check  # the matrix
+    assert ("weights.zero", "info") in by_check  # the vector: an untrained bias is normal
+    assert ("weights.dtype", "warning") in by_check
+
+
+def test_parent_far_from_the_base_is_refused(family):
+    root, base = family
+    make_model(root / "far", finetune(base, 4, scale=100.0), base_model="base")
+    report = audit_models(["base", "a", "b", "far"], base_dir=root)
+    [finding] = [f for f in report.findings if f.check == "weights.delta"]
+    assert finding.parent == "far" and finding.severity == "error"
+    assert report.parents[3].verdict == "fail" and report.parents[1].verdict == "pass"
+
+
+def test_different_shapes_are_refused_naming_the_parent(family):
+    root, _ = family
+    make_model(root / "wide", base_tensors(hidden=12), base_model="base")
+    report = audit_models(["base", "a", "wide"], base_dir=root)
+    [finding] = [f for f in report.findings if f.check == "compat.architecture"]
+    assert finding.parent == "wide" and finding.severity == "error"
+    assert "model.embed_tokens.weight" in finding.message and "[8, 12]" in finding.message
+
+
+def test_different_tokenizer_is_refused_naming_the_parent(family):
+    root, base = family
+    reversed_vocab = {c: i for i, c in enumerate("hgfedcba")}
+    make_model(root / "tok", finetune(base, 5), base_model="base", vocab=reversed_vocab)
+    report = audit_models(["base", "a", "tok"], base_dir=root)
+    assert checks(report, severity="error") == {"compat.tokenizer"}
+    assert [f.parent for f in report.findings if f.check == "compat.tokenizer"] == ["tok"]
+
+
+def test_parents_of_different_bases_get_an_ancestry_finding(family, tmp_path):
+    root, base = family
+    make_model(root / "stranger", finetune(base, 6), base_model="someone/other-base")
+    report = audit_models(["a", "b", "stranger"], base_dir=root)
+    [finding] = [f for f in report.findings if f.check == "compat.ancestry"]
+    assert finding.parent == "stranger" and finding.severity == "warning" and "other-base" in finding.message
+    strict = tmp_path / "strict.yaml"
+    from registry.licenses import DEFAULT_POLICY_PATH
+
+    strict.write_text(DEFAULT_POLICY_PATH.read_text().replace("different_base: warning", "different_base: error"))
+    assert audit_models(["a", "b", "stranger"], base_dir=root, policy=strict).verdict == "fail"
+
+
+def test_pin_mismatch_is_refused(family):
+    root, _ = family
+    good = content_id(root / "a")
+    assert audit_models(["base", "a"], base_dir=root, pins={"a": good}).verdict == "pass"
+    report = audit_models(["base", "a"], base_dir=root, pins={"a": "0" * 64})
+    [finding] = [f for f in report.findings if f.check == "integrity.pin"]
+    assert finding.parent == "a" and finding.severity == "error" and good[:12] in finding.message
+    with pytest.raises(UsageError, match="64-hex"):
+        audit_models(["a"], base_dir=root, pins={"a": "latest"})
+    with pytest.raises(UsageError, match="names no audited"):
+        audit_models(["a"], base_dir=root, pins={"b": good})
+
+
+def test_tampered_manifest_is_refused(family):
+    root, _ = family
+    entries = [{"path": "model.safetensors", "sha256": "0" * 64, "size": 1}]
+    (root / "a" / "mergeops.manifest.json").write_text(json.dumps({"content_id": "x", "files": entries}))
+    report = audit_models(["a"], base_dir=root)
+    assert "integrity.manifest" in checks(report, "a", "error")
+
+
+def test_git_revision_is_read_from_the_dot_git_files(family):
+    root, _ = family
+    sha = "1234567890abcdef1234567890abcdef12345678"
+    git = root / "a" / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "refs" / "heads" / "main").write_text(sha + "\n")
+    parent = audit_models(["a"], base_dir=root).parents[0]
+    assert (parent.revision, parent.revision_kind) == (sha, "git")
+    assert audit_models(["a"], base_dir=root, pins={"a": sha}).verdict == "pass"
+
+
+def test_bad_input_raises_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        audit_models([tmp_path / "missing"])
+    with pytest.raises(UsageError, match="intended_use"):
+        audit_models([make_model(tmp_path / "m")], intended_use="military")
+    with pytest.raises(UsageError):
+        audit_models([])
+
+
+def test_report_json_round_trips(family):
+    root, _ = family
+    report = audit_models(["base", "a"], base_dir=root)
+    doc = json.loads(report.to_json())
+    assert type(report).model_validate(doc) == report
