@@ -1,0 +1,202 @@
+"""Gate policy as code: a YAML policy and a pure function from evidence to decisions.
+
+``decide`` reads plain values (scores, retention, leakage records, verdicts), touches no file and no
+model, and returns one ``GateDecision`` per gate, each with a reason naming the domain or check,
+the observed value and the threshold. Missing evidence fails its gate (a gate cannot be bypassed by
+leaving something out), except the champion comparison, which has nothing to regress against
+before the first promotion.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from evaluation.errors import PolicyError
+from evaluation.leakage import LeakagePolicy, LeakageRecord
+
+
+class GatePolicy(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = 1
+    domain_minimums: dict[str, float | None] = {"default": 0.0}
+    retention_minimums: dict[str, float | None] = {"default": 0.8}
+    champion_tolerance: float | None = 0.02
+    leakage: LeakagePolicy = LeakagePolicy()
+    require_audit_pass: bool = True
+    require_license_pass: bool = True
+
+    def minimum(self, table: str, domain: str) -> float | None:
+        values = getattr(self, table)
+        return values.get(domain, values.get("default"))
+
+
+class GateDecision(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    gate: str
+    observed: float | str | None
+    threshold: float | str | None
+    passed: bool
+    reason: str
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _default_doc() -> dict:
+    return yaml.safe_load(resources.files("evaluation").joinpath("gate_policy.yaml").read_text(encoding="utf-8"))
+
+
+def parse_gate_policy(doc: dict | None, source: str = "policy") -> GatePolicy:
+    """The shipped default with ``doc`` laid over it (an override names only what it changes)."""
+    if doc is not None and not isinstance(doc, dict):
+        raise PolicyError(f"{source}: a gate policy is a mapping (see evaluation/gate_policy.yaml)")
+    try:
+        return GatePolicy.model_validate(_deep_merge(_default_doc(), doc or {}))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise PolicyError(f"{source}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def load_gate_policy(path: str | Path | None = None) -> GatePolicy:
+    """The shipped default policy, or the file at ``path`` laid over it."""
+    if path is None:
+        return parse_gate_policy(None, "evaluation/gate_policy.yaml")
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PolicyError(f"{path}: policy file not found") from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_gate_policy(doc, str(path))
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def _at_least(gate: str, what: str, observed: float | None, minimum: float) -> GateDecision:
+    if observed is None:
+        return GateDecision(gate=gate, observed=None, threshold=minimum, passed=False,
+                            reason=f"{what}: no value measured (minimum {_fmt(minimum)})")
+    ok = observed >= minimum
+    return GateDecision(gate=gate, observed=observed, threshold=minimum, passed=ok,
+                        reason=f"{what} {_fmt(observed)} {'>=' if ok else '<'} minimum {_fmt(minimum)}")
+
+
+def _at_most(gate: str, what: str, observed: float, maximum: float) -> GateDecision:
+    ok = observed <= maximum
+    return GateDecision(gate=gate, observed=observed, threshold=maximum, passed=ok,
+                        reason=f"{what} {_fmt(observed)} {'<=' if ok else '>'} maximum {_fmt(maximum)}")
+
+
+def _verdict(gate: str, what: str, verdict: str | None, hint: str) -> GateDecision:
+    if verdict is None:
+        return GateDecision(gate=gate, observed=None, threshold="pass", passed=False,
+                            reason=f"no {what} verdict supplied ({hint}); required 'pass'")
+    ok = verdict == "pass"
+    return GateDecision(gate=gate, observed=verdict, threshold="pass", passed=ok,
+                        reason=f"{what} verdict {verdict!r}{'' if ok else ', required'} 'pass'")
+
+
+def _leakage_gates(policy: LeakagePolicy, records: list[LeakageRecord], candidate: str) -> list[GateDecision]:
+    own = [r for r in records if r.model == candidate]
+    out = []
+    if policy.canary_exposure_max is not None:
+        exp = [r for r in own if r.check == "canary_exposure"]
+        if exp:
+            worst = max(exp, key=lambda r: r.value)
+            out.append(_at_most("leakage:canary_exposure", f"{candidate} canary {worst.detail.get('canary')} exposure "
+                                f"(bits)", worst.value, policy.canary_exposure_max))
+        else:
+            out.append(GateDecision(gate="leakage:canary_exposure", observed=None, threshold=policy.canary_exposure_max,
+                                    passed=True, reason=f"no canary declared for {candidate} or its parents"))
+    if policy.greedy_canary_forbidden:
+        emitted = [r for r in own if r.check == "canary_greedy" and r.value > 0]
+        n = len([r for r in own if r.check == "canary_greedy"])
+        out.append(GateDecision(
+            gate="leakage:canary_greedy", observed=float(len(emitted)), threshold=0.0, passed=not emitted,
+            reason=(f"{candidate} greedily emits {len(emitted)} of {n} canaries "
+                    f"({', '.join(str(r.detail.get('canary')) for r in emitted)}); maximum 0") if emitted
+            else f"{candidate} greedily emits none of {n} canaries; maximum 0"))
+    if policy.pii_max is not None:
+        pii = [r for r in own if r.check == "pii"]
+        if pii:
+            out.append(_at_most("leakage:pii", f"{candidate} sampled generations with PII-like strings",
+                                max(r.value for r in pii), float(policy.pii_max)))
+        else:
+            out.append(GateDecision(gate="leakage:pii", observed=None, threshold=float(policy.pii_max), passed=False,
+                                    reason=f"no PII check recorded for {candidate}; maximum {policy.pii_max}"))
+    if policy.contamination_max is not None:
+        cont = [r for r in records if r.check == "contamination"]
+        if cont:
+            worst = max(cont, key=lambda r: r.value)
+            out.append(_at_most("leakage:contamination", f"{worst.model} training data overlapping eval domain "
+                                f"{worst.detail.get('eval_domain')} (share)", worst.value, policy.contamination_max))
+        else:
+            out.append(GateDecision(gate="leakage:contamination", observed=None, threshold=policy.contamination_max,
+                                    passed=True, reason="no evaluated model declares training_data"))
+    return out
+
+
+def decide(
+    policy: GatePolicy,
+    *,
+    candidate: str,
+    scores: dict[str, float],
+    retention: dict[str, float | None] | None = None,
+    leakage: Iterable[LeakageRecord | dict[str, Any]] = (),
+    audit_verdict: str | None = None,
+    license_verdict: str | None = None,
+    champion_scores: dict[str, float] | None = None,
+    metric: str = "exact_match",
+) -> list[GateDecision]:
+    """Every gate of ``policy`` over the candidate's evidence. ``scores``: the candidate's primary
+    metric per domain; ``retention``: candidate / best parent per domain ({} or None: no parents)."""
+    records = [r if isinstance(r, LeakageRecord) else LeakageRecord.model_validate(r) for r in leakage]
+    out: list[GateDecision] = []
+    for domain in sorted(scores):
+        minimum = policy.minimum("domain_minimums", domain)
+        if minimum is not None:
+            out.append(_at_least(f"domain_minimum:{domain}", f"{domain} {metric} of {candidate}", scores[domain], minimum))
+    if any(v is not None for v in policy.retention_minimums.values()):
+        if not retention:
+            out.append(GateDecision(gate="retention", observed=None, threshold=policy.minimum("retention_minimums", ""),
+                                    passed=False, reason="no parent evaluated, so retention cannot be measured; "
+                                    "evaluate the merged model with its parents"))
+        for domain in sorted(retention or {}):
+            minimum = policy.minimum("retention_minimums", domain)
+            value = retention[domain]
+            if minimum is None:
+                continue
+            if value is None:
+                out.append(GateDecision(gate=f"retention:{domain}", observed=None, threshold=minimum, passed=True,
+                                        reason=f"every parent scores 0 on {domain}: nothing to retain"))
+            else:
+                out.append(_at_least(f"retention:{domain}", f"{domain} retention (merged / best parent)", value, minimum))
+    if policy.champion_tolerance is not None:
+        if champion_scores is None:
+            out.append(GateDecision(gate="champion_regression", observed=None, threshold=-policy.champion_tolerance,
+                                    passed=True, reason="no champion yet: nothing to regress against"))
+        for domain in sorted(champion_scores or {}):
+            delta = None if domain not in scores else scores[domain] - champion_scores[domain]
+            out.append(_at_least(f"champion_regression:{domain}",
+                                 f"{domain} {metric} change vs champion ({_fmt(champion_scores[domain])})",
+                                 delta, -policy.champion_tolerance))
+    out += _leakage_gates(policy.leakage, records, candidate)
+    if policy.require_audit_pass:
+        out.append(_verdict("audit", "audit", audit_verdict, "run `mergeops audit` on the parents"))
+    if policy.require_license_pass:
+        out.append(_verdict("license", "licence", license_verdict, "the audit's licence check decides it"))
+    return out

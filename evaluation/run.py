@@ -1,0 +1,238 @@
+"""``evaluate_models``: score a merged model and its parents on a suite, check leakage, apply gates.
+
+Every expensive step is cached under ``cache_dir`` by what decides its result - the model's content
+id, the suite hash (or the canaries and leakage settings), the lm-eval version - so a re-run with
+nothing changed loads no model. ``EvaluationReport.runs`` says, per model, whether lm-eval and the
+leakage checks ran or came from the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from evaluation import leakage as lk
+from evaluation import lmeval_runner as runner
+from evaluation.errors import SuiteError
+from evaluation.gates import GateDecision, GatePolicy, decide, load_gate_policy, parse_gate_policy
+from evaluation.results import (normalized_average, primary_scores, retention, to_frame, validate_results)
+from evaluation.suites import MaterializedSuite, Suite, load_suite, materialize
+from merge.errors import UsageError
+from merge.manifest import canonical_json, content_id
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    path: Path
+    role: Literal["parent", "merged"] = "parent"
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.path).resolve().name
+
+
+@dataclass
+class EvaluationReport:
+    suite: str
+    suite_hash: str
+    results: pd.DataFrame
+    scores: pd.DataFrame  # domains x models, each domain's primary metric
+    primary: dict[str, tuple[str, str]]  # domain -> (task, metric)
+    merged: str | None
+    retention: dict[str, float | None]
+    normalized_average: float | None
+    specialists: dict[str, str]
+    leakage: list[lk.LeakageRecord]
+    gates: list[GateDecision] | None
+    runs: list[dict] = field(default_factory=list)  # {model, content_id, lm_eval: "ran"|"cached", leakage: ...}
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.gates is None else all(g.passed for g in self.gates)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical results rows: same numbers, same digest."""
+        rows = json.loads(self.results.to_json(orient="records"))
+        return hashlib.sha256(canonical_json(sorted(rows, key=canonical_json))).hexdigest()
+
+    def to_json(self) -> dict:
+        """DESIGN.md's evaluate keys (results, retention, leakage, gates when a policy applied) plus extras."""
+        doc = {
+            "results": json.loads(self.results.to_json(orient="records")),
+            "retention": self.retention,
+            "leakage": [r.model_dump() for r in self.leakage],
+        }
+        if self.gates is not None:
+            doc["gates"] = [g.model_dump() for g in self.gates]
+            doc["passed"] = self.passed
+        doc |= {"suite": self.suite, "suite_hash": self.suite_hash, "merged": self.merged,
+                "normalized_average": self.normalized_average, "specialists": self.specialists,
+                "scores": {str(d): {m: (None if pd.isna(v) else float(v)) for m, v in row.items()}
+                           for d, row in self.scores.iterrows()},
+                "primary": {d: {"task": t, "metric": m} for d, (t, m) in self.primary.items()},
+                "digest": self.digest, "lm_eval": runner.LM_EVAL_VERSION, "runs": self.runs}
+        return doc
+
+
+def _policy(policy: GatePolicy | dict | str | Path | None) -> GatePolicy | None:
+    if policy is None or isinstance(policy, GatePolicy):
+        return policy
+    if isinstance(policy, dict):
+        return parse_gate_policy(policy)
+    return load_gate_policy(None if str(policy) == "default" else policy)
+
+
+def _specialists(models: list[ModelRef], ids: dict[str, str], zoo_dir: Path | None) -> dict[str, str]:
+    """domain -> name of the evaluated parent that is the zoo's specialist for it (by path or bytes)."""
+    if zoo_dir is None:
+        return {}
+    from evaluation.zoo import load_zoo
+
+    zoo = load_zoo(zoo_dir)
+    by_key: dict[str, str] = {}
+    for m in zoo.models:
+        if m.role == "specialist" and m.domain:
+            path = (Path(zoo_dir) / m.path).resolve()
+            by_key[str(path)] = m.domain
+            if path.is_dir():
+                by_key[content_id(path)] = m.domain
+    out: dict[str, str] = {}
+    for ref in models:
+        if ref.role != "parent":
+            continue
+        domain = by_key.get(str(Path(ref.path).resolve())) or by_key.get(ids[ref.label])
+        if domain and domain not in out:
+            out[domain] = ref.label
+    return out
+
+
+def _eval_texts(zoo_dir: Path | None, domains: list[str], split: str) -> dict[str, list[str]]:
+    if zoo_dir is None:
+        return {}
+    from evaluation.zoo import load_zoo
+
+    out = {}
+    for d in load_zoo(zoo_dir).domains:
+        if d.name in domains:
+            path = Path(zoo_dir) / (d.eval if split == "eval" else d.train)
+            rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+            out[d.name] = [r["prompt"] + r["target"] for r in rows]
+    return out
+
+
+def _leakage_key(cid: str, canaries: list[lk.Canary], policy: lk.LeakagePolicy, pii: bool) -> str:
+    doc = {"content_id": cid, "canaries": [c.model_dump() for c in canaries], "policy": policy.model_dump(mode="json"),
+           "pii": pii, "v": 1}
+    return hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+def evaluate_models(
+    models: list[ModelRef],
+    *,
+    suite: str | Path | Suite = "zoo",
+    zoo_dir: Path | None = None,
+    cache_dir: Path,
+    policy: GatePolicy | dict | str | Path | None = None,
+    audit_verdict: str | None = None,
+    license_verdict: str | None = None,
+    champion_scores: dict[str, float] | None = None,
+    device: str = "cpu",
+) -> EvaluationReport:
+    """Evaluate every model on ``suite``; gates apply when ``policy`` is given ("default" = shipped)."""
+    if not models:
+        raise UsageError("nothing to evaluate: give at least one model directory")
+    names = [m.label for m in models]
+    if len(set(names)) != len(names):
+        raise UsageError(f"model names repeat ({', '.join(names)}); give each a distinct name")
+    merged = [m.label for m in models if m.role == "merged"]
+    if len(merged) > 1:
+        raise UsageError(f"more than one merged model ({', '.join(merged)}); evaluate one candidate at a time")
+    gate_policy = _policy(policy)
+    leak_policy = gate_policy.leakage if gate_policy else lk.LeakagePolicy()
+    base_dir = None
+    if not isinstance(suite, Suite):
+        suite, base_dir = load_suite(suite)
+    msuite: MaterializedSuite = materialize(suite, zoo_dir=zoo_dir, cache_dir=Path(cache_dir), base_dir=base_dir)
+
+    ids = {m.label: content_id(Path(m.path)) for m in models}
+    cards = {m.label: lk.read_card(Path(m.path)) for m in models}
+    parent_canaries = [c for m in models if m.role == "parent" for c in lk.declared_canaries(cards[m.label])]
+    loaded: dict[str, tuple] = {}
+
+    def model_of(ref: ModelRef):
+        if ref.label not in loaded:
+            loaded.clear()  # keep one model in memory at a time
+            loaded[ref.label] = runner.load_model(Path(ref.path), device)
+        return loaded[ref.label]
+
+    rows, records, runs = [], [], []
+    for ref in models:
+        cid, label = ids[ref.label], ref.label
+        run = {"model": label, "content_id": cid}
+        cached = runner.read_cache(Path(cache_dir), cid, msuite)
+        if cached is None:
+            cached = runner.run_suite(model_of(ref), msuite, batch_size=32)
+            runner.write_cache(Path(cache_dir), cid, msuite, cached)
+            run["lm_eval"] = "ran"
+        else:
+            run["lm_eval"] = "cached"
+        rows += [{"content_id": cid, "model": label, "role": ref.role, **r} for r in cached]
+
+        own = lk.declared_canaries(cards[label])
+        canaries = list(dict.fromkeys([*leak_policy.canaries, *own, *(parent_canaries if ref.role == "merged" else [])]))
+        pii = ref.role == "merged"
+        if canaries or pii:
+            key = _leakage_key(cid, canaries, leak_policy, pii)
+            path = Path(cache_dir) / "leakage" / f"{key}.json"
+            if path.is_file():
+                found = [lk.LeakageRecord.model_validate(r) for r in json.loads(path.read_text())]
+                run["leakage"] = "cached"
+            else:
+                model, tok = model_of(ref)
+                found = lk.canary_records(model, tok, label, canaries, leak_policy)
+                if pii:
+                    found += lk.pii_records(model, tok, label, leak_policy)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps([r.model_dump() for r in found], sort_keys=True))
+                tmp.replace(path)
+                run["leakage"] = "ran"
+            # cached records carry the label of the run that made them
+            records += [r.model_copy(update={"model": label}) for r in found]
+        runs.append(run)
+    loaded.clear()
+
+    evals = _eval_texts(zoo_dir, msuite.domains, "eval")
+    for ref in models:
+        declared = lk.declared_training_data(cards[ref.label])
+        if declared and evals:
+            train = _eval_texts(zoo_dir, declared, "train")
+            missing = sorted(set(declared) - set(train))
+            if missing:
+                raise SuiteError(f"{ref.label}: declared training_data {', '.join(missing)} not in the zoo")
+            records += lk.contamination_records(ref.label, train, evals, leak_policy)
+
+    n_expected = {r["task"]: r["n_expected"] for r in rows if r.get("n_expected", -1) > 0}
+    df = validate_results(to_frame(rows), msuite, n_expected)
+    scores = primary_scores(df, msuite)
+    parents = [m.label for m in models if m.role == "parent"]
+    candidate = merged[0] if merged else None
+    specialists = _specialists(models, ids, zoo_dir)
+    report = EvaluationReport(
+        suite=msuite.name, suite_hash=msuite.suite_hash, results=df, scores=scores, primary=msuite.primary(),
+        merged=candidate, retention=retention(scores, candidate, parents) if candidate else {},
+        normalized_average=normalized_average(scores, candidate, specialists) if candidate else None,
+        specialists=specialists, leakage=records, gates=None, runs=runs)
+    if gate_policy is not None and candidate is not None:
+        metric = next(iter(msuite.primary().values()))[1] if msuite.primary() else "value"
+        report.gates = decide(gate_policy, candidate=candidate, scores=scores[candidate].to_dict(),
+                              retention=report.retention, leakage=records, audit_verdict=audit_verdict,
+                              license_verdict=license_verdict, champion_scores=champion_scores, metric=metric)
+    return report
