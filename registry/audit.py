@@ -124,14 +124,20 @@ def audit_models(
     if not isinstance(policy, LicensePolicy):
         policy = load_license_policy(policy)
     refs = [str(d) for d in model_dirs]
-    if base is not None and str(base) not in refs:
-        refs.append(str(base))
     if not refs:
         raise UsageError("no model directories to audit")
     base_dir = Path(base_dir) if base_dir is not None else None
     paths = {ref: _resolve(ref, base_dir) for ref in refs}
     if len({p.resolve() for p in paths.values()}) != len(refs):
         raise UsageError("the same model directory is listed twice")
+    base_ref = None
+    if base is not None:  # the base is a parent too: audited like the others
+        where = _resolve(str(base), base_dir).resolve()
+        base_ref = next((r for r in refs if paths[r].resolve() == where), None)
+        if base_ref is None:
+            base_ref = str(base)
+            refs.append(base_ref)
+            paths[base_ref] = _resolve(base_ref, base_dir)
     pin_of: dict[str, str] = {}
     for key, value in (pins or {}).items():
         match = [r for r in refs if r == key or paths[r].resolve() == _resolve_quiet(key, base_dir)]
@@ -149,7 +155,7 @@ def audit_models(
         facts.append(fact)
         findings += parent_findings
 
-    base_ref = find_base(facts, str(base) if base is not None else None)
+    base_ref = find_base(facts, base_ref)
     findings += check_architecture(facts, base_ref)
     findings += check_tokenizer(facts, base_ref)
     findings += check_ancestry(facts, base_ref, policy.different_base)
@@ -186,7 +192,9 @@ def _resolve_quiet(ref: str, base_dir: Path | None) -> Path | None:
         return None
 
 
-def _audit_one(ref: str, path: Path, policy: LicensePolicy, pin: str | None):
+def _audit_one(
+    ref: str, path: Path, policy: LicensePolicy, pin: str | None
+) -> tuple[dict, ParentFacts, list[Finding], str | None]:
     """Header-level checks of one parent: (row fields, facts for set checks, findings, licence)."""
     findings: list[Finding] = []
     try:

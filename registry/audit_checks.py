@@ -12,8 +12,8 @@ import re
 import zipfile
 from pathlib import Path
 
-from merge.errors import MergeopsError, UsageError
-from merge.layout import PICKLE_SUFFIXES, ModelLayout, pickle_files, read_layout
+from merge.errors import FormatError, MergeopsError, UsageError
+from merge.layout import PICKLE_SUFFIXES, ModelLayout, read_layout
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id_of
 from merge.safetensors_header import read_header
 from registry.schemas import Finding
@@ -42,16 +42,26 @@ def _looks_pickled(path: Path) -> bool:
     return False
 
 
+def _pickles(model_dir: Path) -> tuple[set[str], set[str]]:
+    """(named by suffix, recognised by content): relative paths, subfolders included (a Hub repo's
+    ``original/consolidated.00.pth`` is part of the audited bytes even though no merge reads it)."""
+    named, sniffed = set(), set()
+    for path in sorted(model_dir.rglob("*")):
+        rel = path.relative_to(model_dir)
+        if ".git" in rel.parts or path.is_symlink() or not path.is_file() or rel.as_posix() == MANIFEST_NAME:
+            continue
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            named.add(rel.as_posix())
+        elif not path.name.lower().endswith(_TEXT_SUFFIXES) and _looks_pickled(path):
+            sniffed.add(rel.as_posix())
+    return named, sniffed
+
+
 def check_format(model_dir: Path, ref: str) -> tuple[ModelLayout | None, list[Finding]]:
     """Pickle files refused by name or content; every safetensors header validated; the layout."""
     model_dir = Path(model_dir)
     findings: list[Finding] = []
-    named = set(pickle_files(model_dir))
-    sniffed = {
-        p.name for p in sorted(model_dir.iterdir())
-        if p.is_file() and p.name not in named and not p.name.lower().endswith(_TEXT_SUFFIXES)
-        and p.name != MANIFEST_NAME and _looks_pickled(p)
-    }
+    named, sniffed = _pickles(model_dir)
     for name in sorted(named | sniffed):
         how = "by its content" if name in sniffed else f"by its suffix ({', '.join(PICKLE_SUFFIXES)})"
         findings.append(Finding(
@@ -66,7 +76,8 @@ def check_format(model_dir: Path, ref: str) -> tuple[ModelLayout | None, list[Fi
     except MergeopsError as exc:
         # "only pickle checkpoints" is already said, file by file, above.
         if not (named | sniffed and "pickle" in str(exc)):
-            findings.append(Finding(parent=ref, check="format.header", severity="error", message=str(exc)))
+            check = "format.header" if isinstance(exc, FormatError) else "format.layout"
+            findings.append(Finding(parent=ref, check=check, severity="error", message=str(exc)))
     # Shards outside the index are never merged, but a crafted one must not slip by unvalidated.
     indexed = set(layout.shards) if layout else set()
     said = {f.message for f in findings}

@@ -93,6 +93,8 @@ def test_pickle_files_are_refused_and_never_unpickled(tmp_path):
     (model / "weights.dat").write_bytes(pickle_bomb(marker))  # a pickle under an innocent name
     with zipfile.ZipFile(model / "checkpoint", "w") as zf:  # torch's zip layout, no suffix
         zf.writestr("archive/data.pkl", pickle_bomb(marker))
+    (model / "original").mkdir()  # as in Hub repos that ship the original checkpoint too
+    (model / "original" / "consolidated.00.pth").write_bytes(pickle_bomb(marker))
     only = make_model(tmp_path / "only-pickle")
     (only / "model.safetensors").unlink()
     (only / "model.ckpt").write_bytes(pickle_bomb(marker))
@@ -100,7 +102,7 @@ def test_pickle_files_are_refused_and_never_unpickled(tmp_path):
     report = audit_models([model, only])
     assert not marker.exists()
     refused = sorted(f.message.split()[0] for f in report.findings if f.check == "format.pickle")
-    assert refused == ["checkpoint", "model.ckpt", "pytorch_model.bin", "weights.dat"]
+    assert refused == ["checkpoint", "model.ckpt", "original/consolidated.00.pth", "pytorch_model.bin", "weights.dat"]
     assert all("safetensors" in f.message for f in report.findings if f.check == "format.pickle")
     assert [p.verdict for p in report.parents] == ["fail", "fail"]
 
@@ -114,6 +116,27 @@ def test_nan_tensor_is_refused(family):
     [finding] = [f for f in report.findings if f.check == "weights.nonfinite"]
     assert finding.parent == "nan" and finding.severity == "error"
     assert "model.layers.0.mlp.up_proj.weight" in finding.message
+
+
+def test_large_tensors_are_streamed_in_row_blocks(family, monkeypatch):
+    root, base = family
+    bad = finetune(base, 3)
+    bad["model.layers.0.mlp.up_proj.weight"][-1, -1] = float("inf")  # in the last block
+    make_model(root / "inf", bad, base_model="base")
+    whole = audit_models(["base", "a", "inf"], base_dir=root)
+    monkeypatch.setattr("registry.audit_weights._BLOCK_ELEMENTS", 7)  # 16x8 -> blocks of one row
+    blocks = audit_models(["base", "a", "inf"], base_dir=root)
+    assert [f.parent for f in blocks.findings if f.check == "weights.nonfinite"] == ["inf"]
+    assert blocks.parents[1].delta_from_base == pytest.approx(whole.parents[1].delta_from_base, rel=1e-9)
+
+
+def test_explicit_base_is_audited_and_used(family):
+    root, _ = family
+    report = audit_models(["a", "b"], base_dir=root, base="base")
+    assert [p.path for p in report.parents] == ["a", "b", "base"] and report.base == "base"
+    assert report.parents[2].is_base and report.parents[0].delta_from_base is not None
+    same = audit_models(["base", "a"], base_dir=root, base=root / "base")
+    assert [p.path for p in same.parents] == ["base", "a"] and same.base == "base"
 
 
 def test_zero_matrix_and_unexpected_dtype(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from audit_helpers import base_tensors, finetune, make_model
@@ -116,3 +118,17 @@ def test_bad_policy_files_are_usage_errors(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(PolicyError, match="mapping"):
         load_license_policy(tmp_path / "list.yaml")
+
+
+def test_readme_documents_the_shipped_matrix_and_every_licence(policy):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Licence policy", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0].startswith("**"):
+            rows[cells[0].strip("*")] = tuple(cells[1:])
+    assert rows == dict(policy.matrix)
+    for lid, terms in policy.licenses.items():
+        [category_row] = [line for line in section.splitlines() if line.startswith(f"| {terms.category} |")]
+        assert lid in category_row.replace(",", " ").split(), lid
