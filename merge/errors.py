@@ -37,3 +37,7 @@ class CompatibilityError(UsageError):
 
 class FormatError(UsageError):
     """A checkpoint file is malformed, unsafe or truncated."""
+
+
+class PinMismatch(UsageError):
+    """A parent's content id differs from the one the recipe pins (the audited bytes changed)."""

@@ -1,0 +1,273 @@
+"""Merge kernels: plain functions over tensors of one output weight, all of the same shape.
+
+Each follows the numerical procedure of the mergekit 0.1.5 method of the same name (operation
+order and working dtype), so the same inputs give the same tensors. Inputs arrive already cast to
+the recipe's ``dtype`` (or the promoted input dtype); the caller casts the result to ``out_dtype``.
+Paper links live in the method table (``merge.methods``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from merge import sparsify as sp
+
+_CHUNK = 1024 * 1024  # slerp: elements per chunk of full-precision scratch
+
+
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
+    """Weighted average, accumulated in float32: sum_i w_i x_i (/ sum_i w_i when normalize)."""
+    first = tensors[0]
+    acc = _acc_dtype(first)
+    w = torch.tensor(list(weights), dtype=acc)
+    out = torch.zeros_like(first, dtype=acc)
+    for t, c in zip(tensors, w.unbind(0)):
+        out.addcmul_(t, c)
+    if normalize:
+        out.div_(w.sum())
+    return out.to(first.dtype)
+
+
+def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
+    """Spherical interpolation of the flattened tensors; linear when nearly (anti)parallel.
+
+    t=0 gives v0, t=1 gives v1. Norms and the dot product are accumulated chunk by chunk in
+    float32 (bounded scratch), the result is written back in the input dtype.
+    """
+    acc = _acc_dtype(v0)
+    a = v0.reshape(1, -1)
+    b = v1.reshape(1, -1)
+    tt = torch.tensor([[t]], dtype=acc)
+    if not a.shape[1]:
+        return ((1 - tt) * a + tt * b).reshape(v0.shape).to(v0.dtype)
+    spans = [(s, s + _CHUNK) for s in range(0, a.shape[1], _CHUNK)]
+    na = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(a[:, s:e].to(acc), dim=1, keepdim=True) for s, e in spans]), dim=0)
+    nb = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(b[:, s:e].to(acc), dim=1, keepdim=True) for s, e in spans]), dim=0)
+    na = torch.where(na > eps, na, 1)
+    nb = torch.where(nb > eps, nb, 1)
+    dot = torch.stack([((a[:, s:e].to(acc) / na) * (b[:, s:e].to(acc) / nb)).sum(dim=1, keepdim=True) for s, e in spans])
+    dot = dot.sum(dim=0).clamp(-1, 1)
+    lin = dot.abs() > dot_threshold
+    theta = torch.acos(torch.where(lin, 0, dot))
+    sin_theta = torch.sin(theta)
+    ca = torch.where(lin, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
+    cb = torch.where(lin, tt, torch.sin(tt * theta) / sin_theta)
+    out = torch.empty_like(a)
+    for s, e in spans:
+        out[:, s:e] = ca * a[:, s:e].to(acc) + cb * b[:, s:e].to(acc)
+    return out.reshape(v0.shape)
+
+
+def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool = False, flatten: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """SLERP per row (or per column, or over the flattened tensor), in the input dtype."""
+    shape = v0.shape
+    if flatten:
+        v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+        v0, v1 = v0.transpose(0, -1), v1.transpose(0, -1)
+    u0 = v0 / torch.norm(v0, dim=-1, keepdim=True).clamp(min=1e-7)
+    u1 = v1 / torch.norm(v1, dim=-1, keepdim=True).clamp(min=1e-7)
+    cos = torch.sum(u0 * u1, dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= eps**2
+    theta = torch.acos(torch.where(colinear, 0, cos))
+    out = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
+    out = torch.where(colinear, (1 - t) * v0 + t * v1, out)
+    if row_wise and not flatten:
+        out = out.transpose(0, -1)
+    return out.reshape(shape)
+
+
+def task_arithmetic(
+    base: torch.Tensor,
+    others: Sequence[torch.Tensor],
+    *,
+    weights: Sequence[float],
+    sparsifier: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    consensus: bool = False,
+    normalize: bool = False,
+    lam: float = 1.0,
+    int8_mask: bool = False,
+) -> torch.Tensor:
+    """Generalized task arithmetic: base + lam * combine_i(w_i * sparsify(x_i - base)).
+
+    Task arithmetic: no sparsifier, plain sum. TIES: magnitude trimming + sign consensus
+    (majority by summed mass) + average over agreeing entries. DARE/DELLA/Breadcrumbs swap the
+    sparsifier; ``sparsifier(delta, i)`` is called for parent ``i`` in order.
+    """
+    if not others:
+        return base
+    deltas = base.new_empty((len(others), *base.shape))  # [parents, *shape]
+    for i, x in enumerate(others):
+        d = x - base
+        deltas[i] = sparsifier(d, i) if sparsifier else d
+        del d
+    w = torch.tensor(list(weights), dtype=deltas.dtype, device=deltas.device)
+    w = w.reshape(-1, *([1] * base.dim()))
+    deltas.mul_(w)
+    if consensus:
+        mask = ties_sign_mask(deltas, torch.int8 if int8_mask else base.dtype)
+        mixed = (deltas * mask).sum(dim=0)
+        divisor = (w * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = deltas.sum(dim=0)
+        divisor = w.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed /= divisor
+    if lam != 1:
+        mixed *= lam
+    return (base + mixed).to(base.dtype)
+
+
+def ties_sign_mask(deltas: torch.Tensor, mask_dtype: torch.dtype) -> torch.Tensor:
+    """TIES "elect sign": True where an entry's sign agrees with the sign of the summed deltas."""
+    sign = deltas.sign().to(mask_dtype)
+    majority = (deltas.sum(dim=0) >= 0).to(mask_dtype) * 2 - 1
+    return sign == majority
+
+
+def model_stock(base: torch.Tensor, others: Sequence[torch.Tensor], filter_wise: bool = False) -> torch.Tensor:
+    """Model Stock: interpolate between the fine-tuned average and the base by the mean cosine
+    of the task vectors, t = k cos / (1 + (k - 1) cos)."""
+    shape = base.shape
+    if filter_wise:
+        w0 = base.unsqueeze(0) if base.dim() == 1 else base
+        ws = [x.unsqueeze(0) if base.dim() == 1 else x for x in others]
+    else:
+        w0, ws = base.reshape(-1), [x.reshape(-1) for x in others]
+    offsets = [x - w0 for x in ws]
+    cos = []
+    for i, a in enumerate(offsets):
+        for b in offsets[i + 1 :]:
+            norms = torch.norm(a, dim=-1) * torch.norm(b, dim=-1)
+            cos.append(((a * b).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
+    c = torch.stack(cos).mean(dim=0).unsqueeze(-1)
+    k = len(ws)
+    denom = 1 + (k - 1) * c
+    singular = denom.abs() < 1e-6
+    t = torch.where(singular, torch.zeros_like(c), (k * c) / torch.where(singular, torch.ones_like(denom), denom))
+    return (t * (sum(ws) / k) + (1 - t) * w0).reshape(shape)
+
+
+def multislerp(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: torch.Tensor | None = None,
+               normalize_weights: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Barycentric SLERP on the hypersphere: tangent-space average at the weighted mean direction."""
+    if len(tensors) == 1:
+        return tensors[0]
+    x = torch.stack(list(tensors), dim=0)
+    if base is not None:
+        x -= base
+    flat = x.view(x.shape[0], -1)
+    w = torch.tensor(list(weights), dtype=x.dtype, device=x.device)
+    if normalize_weights:
+        w = w / w.sum()
+    norms = torch.norm(flat, dim=-1, keepdim=True)
+    units = flat / (norms + eps)
+    mean = (units * w.view(-1, 1)).sum(0)
+    mean_norm = torch.norm(mean)
+    if mean_norm < eps:
+        if x.shape[0] != 2:
+            raise ValueError("multislerp: weighted sum of the inputs is zero (antipodal inputs); change the weights")
+        out = (x[0] * w[0] + x[1] * w[1]).view(x.shape[1:])
+        return out + base if base is not None else out
+    mean = mean / mean_norm
+    tangent = units - (units * mean).sum(-1, keepdim=True) * mean
+    tan = (tangent * w.view(-1, 1)).sum(0)
+    tn = torch.norm(tan) + eps
+    out = (mean * torch.cos(tn) + tan * (torch.sin(tn) / tn)) * (norms.squeeze(-1) * w).sum()
+    out = out.view(x.shape[1:])
+    return out + base if base is not None else out
+
+
+def karcher(tensors: Sequence[torch.Tensor], max_iter: int = 10, tol: float = 1e-5) -> torch.Tensor:
+    """Equal-weight Karcher (Riemannian) mean of directions, scaled by the mean norm."""
+    if len(tensors) == 1:
+        return tensors[0]
+    acc = _acc_dtype(tensors[0])
+    alphas = [1.0 / len(tensors)] * len(tensors)
+    norms = [torch.linalg.vector_norm(t.to(acc)) for t in tensors]
+    units = [torch.zeros_like(t) if n.item() == 0.0 else (t / n).to(t.dtype) for t, n in zip(tensors, norms)]
+    valid = [i for i, n in enumerate(norms) if n.item() > tol]
+    if not valid:
+        return sum(t * 0 for t in tensors)
+    va = [alphas[i] for i in valid]
+    va = [a / sum(va) for a in va]
+    vu = [units[i] for i in valid]
+    mean = torch.zeros_like(vu[0])
+    for a, u in zip(va, vu):
+        mean += a * u
+    mn = torch.linalg.vector_norm(mean.to(acc))
+    mean = vu[0].clone() if mn.item() < tol else (mean / mn).to(mean.dtype)
+    for _ in range(max_iter):
+        tangent = torch.zeros_like(mean)
+        for a, u in zip(va, vu):
+            dot = torch.clamp(torch.dot(mean.flatten(), u.flatten()), -1.0, 1.0)
+            theta = torch.arccos(dot)
+            if theta.item() < tol:
+                continue
+            tangent += a * (theta / torch.sin(theta)) * (u - dot * mean)
+        tn = torch.linalg.vector_norm(tangent.to(acc))
+        if tn.item() < tol:
+            break
+        mean = (torch.cos(tn) * mean + torch.sin(tn) * (tangent / tn)).to(mean.dtype)
+        un = torch.linalg.vector_norm(mean.to(acc))
+        if un.item() > tol:
+            mean = (mean / un).to(mean.dtype)
+    return sum(a * n for a, n in zip(alphas, norms)) * mean
+
+
+def fisher(tensors: Sequence[torch.Tensor], fishers: Sequence[torch.Tensor], weights: Sequence[float],
+           eps: float = 1e-8) -> torch.Tensor:
+    """Fisher-weighted average (Matena & Raffel): sum_i w_i F_i x_i / sum_i w_i F_i, in float32.
+
+    ``fishers`` are diagonal Fisher estimates of the same shape as the weights; entries where
+    every Fisher is ~0 fall back to the plain weighted mean (eps added to each F_i).
+    """
+    acc = _acc_dtype(tensors[0])
+    num = torch.zeros_like(tensors[0], dtype=acc)
+    den = torch.zeros_like(tensors[0], dtype=acc)
+    for x, f, w in zip(tensors, fishers, weights):
+        fw = (f.to(acc) + eps) * w
+        num.addcmul_(fw, x.to(acc))
+        den.add_(fw)
+    return (num / den).to(tensors[0].dtype)
+
+
+def regmean(tensors: Sequence[torch.Tensor], grams: Sequence[torch.Tensor], alpha: float = 0.9) -> torch.Tensor:
+    """RegMean (Jin et al.) for a linear layer y = W x, W [out, in], Gram G_i = X_iᵀX_i [in, in]:
+    W* = (sum_i W_i G̃_i)(sum_i G̃_i)^-1, with G̃ = alpha G + (1 - alpha) diag(G) for stability."""
+    acc = torch.float64
+    lhs = None
+    rhs = None
+    for w, g in zip(tensors, grams):
+        g = g.to(acc)
+        g = alpha * g + (1 - alpha) * torch.diag(torch.diagonal(g))
+        term = w.to(acc) @ g
+        lhs = term if lhs is None else lhs + term
+        rhs = g if rhs is None else rhs + g
+    # W* rhs = lhs  ->  rhs^T W*^T = lhs^T (rhs is symmetric)
+    out = torch.linalg.solve(rhs, lhs.T).T
+    return out.to(tensors[0].dtype)
+
+
+def sparsifier(kind: str | None, *, densities, rescale: bool, gammas=None, epsilons=None, generators=None,
+               sort_ties: bool = False):
+    """Bind a sparsification kind and per-parent settings into ``f(delta, parent_index)``."""
+    if kind is None:
+        return None
+    if kind == "magnitude":
+        return lambda d, i: sp.magnitude(d, densities[i], rescale, sort_ties)
+    if kind == "random":
+        return lambda d, i: sp.bernoulli(d, densities[i], rescale, generators[i])
+    if kind == "magnitude_outliers":
+        return lambda d, i: sp.magnitude_outliers(d, densities[i], rescale, gammas[i])
+    if kind == "della":
+        return lambda d, i: sp.della_magprune(d, densities[i], epsilons[i], rescale, generators[i])
+    raise ValueError(f"unknown sparsification {kind!r}")

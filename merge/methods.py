@@ -1,0 +1,216 @@
+"""The one table of merge methods: name -> Method (parameters, input rules, kernel, paper).
+
+Filled in one place with a duplicate-name check (no registration by import side effect). The
+task-arithmetic family (task_arithmetic, ties, dare_*, breadcrumbs*, della*) are settings of one
+generalized kernel, ``kernels.task_arithmetic``, differing in sparsifier, sign consensus and
+defaults, exactly as in mergekit 0.1.5.
+
+A kernel adapter receives a ``Call``: the inputs of one output tensor in recipe order (base
+flagged), the resolved parameters, per-parent random generators and calibration statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from merge import kernels as k
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type  # float, bool, int or str
+    scope: str  # "shared": one value; "input": per parent; "non_base": per non-base parent
+    default: Any = REQUIRED
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class Call:
+    """Everything a kernel sees for one output tensor."""
+
+    name: str
+    tensors: list[torch.Tensor]  # in recipe order
+    base_index: int | None
+    shared: dict[str, Any]
+    per_input: list[dict[str, Any]]  # parallel to tensors; non_base params absent for the base
+    generators: list[torch.Generator] = field(default_factory=list)  # parallel to tensors
+    stats: list[torch.Tensor | None] = field(default_factory=list)  # parallel to tensors
+    sort_ties: bool = False  # recipe ``magnitude_ties: sort``: mergekit's argsort tie choice
+
+    @property
+    def base(self) -> torch.Tensor:
+        return self.tensors[self.base_index]
+
+    @property
+    def others(self) -> list[int]:
+        return [i for i in range(len(self.tensors)) if i != self.base_index]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    paper: str
+    kernel: Callable[[Call], torch.Tensor]
+    params: tuple[Param, ...] = ()
+    base: str = "ignored"  # required | optional | ignored
+    min_inputs: int = 1
+    max_inputs: int | None = None
+    min_non_base: int | None = None
+    max_non_base: int | None = None
+    in_mergekit: bool = True
+    random: bool = False
+    statistics: str | None = None  # "fisher" | "gram": per-parent statistics file required
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+
+def _gta(sparsify: str | None, consensus: bool):
+    def run(c: Call) -> torch.Tensor:
+        o = c.others
+        p = [c.per_input[i] for i in o]
+        s = k.sparsifier(
+            sparsify,
+            densities=[q["density"] for q in p],
+            rescale=c.shared["rescale"],
+            gammas=[q.get("gamma") for q in p],
+            epsilons=[q.get("epsilon") for q in p],
+            generators=[c.generators[i] for i in o] if c.generators else None,
+            sort_ties=c.sort_ties,
+        )
+        return k.task_arithmetic(
+            c.base, [c.tensors[i] for i in o], weights=[q["weight"] for q in p], sparsifier=s,
+            consensus=consensus, normalize=c.shared["normalize"], lam=c.shared["lambda"],
+            int8_mask=c.shared["int8_mask"],
+        )
+
+    return run
+
+
+def _gta_method(name: str, paper: str, sparsify: str | None, consensus: bool, normalize: bool, rescale: bool) -> Method:
+    params = [
+        Param("int8_mask", bool, "shared", False),
+        Param("normalize", bool, "shared", normalize),
+        Param("rescale", bool, "shared", rescale),
+        Param("lambda", float, "shared", 1.0),
+        Param("weight", float, "non_base"),
+        Param("density", float, "non_base", 1.0),
+    ]
+    if sparsify == "magnitude_outliers":
+        params.append(Param("gamma", float, "non_base", 0.01))
+    if sparsify == "della":
+        params.append(Param("epsilon", float, "non_base", 0.15))
+    return Method(name, paper, _gta(sparsify, consensus), tuple(params), base="required",
+                  random=sparsify in ("random", "della"))
+
+
+def _linear(c: Call) -> torch.Tensor:
+    return k.linear(c.tensors, [p["weight"] for p in c.per_input], c.shared["normalize"])
+
+
+def _slerp(c: Call) -> torch.Tensor:
+    return k.slerp(c.shared["t"], c.base, c.tensors[c.others[0]])
+
+
+def _nuslerp(c: Call) -> torch.Tensor:
+    o = c.others
+    w = [c.per_input[i]["weight"] for i in o]
+    total = sum(w)
+    t = 0.5 if abs(total) < 1e-6 else w[1] / total
+    a, b = c.tensors[o[0]], c.tensors[o[1]]
+    kw = dict(row_wise=c.shared["nuslerp_row_wise"], flatten=c.shared["nuslerp_flatten"])
+    if c.base_index is None:
+        return k.nuslerp(t, a, b, **kw)
+    return c.base + k.nuslerp(t, a - c.base, b - c.base, **kw)
+
+
+def _multislerp(c: Call) -> torch.Tensor:
+    o = c.others
+    base = c.base if c.base_index is not None else None
+    return k.multislerp([c.tensors[i] for i in o], [c.per_input[i]["weight"] for i in o], base,
+                        c.shared["normalize_weights"], c.shared["eps"])
+
+
+def _model_stock(c: Call) -> torch.Tensor:
+    return k.model_stock(c.base, [c.tensors[i] for i in c.others], c.shared["filter_wise"])
+
+
+def _karcher(c: Call) -> torch.Tensor:
+    return k.karcher(c.tensors, c.shared["max_iter"], c.shared["tol"])
+
+
+def _passthrough(c: Call) -> torch.Tensor:
+    scale = c.per_input[0]["scale"]
+    return c.tensors[0] if scale is None else c.tensors[0] * scale
+
+
+def _fisher(c: Call) -> torch.Tensor:
+    return k.fisher(c.tensors, c.stats, [p["weight"] for p in c.per_input])
+
+
+def _regmean(c: Call) -> torch.Tensor:
+    w = [p["weight"] for p in c.per_input]
+    if c.tensors[0].dim() == 2 and all(s is not None for s in c.stats):
+        return k.regmean(c.tensors, c.stats, c.shared["alpha"])
+    return k.linear(c.tensors, w, True)  # no Gram (embeddings, norms): plain weighted mean
+
+
+_TIES = "https://arxiv.org/abs/2306.01708"
+_DARE = "https://arxiv.org/abs/2311.03099"
+_CRUMBS = "https://arxiv.org/abs/2312.06795"
+_DELLA = "https://arxiv.org/abs/2406.11617"
+
+
+def _table(methods: list[Method]) -> dict[str, Method]:
+    table: dict[str, Method] = {}
+    for m in methods:
+        if m.name in table:
+            raise ValueError(f"merge method {m.name!r} is defined twice")
+        table[m.name] = m
+    return table
+
+
+METHODS: dict[str, Method] = _table([
+    Method("linear", "https://arxiv.org/abs/2203.05482", _linear,
+           (Param("weight", float, "input"), Param("normalize", bool, "shared", True))),
+    Method("slerp", "https://en.wikipedia.org/wiki/Slerp", _slerp, (Param("t", float, "shared"),),
+           base="required", min_inputs=2, max_inputs=2),
+    Method("nuslerp", "https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md#nuslerp", _nuslerp,
+           (Param("weight", float, "non_base"), Param("nuslerp_row_wise", bool, "shared", False),
+            Param("nuslerp_flatten", bool, "shared", True)),
+           base="optional", min_non_base=2, max_non_base=2),
+    Method("multislerp", "https://goddard.blog/posts/multislerp-wow-what-a-cool-idea", _multislerp,
+           (Param("weight", float, "non_base"), Param("normalize_weights", bool, "shared", True),
+            Param("eps", float, "shared", 1e-8)),
+           base="optional", min_non_base=1),
+    Method("karcher", "https://en.wikipedia.org/wiki/Fr%C3%A9chet_mean", _karcher,
+           (Param("max_iter", int, "shared", 10), Param("tol", float, "shared", 1e-5))),
+    Method("model_stock", "https://arxiv.org/abs/2403.19522", _model_stock,
+           (Param("filter_wise", bool, "shared", False),), base="required", min_inputs=3),
+    Method("passthrough", "https://github.com/arcee-ai/mergekit#passthrough", _passthrough,
+           (Param("scale", float, "input", None),), max_inputs=1),
+    _gta_method("task_arithmetic", "https://arxiv.org/abs/2212.04089", None, False, False, False),
+    _gta_method("ties", _TIES, "magnitude", True, True, False),
+    _gta_method("dare_ties", _DARE, "random", True, False, True),
+    _gta_method("dare_linear", _DARE, "random", False, False, True),
+    _gta_method("breadcrumbs", _CRUMBS, "magnitude_outliers", False, False, False),
+    _gta_method("breadcrumbs_ties", _CRUMBS, "magnitude_outliers", True, False, False),
+    _gta_method("della", _DELLA, "della", True, True, True),
+    _gta_method("della_linear", _DELLA, "della", False, False, True),
+    Method("fisher", "https://arxiv.org/abs/2111.09832", _fisher,
+           (Param("weight", float, "input", 1.0), Param("statistics", str, "input")),
+           in_mergekit=False, statistics="fisher"),
+    Method("regmean", "https://arxiv.org/abs/2212.09849", _regmean,
+           (Param("weight", float, "input", 1.0), Param("statistics", str, "input"),
+            Param("alpha", float, "shared", 0.9)),
+           in_mergekit=False, statistics="gram"),
+])

@@ -1,0 +1,191 @@
+"""Recipes: mergekit-compatible YAML, parsed once into a frozen pydantic tree.
+
+The same file runs in ``mergekit-yaml`` (which ignores our extra keys ``name``, ``seed``,
+``intended_use``, ``policy``, ``pins``). We are stricter than mergekit: unknown keys, a misspelt
+method (with the nearest name suggested), an unknown or missing parameter is a ``RecipeError``.
+Checks that need the parents' configs (layer ranges) happen in ``merge.plan``, still before any
+weight is read. Model paths resolve relative to ``base_dir`` (the current directory, as mergekit).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from merge.errors import RecipeError
+from merge.methods import METHODS
+
+Scalar = Union[bool, int, float, str]
+ScalarOrGradient = Union[Scalar, list[Scalar]]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Conditional(_Frozen):
+    """``{filter: "self_attn", value: 0.3}``: applies to tensors whose name contains ``filter``."""
+
+    value: ScalarOrGradient
+    filter: str | None = None
+
+
+Setting = Union[Conditional, list[Conditional], ScalarOrGradient]
+Params = dict[str, Setting]
+
+
+class ModelInput(_Frozen):
+    model: str
+    parameters: Params | None = None
+
+
+class SliceSource(_Frozen):
+    model: str
+    layer_range: tuple[int, int]
+    parameters: Params | None = None
+
+
+class OutputSlice(_Frozen):
+    sources: list[SliceSource]
+    base_model: str | None = None
+    parameters: Params | None = None
+
+
+class Recipe(_Frozen):
+    merge_method: str
+    models: list[ModelInput] | None = None
+    slices: list[OutputSlice] | None = None
+    base_model: str | None = None
+    parameters: Params | None = None
+    dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
+    out_dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
+    tokenizer_source: str | None = None  # "base", "union" or a model path
+    # mergeops keys (mergekit ignores them)
+    name: str | None = None
+    seed: int = 0
+    intended_use: Literal["research", "commercial"] | None = None
+    policy: str | None = None
+    pins: dict[str, str] | None = None
+    # TIES/DARE-TIES trimming keeps the k largest |delta|; entries tied with the k-th are kept
+    # lowest index first ("index", O(n)) or as mergekit's unstable argsort orders them ("sort").
+    magnitude_ties: Literal["index", "sort"] = "index"
+    # not from YAML: set by parse_recipe
+    base_dir: Path = Path(".")
+    sha256: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> "Recipe":
+        if bool(self.models) == bool(self.slices):
+            raise ValueError("give exactly one of 'models' or 'slices'")
+        for s in self.slices or []:
+            if not s.sources:
+                raise ValueError("every slice needs at least one source")
+            for src in s.sources:
+                lo, hi = src.layer_range
+                if lo < 0 or hi <= lo:
+                    raise ValueError(f"layer_range {[lo, hi]} of {src.model} must satisfy 0 <= start < end")
+            lengths = {src.layer_range[1] - src.layer_range[0] for src in s.sources}
+            if len(lengths) > 1:
+                raise ValueError(f"all sources of a slice must span the same number of layers, got {sorted(lengths)}")
+        refs = set(self.model_refs())
+        for ref in self.pins or {}:
+            if ref not in refs:
+                raise ValueError(f"pins: {ref!r} is not a model of this recipe")
+        if self.tokenizer_source not in (None, "base", "union") and self.tokenizer_source not in refs:
+            raise ValueError(f"tokenizer_source {self.tokenizer_source!r} is not 'base', 'union' or a model of the recipe")
+        return self
+
+    def model_refs(self) -> list[str]:
+        """Every parent, in first-mention order (base first when given)."""
+        refs = [self.base_model] if self.base_model else []
+        for m in self.models or []:
+            refs.append(m.model)
+        for s in self.slices or []:
+            refs += ([s.base_model] if s.base_model else []) + [src.model for src in s.sources]
+        return list(dict.fromkeys(refs))
+
+    def path_of(self, ref: str) -> Path:
+        p = Path(ref).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def method(self):
+        return METHODS[self.merge_method]
+
+
+def _suggest(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_parameters(recipe: Recipe) -> None:
+    method = recipe.method
+    scopes: list[tuple[str, Params | None, bool]] = [("parameters", recipe.parameters, True)]
+    for m in recipe.models or []:
+        scopes.append((f"models[{m.model}].parameters", m.parameters, False))
+    for i, s in enumerate(recipe.slices or []):
+        scopes.append((f"slices[{i}].parameters", s.parameters, True))
+        for src in s.sources:
+            scopes.append((f"slices[{i}].sources[{src.model}].parameters", src.parameters, False))
+    for where, params, _ in scopes:
+        for key in params or {}:
+            if method.param(key) is None:
+                known = [p.name for p in method.params]
+                raise RecipeError(
+                    f"{where}: unknown parameter {key!r} for {method.name}{_suggest(key, known)} "
+                    f"(known: {', '.join(known) or 'none'})"
+                )
+
+
+def parse_recipe(text: str, base_dir: Path | None = None) -> Recipe:
+    """Parse and validate recipe YAML; raise RecipeError (one line) on any problem."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(doc, dict):
+        raise RecipeError("recipe must be a YAML mapping with at least 'merge_method' and 'models' or 'slices'")
+    method = doc.get("merge_method")
+    if method not in METHODS:
+        raise RecipeError(
+            f"unknown merge_method {method!r}{_suggest(str(method), METHODS)} (known: {', '.join(METHODS)})"
+        )
+    for key in ("base_dir", "sha256"):
+        if key in doc:
+            raise RecipeError(f"unknown recipe key {key!r}")
+    try:
+        recipe = Recipe.model_validate(
+            {**doc, "base_dir": Path(base_dir or Path.cwd()), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        )
+    except ValidationError as exc:
+        raise RecipeError(_one_line(exc, doc)) from None
+    _check_parameters(recipe)
+    return recipe
+
+
+def load_recipe(path: Path, base_dir: Path | None = None) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe ({exc.strerror})") from exc
+    try:
+        return parse_recipe(text, base_dir)
+    except RecipeError as exc:
+        raise RecipeError(f"{path}: {exc}") from None
+
+
+def _one_line(exc: ValidationError, doc: dict[str, Any]) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("function-", "union", "list[", "tuple[")))
+    if err["type"] == "extra_forbidden":
+        key = str(err["loc"][-1])
+        known = [f for f in Recipe.model_fields if f not in ("base_dir", "sha256")] if len(err["loc"]) == 1 else []
+        return f"unknown recipe key {loc!r}{_suggest(key, known)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg

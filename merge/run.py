@@ -1,0 +1,195 @@
+"""Execute a merge plan: verify parents, stream tensor by tensor, write the output atomically.
+
+Order of work: plan (headers only; every recipe and compatibility error) → re-hash each parent and
+compare with the recipe's pins → open shards lazily (``safe_open``) → for each output tensor load
+its inputs (the next tensor's inputs are prefetched on a second thread), run the kernel, append
+the bytes to the shard → copy config/tokenizer files → manifest → rename the temp dir into place.
+Peak memory: about (parents + 2) × the largest tensor, twice that while prefetching.
+
+Randomness (DARE, DELLA): each (output tensor, parent) pair gets its own ``torch.Generator``
+seeded with the first 8 bytes of sha256("<recipe seed>/<tensor>/<parent index>"), so a merge is
+bit-identical run after run whatever the thread or tensor order. mergekit instead seeds the global
+torch RNG once (``--random-seed``) and draws in its own execution order, so DARE/DELLA masks differ
+from mergekit's; everything deterministic around the masks is the same (tested with density 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from merge.errors import PinMismatch, UsageError
+from merge.manifest import MANIFEST_NAME, FileEntry, content_id, content_id_of, sha256_file
+from merge.methods import Call
+from merge.plan import FLOAT_DTYPES, MergePlan, TensorPlan, plan_merge
+from merge.recipe import Recipe
+from merge.writer import DEFAULT_SHARD_BYTES, ShardWriter, layout_shards
+
+COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
+                "added_tokens.json", "chat_template.jinja")
+_TORCH = {k: getattr(torch, v) for k, v in FLOAT_DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    content_id: str
+    out_dir: Path
+    manifest: dict
+    parents: tuple[dict, ...]  # [{"ref", "path", "content_id"}]
+
+
+def _parent_ids(plan: MergePlan) -> list[str]:
+    with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL: both cores hash
+        ids = list(pool.map(content_id, plan.parents))
+    for ref, cid in zip(plan.refs, ids):
+        pin = (plan.recipe.pins or {}).get(ref)
+        if pin is not None and pin != cid:
+            raise PinMismatch(f"{ref}: content id {cid[:12]}… does not match the recipe's pin {pin[:12]}…; "
+                              "the parent changed since it was pinned: re-audit it and update pins")
+    return ids
+
+
+def _seed(recipe: Recipe, name: str, parent: int) -> int:
+    digest = hashlib.sha256(f"{recipe.seed}/{name}/{parent}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class _Inputs:
+    """Lazily opened shards of every parent (and statistics files), one handle per file."""
+
+    def __init__(self, plan: MergePlan, stack: ExitStack):
+        self._plan, self._stack, self._open = plan, stack, {}
+
+    def _handle(self, path: Path):
+        key = str(path)
+        if key not in self._open:
+            self._open[key] = self._stack.enter_context(safe_open(key, framework="pt", device="cpu"))
+        return self._open[key]
+
+    def load(self, tp: TensorPlan) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        tensors, stats = [], []
+        for (parent, name), params in zip(tp.inputs, tp.per_input):
+            layout = self._plan.layouts[parent]
+            shard = layout.tensors[name][0]
+            tensors.append(self._handle(layout.path / shard).get_tensor(name))
+            if "statistics" in params:
+                f = self._handle(self._plan.recipe.path_of(params["statistics"]))
+                stats.append(f.get_tensor(name) if name in f.keys() else None)
+        return tensors, stats
+
+
+def _merge_one(plan: MergePlan, tp: TensorPlan, tensors, stats, device: str) -> torch.Tensor:
+    if tp.compute_dtype is None:  # integer buffers: identical in every parent, copied
+        return tensors[tp.base_index or 0]
+    dt = _TORCH[tp.compute_dtype]
+    tensors = [t.to(device=device, dtype=dt) for t in tensors]
+    gens = []
+    if plan.recipe.method.random:
+        for parent, _ in tp.inputs:
+            g = torch.Generator(device=device)
+            g.manual_seed(_seed(plan.recipe, tp.out_name, parent))
+            gens.append(g)
+    call = Call(tp.out_name, tensors, tp.base_index, tp.shared, list(tp.per_input), gens,
+                [s.to(device) if s is not None else None for s in stats],
+                plan.recipe.magnitude_ties == "sort")
+    out = plan.recipe.method.kernel(call)
+    return out.to(dtype=_TORCH[tp.out_dtype])
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled and sys.stderr.isatty()
+        self.start = self.last = time.monotonic()
+        self.n = self.bytes = 0
+
+    def step(self, nbytes: int) -> None:
+        self.n += 1
+        self.bytes += nbytes
+        now = time.monotonic()
+        if self.enabled and (now - self.last > 0.5 or self.n == self.total):
+            dt = max(now - self.start, 1e-9)
+            sys.stderr.write(f"\rmerging {self.n}/{self.total} tensors  {self.n / dt:.1f} tensors/s  "
+                             f"{self.bytes / dt / 1e6:.0f} MB/s")
+            if self.n == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.last = now
+
+
+def _copy_side_files(plan: MergePlan, tmp: Path) -> None:
+    src = plan.parents[plan.config_source]
+    for name in COPIED_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, tmp / name)
+    cfg = dict(plan.layouts[plan.config_source].config)
+    if plan.layer_key and plan.num_layers_out is not None:
+        cfg[plan.layer_key] = plan.num_layers_out
+    out_dtypes = {tp.out_dtype for tp in plan.tensors if tp.compute_dtype}
+    if len(out_dtypes) == 1:
+        key = "dtype" if "dtype" in cfg else "torch_dtype"
+        cfg[key] = FLOAT_DTYPES[out_dtypes.pop()]
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: bool = True,
+              shard_bytes: int = DEFAULT_SHARD_BYTES) -> MergeResult:
+    """Merge the recipe's parents into ``out_dir`` (must not exist or be empty)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UsageError(f"{out_dir}: output directory exists and is not empty; choose another --out")
+    if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
+        raise UsageError(f"device {device!r} is not available here; use --device cpu")
+    plan = plan_merge(recipe)
+    parent_ids = _parent_ids(plan)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        shards = layout_shards([(tp.out_name, tp.out_dtype, tp.shape) for tp in plan.tensors], shard_bytes)
+        writer = ShardWriter(tmp, shards, {"format": "pt", "mergeops.recipe_sha256": recipe.sha256})
+        bar = _Progress(len(plan.tensors), progress)
+        with ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as io:
+            inputs = _Inputs(plan, stack)
+            pending = io.submit(inputs.load, plan.tensors[0]) if plan.tensors else None
+            for i, tp in enumerate(plan.tensors):
+                tensors, stats = pending.result()
+                pending = io.submit(inputs.load, plan.tensors[i + 1]) if i + 1 < len(plan.tensors) else None
+                out = _merge_one(plan, tp, tensors, stats, device)
+                del tensors, stats
+                writer.write(tp.out_name, out)
+                bar.step(out.numel() * out.element_size())
+                del out
+        hashes = writer.close()
+        writer.write_index()
+        _copy_side_files(plan, tmp)
+        entries = [FileEntry(path=n, sha256=h, size=s) for n, (h, s) in hashes.items()]
+        entries += [FileEntry(path=p.name, sha256=sha256_file(p), size=p.stat().st_size)
+                    for p in sorted(tmp.iterdir()) if p.name not in hashes]
+        entries.sort(key=lambda e: e.path)
+        cid = content_id_of(entries)
+        parents = [{"path": str(p), "content_id": c} for p, c in zip(plan.parents, parent_ids)]
+        manifest = {"content_id": cid, "files": [e.model_dump() for e in entries],
+                    "recipe_sha256": recipe.sha256, "parents": parents}
+        (tmp / MANIFEST_NAME).write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return MergeResult(cid, out_dir, manifest,
+                       tuple({"ref": r, **p} for r, p in zip(plan.refs, parents)))
+

@@ -1,0 +1,136 @@
+"""Sparsification of task vectors (deltas = child - base): which entries of a delta survive.
+
+Plain functions over tensors. Each mirrors the operation order of mergekit 0.1.5's
+``mergekit.sparsify`` so results agree in the same dtype, with two deliberate differences:
+
+* ``magnitude`` keeps the ``k`` largest |delta| like mergekit, but finds them with an exact
+  two-level radix histogram over the float32 bit pattern (O(n)) instead of a full ``argsort``
+  (O(n log n), the bulk of mergekit's TIES time). Entries whose magnitude *equals* the k-th
+  largest are kept lowest-index first; mergekit keeps whichever subset torch's unstable sort
+  happens to put first. Only entries exactly at the threshold can differ, and the count kept is
+  the same.
+* The random methods (DARE's Bernoulli mask, DELLA's MAGPRUNE) take an explicit
+  ``torch.Generator`` that the caller seeds per tensor and per parent, so a merge is
+  reproducible whatever order or thread tensors are processed in (see ``merge.run``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _rescaled(tensor: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float = 1e-7) -> torch.Tensor:
+    """``tensor * mask``, scaled back to the tensor's L1 norm when ``rescale`` (DARE's 1/p)."""
+    masked = tensor * mask
+    if not rescale:
+        return masked
+    before = tensor.abs().sum()
+    after = masked.abs().sum()
+    if before < eps or after < eps:
+        return masked
+    return masked * (before / after)
+
+
+def kth_largest_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask over the flat non-negative float32 ``magnitudes`` selecting exactly ``k`` largest.
+
+    Non-negative float32 values order like their int32 bit patterns, so a histogram of the top
+    16 bits finds the bucket holding the k-th largest value, and a histogram of the low 16 bits
+    inside that bucket finds the value itself. Ties at the threshold: lowest index first.
+    """
+    n = magnitudes.numel()
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=magnitudes.device)
+    bits = magnitudes.contiguous().view(torch.int32)
+    high = bits >> 16
+    counts = torch.bincount(high, minlength=1 << 15)
+    above = counts.flip(0).cumsum(0).flip(0)  # above[b] = #elements with high bits >= b
+    bucket = int((above >= k).nonzero().max())
+    greater = int(above[bucket + 1]) if bucket + 1 < above.numel() else 0
+    in_bucket = high == bucket
+    low = bits[in_bucket] & 0xFFFF
+    low_counts = torch.bincount(low, minlength=1 << 16)
+    low_above = low_counts.flip(0).cumsum(0).flip(0) + greater
+    low_value = int((low_above >= k).nonzero().max())
+    threshold = (bucket << 16) | low_value
+    gt = bits > threshold
+    eq = bits == threshold
+    need = k - int(gt.sum())
+    gt[eq.nonzero().squeeze(1)[:need]] = True
+    return gt
+
+
+def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False, sort: bool = False) -> torch.Tensor:
+    """TIES trimming: keep the ``max(1, int(density * n))`` largest-magnitude entries.
+
+    ``sort=True`` selects with mergekit's full ``argsort`` (same tie choice, O(n log n)).
+    """
+    if density >= 1:
+        return tensor
+    if density <= 0 or tensor.numel() == 0:
+        return torch.zeros_like(tensor)
+    k = max(1, int(density * tensor.numel()))
+    w = tensor.abs().reshape(-1).float()
+    if sort:
+        mask = torch.zeros(w.numel(), dtype=tensor.dtype, device=tensor.device)
+        mask[torch.argsort(w, descending=True)[:k]] = 1
+    else:
+        mask = kth_largest_mask(w, k).to(tensor.dtype)
+    return _rescaled(tensor, mask.reshape_as(tensor), rescale)
+
+
+def magnitude_outliers(tensor: torch.Tensor, density: float, rescale: bool = False, gamma: float = 0.01) -> torch.Tensor:
+    """Model Breadcrumbs: drop the ``gamma`` largest outliers, then the smallest, keep ``density``."""
+    if density >= 1:
+        return tensor
+    n = tensor.numel()
+    target = int(density * n)
+    n_top = int(gamma * n)
+    n_bottom = max(0, n - target - n_top)
+    w = tensor.abs().reshape(-1)
+    if w.device.type == "cpu":
+        w = w.float()
+    order = torch.sort(w, descending=False).indices  # the same call as mergekit: same ties
+    mask = torch.zeros(n, dtype=tensor.dtype, device=tensor.device)
+    mask[order[n_bottom : n_bottom + target]] = 1
+    return _rescaled(tensor, mask.reshape_as(tensor), rescale)
+
+
+def _work_dtype(tensor: torch.Tensor) -> torch.dtype:
+    # torch.bernoulli has no float16 CPU kernel; bf16 and accelerators work in place.
+    if tensor.device.type != "cpu" or tensor.dtype == torch.bfloat16:
+        return tensor.dtype
+    return torch.float32
+
+
+def bernoulli(tensor: torch.Tensor, density: float, rescale: bool, generator: torch.Generator) -> torch.Tensor:
+    """DARE: keep each entry with probability ``density``; rescale by the L1 ratio (≈ 1/density)."""
+    if density >= 1:
+        return tensor
+    work = _work_dtype(tensor)
+    mask = torch.bernoulli(torch.full_like(tensor, density, dtype=work), generator=generator)
+    return _rescaled(tensor.to(work), mask, rescale).to(tensor.dtype)
+
+
+def della_magprune(
+    tensor: torch.Tensor, density: float, epsilon: float, rescale: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """DELLA MAGPRUNE: keep probability rises linearly with magnitude rank within each row,
+    from ``density - epsilon`` (smallest) to ``density + epsilon`` (largest)."""
+    if density >= 1:
+        return tensor
+    if density <= 0:
+        return torch.zeros_like(tensor)
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise ValueError("epsilon must keep density ± epsilon inside (0, 1)")
+    shape = tensor.shape
+    work = _work_dtype(tensor)
+    if tensor.dim() < 2:
+        tensor = tensor.unsqueeze(0)
+    ranks = torch.argsort(tensor.abs(), dim=1).argsort(dim=1).to(work) + 1
+    lo = ranks.min(dim=1, keepdim=True).values
+    hi = ranks.max(dim=1, keepdim=True).values
+    rank_norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
+    probs = (density - epsilon) + rank_norm * 2 * epsilon
+    mask = torch.bernoulli(probs, generator=generator).to(work)
+    return _rescaled(tensor.to(work), mask, rescale).to(tensor.dtype).reshape(shape)
