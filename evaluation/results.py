@@ -95,7 +95,7 @@ def primary_scores(df: pd.DataFrame, suite: MaterializedSuite) -> pd.DataFrame:
     keep = {(task, metric) for task, metric in suite.primary().values()}
     mask = [(t, m) in keep for t, m in zip(df["task"], df["metric"])]
     table = df[mask].pivot_table(index="domain", columns="model", values="value", aggfunc="first")
-    order = list(dict.fromkeys(df.sort_values("role", ascending=False)["model"]))  # merged first
+    order = list(dict.fromkeys(df.sort_values("role", kind="stable")["model"]))  # merged first
     return table.reindex(columns=[m for m in order if m in table.columns])
 
 

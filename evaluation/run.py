@@ -45,7 +45,7 @@ class EvaluationReport:
     scores: pd.DataFrame  # domains x models, each domain's primary metric
     primary: dict[str, tuple[str, str]]  # domain -> (task, metric)
     merged: str | None
-    retention: dict[str, float | None]
+    retention: dict[str, float | None]  # None: every parent scores 0 there (left out of the JSON)
     normalized_average: float | None
     specialists: dict[str, str]
     leakage: list[lk.LeakageRecord]
@@ -66,14 +66,17 @@ class EvaluationReport:
         """DESIGN.md's evaluate keys (results, retention, leakage, gates when a policy applied) plus extras."""
         doc = {
             "results": json.loads(self.results.to_json(orient="records")),
-            "retention": self.retention,
+            "retention": {d: v for d, v in self.retention.items() if v is not None},
             "leakage": [r.model_dump() for r in self.leakage],
         }
         if self.gates is not None:
             doc["gates"] = [g.model_dump() for g in self.gates]
             doc["passed"] = self.passed
         doc |= {"suite": self.suite, "suite_hash": self.suite_hash, "merged": self.merged,
+                "retention_undefined": sorted(d for d, v in self.retention.items() if v is None),
                 "normalized_average": self.normalized_average, "specialists": self.specialists,
+                "merged_scores": ({} if self.merged is None else
+                                  {str(d): float(v) for d, v in self.scores[self.merged].items()}),
                 "scores": {str(d): {m: (None if pd.isna(v) else float(v)) for m, v in row.items()}
                            for d, row in self.scores.iterrows()},
                 "primary": {d: {"task": t, "metric": m} for d, (t, m) in self.primary.items()},

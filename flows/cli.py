@@ -37,7 +37,10 @@ def cli() -> None:
 
 # Subcommand groups register here, one line each, explicitly (no import side effects).
 from flows.cli_zoo import zoo as _zoo; cli.add_command(_zoo)  # noqa: E402,E702
+from flows.cli_merge import merge as _merge; cli.add_command(_merge)  # noqa: E402,E702
+from flows.cli_merge import calibrate as _calibrate; cli.add_command(_calibrate)  # noqa: E402,E702
 from flows.cli_audit import audit as _audit; cli.add_command(_audit)  # noqa: E402,E702
+from flows.cli_evaluate import evaluate as _evaluate; cli.add_command(_evaluate)  # noqa: E402,E702
 from flows.cli_registry import lineage as _lineage; cli.add_command(_lineage)  # noqa: E402,E702
 from flows.cli_registry import approve as _approve; cli.add_command(_approve)  # noqa: E402,E702
 from flows.cli_registry import reject as _reject; cli.add_command(_reject)  # noqa: E402,E702

@@ -1,0 +1,63 @@
+"""Pictures for reviewers: per-domain bars (merged vs parents) and a domains x models heatmap.
+
+Both are written atomically as PNG with matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    tmp.replace(path)
+    return path
+
+
+def write_plots(scores: pd.DataFrame, out_dir: Path, stem: str, *, merged: str | None = None,
+                metric: str = "exact_match") -> list[Path]:
+    """``<stem>.bars.png`` and ``<stem>.heatmap.png`` in ``out_dir`` from a domains x models table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    domains, models = list(scores.index), list(scores.columns)
+    values = scores.to_numpy(dtype=float)
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(domains) * max(1, len(models)) / 3), 3.6))
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(domains))
+    for i, model in enumerate(models):
+        is_merged = model == merged
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, values[:, i], width, label=f"{model}{' (merged)' if is_merged else ''}",
+               edgecolor="black" if is_merged else "none", linewidth=1.2 if is_merged else 0, zorder=3)
+    ax.set_xticks(x, domains)
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, max(1.0, float(np.nanmax(values)) if values.size else 1.0))
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    ax.legend(fontsize=7, ncols=min(4, len(models)), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ax.set_title(f"{metric} per domain: merged vs parents")
+    paths.append(_save(fig, out_dir / f"{stem}.bars.png"))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(models), 1.0 + 0.5 * len(domains)))
+    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=max(1.0, float(np.nanmax(values)) if values.size else 1.0),
+                      aspect="auto")
+    ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
+    ax.set_yticks(range(len(domains)), domains)
+    for (r, c), v in np.ndenumerate(values):
+        ax.text(c, r, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                color="white" if (np.isnan(v) or v < 0.5) else "black")
+    fig.colorbar(image, ax=ax, label=metric)
+    ax.set_title(f"{metric}: domains x models")
+    paths.append(_save(fig, out_dir / f"{stem}.heatmap.png"))
+    plt.close(fig)
+    return paths

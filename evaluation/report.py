@@ -1,0 +1,54 @@
+"""Human-readable and on-disk forms of an EvaluationReport: the domains x models table, the JSON
+file (DESIGN.md's keys) and the plots beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evaluation.plots import write_plots
+from evaluation.run import EvaluationReport
+
+
+def _num(x) -> str:
+    return "-" if x is None or x != x else f"{x:.3f}"
+
+
+def format_table(report: EvaluationReport) -> str:
+    """Domains x models (primary metric), retention column, then leakage failures and gates."""
+    scores = report.scores
+    models = list(scores.columns)
+    names = [f"{m}*" if m == report.merged else m for m in models]
+    width = max([len(str(d)) for d in scores.index] + [6])
+    cols = [max(len(n), 7) for n in names]
+    head = f"{'domain':<{width}}  " + "  ".join(f"{n:>{c}}" for n, c in zip(names, cols)) + "  retention"
+    lines = [head]
+    for domain, row in scores.iterrows():
+        cells = "  ".join(f"{_num(row[m]):>{c}}" for m, c in zip(models, cols))
+        lines.append(f"{str(domain):<{width}}  {cells}  {_num(report.retention.get(str(domain))):>9}")
+    metrics = sorted({m for _, m in report.primary.values()})
+    lines.append(f"(* merged; metric: {', '.join(metrics)}; suite {report.suite}; "
+                 f"lm-eval {'/'.join(r['lm_eval'] for r in report.runs)})")
+    if report.normalized_average is not None:
+        lines.append(f"normalized average (merged / specialist): {report.normalized_average:.3f} "
+                     f"over {', '.join(sorted(report.specialists))}")
+    failed = [r for r in report.leakage if r.verdict == "fail"]
+    lines.append(f"leakage: {len(report.leakage)} checks, {len(failed)} failed")
+    lines += [f"  FAIL {r.check} {r.model}: {r.value:.3g} (threshold {r.threshold})" for r in failed]
+    if report.gates is not None:
+        bad = [g for g in report.gates if not g.passed]
+        lines.append(f"gates: {len(report.gates) - len(bad)} passed, {len(bad)} failed")
+        lines += [f"  FAIL {g.gate}: {g.reason}" for g in bad]
+    return "\n".join(lines)
+
+
+def write_report(report: EvaluationReport, json_path: Path) -> list[Path]:
+    """The JSON at ``json_path`` plus ``<stem>.bars.png`` and ``<stem>.heatmap.png`` beside it."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = json_path.with_name(f".{json_path.name}.tmp")
+    tmp.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(json_path)
+    metric = ", ".join(sorted({m for _, m in report.primary.values()}))
+    plots = write_plots(report.scores, json_path.parent, json_path.stem, merged=report.merged, metric=metric)
+    return [json_path, *plots]

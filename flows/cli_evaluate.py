@@ -1,0 +1,100 @@
+"""``mergeops evaluate``: multi-domain lm-eval scores, leakage checks and (with a policy) gates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from merge.errors import UsageError
+
+
+def _verdicts(audit_json: str | None) -> tuple[str | None, str | None]:
+    """(audit verdict, licence verdict) from `mergeops audit --json` output; licence fails on any
+    error finding of a licence check."""
+    if audit_json is None:
+        return None, None
+    try:
+        doc = json.loads(Path(audit_json).read_text(encoding="utf-8"))
+        verdict = doc["verdict"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UsageError(f"--audit {audit_json}: not the JSON of `mergeops audit --json` ({exc})") from None
+    licence_errors = [f for f in doc.get("findings", [])
+                      if f.get("severity") == "error" and "licen" in str(f.get("check", "")).lower()]
+    return verdict, "fail" if licence_errors else "pass"
+
+
+def _champion(path: str | None) -> dict[str, float] | None:
+    """Per-domain champion scores: a {domain: score} JSON, or an earlier `evaluate --json` file."""
+    if path is None:
+        return None
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--champion {path}: unreadable JSON ({exc})") from None
+    if isinstance(doc, dict) and "merged_scores" in doc:
+        doc = doc["merged_scores"]
+    if not isinstance(doc, dict) or not all(isinstance(v, (int, float)) for v in doc.values()):
+        raise UsageError(f"--champion {path}: expected {{domain: score}} or an `evaluate --json` file")
+    return {str(k): float(v) for k, v in doc.items()}
+
+
+@click.command("evaluate")
+@click.argument("model_dirs", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--merged", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="The merged model (candidate); MODEL_DIRs are then its parents.")
+@click.option("--suite", default="zoo", show_default=True, metavar="NAME|FILE",
+              help="A shipped suite (zoo, zoo-full) or a suite YAML file with your own lm-eval tasks.")
+@click.option("--zoo", "zoo_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              envvar="MERGEOPS_ZOO", help="The zoo whose domains the suite covers [env MERGEOPS_ZOO].")
+@click.option("--policy", default=None, metavar="FILE|default",
+              help="Apply gates: a policy YAML laid over the shipped default, or 'default' itself.")
+@click.option("--audit", "audit_json", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="`mergeops audit --json` output; supplies the audit and licence verdicts the gates need.")
+@click.option("--champion", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="The champion's scores ({domain: score} or its evaluate --json) for the regression gate.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the report as JSON (DESIGN.md keys) and two PNG plots beside it.")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Where suites and results are cached (default: $MERGEOPS_HOME/cache).")
+@click.pass_context
+def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None, suite: str, zoo_dir: str | None,
+             policy: str | None, audit_json: str | None, champion: str | None, json_path: str | None,
+             cache_dir: str | None) -> None:
+    """Evaluate a merged model and its parents on every domain of a suite (lm-eval, in memory,
+    offline), check leakage (canaries, PII, contamination) and, with --policy, apply the gates.
+
+    Which model is the merged one: --merged DIR if given; else the directory holding a
+    mergeops.manifest.json (its manifest's parents are evaluated too when no parent is given);
+    else a single MODEL_DIR is evaluated alone as the candidate. Results are cached by model
+    content id, suite hash and lm-eval version: a re-run with nothing changed runs nothing.
+
+    Exit status: 0 done (and every gate passed), 1 a gate failed, 2 bad input.
+
+    \b
+    Example:
+      mergeops zoo build --profile tiny --out /tmp/zoo
+      mergeops evaluate --zoo /tmp/zoo --merged /tmp/zoo/models/base /tmp/zoo/models/sort /tmp/zoo/models/reverse
+      mergeops evaluate --zoo /tmp/zoo /tmp/zoo/models/proprietary --policy default --json /tmp/eval/report.json
+    """
+    from evaluation.report import format_table, write_report
+    from evaluation.roles import resolve_models
+    from evaluation.run import evaluate_models
+    from flows.settings import get_settings
+
+    if not model_dirs and merged is None:
+        raise UsageError("give at least one MODEL_DIR (or --merged DIR); see `mergeops evaluate --help`")
+    audit_verdict, license_verdict = _verdicts(audit_json)
+    models = resolve_models([Path(d) for d in model_dirs], Path(merged) if merged else None)
+    report = evaluate_models(
+        models, suite=suite, zoo_dir=Path(zoo_dir) if zoo_dir else None,
+        cache_dir=Path(cache_dir) if cache_dir else get_settings().cache_dir / "evaluations",
+        policy=policy, audit_verdict=audit_verdict, license_verdict=license_verdict,
+        champion_scores=_champion(champion))
+    click.echo(format_table(report))
+    if json_path:
+        for path in write_report(report, Path(json_path)):
+            click.echo(f"wrote {path}")
+    if report.passed is False:
+        ctx.exit(1)
