@@ -150,9 +150,9 @@ def audit_models(
     rows: dict[str, dict] = {}
     licenses: list[tuple[str, str | None]] = []
     for ref in refs:
-        row, fact, parent_findings, lid = _audit_one(ref, paths[ref], policy, pin_of.get(ref))
-        rows[ref], licenses = row, licenses + [(ref, lid)]
+        rows[ref], fact, parent_findings, lid = _audit_one(ref, paths[ref], policy, pin_of.get(ref))
         facts.append(fact)
+        licenses.append((ref, lid))
         findings += parent_findings
 
     base_ref = find_base(facts, base_ref)

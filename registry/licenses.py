@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from registry.errors import PolicyError
-from registry.schemas import SET_PARENT, Finding
+from registry.schemas import Finding
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("license_policy.yaml")
 Outcome = Literal["ok", "review", "refuse"]
@@ -208,5 +208,5 @@ def combine(
 
 __all__ = [
     "DEFAULT_POLICY_PATH", "LicensePolicy", "LicenseTerms", "LicenseOutcome", "WeightPolicy",
-    "SET_PARENT", "combine", "detect_license_text", "load_license_policy", "normalize_license",
+    "combine", "detect_license_text", "load_license_policy", "normalize_license",
 ]
