@@ -78,6 +78,10 @@ def check_format(model_dir: Path, ref: str) -> tuple[ModelLayout | None, list[Fi
         if not (named | sniffed and "pickle" in str(exc)):
             check = "format.header" if isinstance(exc, FormatError) else "format.layout"
             findings.append(Finding(parent=ref, check=check, severity="error", message=str(exc)))
+    if layout is not None and not layout.tensors:
+        findings.append(Finding(parent=ref, check="format.layout", severity="error",
+                                message="the safetensors files hold no tensors; point at a directory with the weights"))
+        layout = None
     # Shards outside the index are never merged, but a crafted one must not slip by unvalidated.
     indexed = set(layout.shards) if layout else set()
     said = {f.message for f in findings}

@@ -88,8 +88,7 @@ def scan_weights(layout: ModelLayout, ref: str, policy: WeightPolicy, base: Mode
             bad = any_nonzero = False
             t_delta = t_base = 0.0
             for block in mine.blocks(name):
-                finite = torch.isfinite(block)
-                if not bool(finite.all()):
+                if not bool(torch.isfinite(block).all()):
                     bad = True
                 any_nonzero = any_nonzero or bool((block != 0).any())
                 if base_blocks is not None:
@@ -100,7 +99,8 @@ def scan_weights(layout: ModelLayout, ref: str, policy: WeightPolicy, base: Mode
                 nonfinite.append(name)
             elif not any_nonzero:
                 (zero_matrix if len(info.shape) >= 2 else zero_vector).append(name)
-            if comparable and not bad:
+            # A non-finite base is reported on the base itself; it says nothing about this parent.
+            if comparable and not bad and math.isfinite(t_delta + t_base):
                 delta_sq += t_delta
                 base_sq += t_base
                 compared += 1

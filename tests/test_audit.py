@@ -11,6 +11,10 @@ import pytest
 import torch
 from audit_helpers import base_tensors, finetune, make_model, pickle_bomb, raw_safetensors
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
 from merge.errors import UsageError
 from merge.manifest import content_id
 from registry.audit import audit_models
@@ -64,6 +68,12 @@ def test_header_claiming_2_pow_60_bytes_is_refused_without_allocating(tmp_path):
     assert report.parents[0].verdict == "fail"
 
 
+def test_a_checkpoint_without_tensors_is_refused(tmp_path):
+    model = make_model(tmp_path / "m")
+    raw_safetensors(model / "model.safetensors", {"__metadata__": {"format": "pt"}}, b"")
+    assert [f.check for f in audit_models([model]).errors()] == ["format.layout"]
+
+
 def test_overlapping_offsets_are_refused(tmp_path):
     model = make_model(tmp_path / "m")
     header = {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
@@ -71,6 +81,34 @@ def test_overlapping_offsets_are_refused(tmp_path):
     raw_safetensors(model / "model.safetensors", header, bytes(24))
     report = audit_models([model])
     assert any(f.check == "format.header" and "overlaps" in f.message for f in report.findings)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=st.binary(max_size=64), claimed=st.integers(0, 2**64 - 1), tail=st.binary(max_size=32))
+def test_arbitrary_header_bytes_are_findings_never_crashes(tmp_path, header, claimed, tail):
+    model = tmp_path / "fuzz"
+    if not model.exists():
+        make_model(model)
+    (model / "model.safetensors").write_bytes(claimed.to_bytes(8, "little") + header + tail)
+    report = audit_models([model])
+    assert report.verdict == "fail"  # random bytes never make a valid checkpoint
+    assert {f.check for f in report.errors()} <= {"format.header", "format.layout"}
+
+
+def test_sharded_model_is_read_shard_by_shard(family):
+    root, base = family
+    model = make_model(root / "sharded", finetune(base, 7), base_model="base")
+    tensors = finetune(base, 7)
+    (model / "model.safetensors").unlink()
+    names = sorted(tensors)
+    save_file({n: tensors[n] for n in names[:1]}, str(model / "model-00001-of-00002.safetensors"))
+    save_file({n: tensors[n] for n in names[1:]}, str(model / "model-00002-of-00002.safetensors"))
+    weight_map = {n: f"model-0000{1 if i == 0 else 2}-of-00002.safetensors" for i, n in enumerate(names)}
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    report = audit_models(["base", "a", "sharded"], base_dir=root)
+    assert report.verdict == "pass", report.errors()
+    assert report.parents[2].n_tensors == 3 and report.parents[2].delta_from_base > 0
+    assert report.parents[2].architecture_fingerprint == report.parents[0].architecture_fingerprint
 
 
 def test_stray_shard_outside_the_index_is_still_validated(tmp_path):
