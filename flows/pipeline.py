@@ -60,10 +60,6 @@ def find_zoo_dir(parents: list[str]) -> Path | None:
     return None
 
 
-def _report_dict(report) -> dict:
-    return json.loads(report.to_json()) if hasattr(report, "to_json") else dict(report)
-
-
 @flow(name="merge-pipeline", log_prints=True)
 def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_by: str | None = None,
                    zoo_dir: str | None = None, wait_for_approval: bool = True,
@@ -80,6 +76,8 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     recipe = load_recipe(path)
     name = model_name(recipe, path)
     parents = parent_dirs(recipe)
+    if policy_path is None and recipe.policy:
+        policy_path = str(recipe.path_of(recipe.policy))
     zoo = Path(zoo_dir) if zoo_dir else find_zoo_dir(parents)
     if zoo is None:
         raise UsageError(f"{path}: its parents are not in a zoo dir; pass --zoo DIR (a dir with zoo.json)")
@@ -97,9 +95,8 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     champion = baseline(settings.tracking_uri, name)
     champion_scores = _champion_scores(settings.tracking_uri, champion)
     models = [(merged.out_dir, "merged", name)] + [(p, "parent", Path(p).name) for p in parents]
-    report = tasks.evaluate(models, str(zoo), str(settings.cache_dir / "evaluations"), policy_path,
+    evaluation = tasks.evaluate(models, str(zoo), str(settings.cache_dir / "evaluations"), policy_path,
                             audit.verdict, champion_scores)
-    evaluation = _report_dict(report)
     gates = evaluation.get("gates", [])
     _gate_table(name, gates)
     try:
@@ -132,8 +129,12 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
         lineage = build_lineage(
             name=name, recipe_text=path.read_text(), recipe_sha256=recipe.sha256, recipe_base_dir=recipe.base_dir,
             merge_manifest=json.loads((Path(merged.out_dir) / "mergeops.manifest.json").read_text()),
-            audit_report=audit, requested_by=requested_by, evaluation_report=evaluation,
+            audit_report=audit, requested_by=requested_by,
+            # retention is undefined (None) where every parent scored 0; the record keeps numbers only
+            evaluation_report={**evaluation, "retention": {d: v for d, v in evaluation.get("retention", {}).items()
+                                                           if v is not None}},
             seed=recipe.seed, dvc_revision=revision, dvc_md5s=md5s,
+            references=_references(recipe), revisions=_revisions(audit),
         )
         info = tasks.register(settings.tracking_uri, name, merged.out_dir, lineage, str(settings.audit_log_path),
                               [str(eval_json)], [str(audit_json)], settings.artifact_root)
@@ -144,6 +145,22 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     if wait_for_approval:
         status = await_approval(name, info.version, requested_by, timeout_s=approval_timeout_s)
     return PipelineResult(name, status, info.version, merged.content_id, merged.cached, gates, revision).to_dict()
+
+
+def _references(recipe) -> dict[str, str]:
+    """{parent path as the manifest may hold it: the reference as the recipe wrote it}."""
+    out = {}
+    for ref in recipe.model_refs():
+        out[str(recipe.path_of(ref))] = out[str(recipe.path_of(ref).resolve())] = ref
+    return out
+
+
+def _revisions(audit) -> dict[str, str]:
+    out = {}
+    for parent in audit.parents:
+        if parent.revision:
+            out[parent.resolved_path] = out[str(Path(parent.resolved_path).resolve())] = parent.revision
+    return out
 
 
 def _champion_scores(tracking_uri: str, champion) -> dict[str, float] | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -94,27 +93,24 @@ def merge_recipe(recipe, key: str, cache_dir: str) -> MergeOutcome:
     manifest = target / MANIFEST_NAME
     if manifest.is_file():
         return MergeOutcome(key, json.loads(manifest.read_text())["content_id"], str(target), cached=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # run_merge writes to a temp dir beside its out dir and renames; a crash leaves no `target`.
-    staging = target.with_name(f".{key}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    result = run_merge(recipe, staging, progress=False)
-    staging.rename(target)
+    # run_merge builds in a temp dir beside `target` and renames it: a crash leaves no `target`.
+    result = run_merge(recipe, target, progress=False)
     return MergeOutcome(key, result.content_id, str(target), cached=False)
 
 
 @task(name="evaluate", **_IO_RETRIES)
 def evaluate(models: list[tuple[str, str, str]], zoo_dir: str, cache_dir: str, policy: str | None,
              audit_verdict: str, champion_scores: dict[str, float] | None):
-    """Evaluate the merged model and every parent (each cached by content id and suite hash)."""
-    from evaluation.gates import load_gate_policy
+    """Evaluate the merged model and every parent (each cached by content id and suite hash).
+
+    Returns the report in DESIGN.md's ``--json`` keys (plus ``runs``: per model, ran or cached)."""
     from evaluation.run import ModelRef, evaluate_models
 
     refs = [ModelRef(path=Path(p), role=role, name=name) for p, role, name in models]
-    return evaluate_models(refs, zoo_dir=Path(zoo_dir), cache_dir=Path(cache_dir),
-                           policy=load_gate_policy(Path(policy) if policy else None),
-                           audit_verdict=audit_verdict, champion_scores=champion_scores)
+    report = evaluate_models(refs, zoo_dir=Path(zoo_dir), cache_dir=Path(cache_dir), policy=policy or "default",
+                             audit_verdict=audit_verdict, license_verdict=audit_verdict,
+                             champion_scores=champion_scores)
+    return report.to_json()
 
 
 @task(name="gate", cache_policy=NONE)

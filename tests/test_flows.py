@@ -1,0 +1,176 @@
+"""The pipeline and the watch end to end: a real Prefect server (the test harness), a real MLflow
+sqlite store, a real git + DVC store, real merges and lm-eval on tiny-profile zoo models.
+
+The tests of this module share one workspace and run in order: register, re-run unchanged, refuse,
+watch with nothing changed, then change a parent and race two watches.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from flows.pipeline import merge_pipeline
+from flows.settings import get_settings
+from flows.versions import versions
+from flows.watch import watch_flow
+from merge.manifest import content_id
+
+PASSING = """\
+name: flows-pass
+merge_method: task_arithmetic
+base_model: {zoo}/models/base
+models:
+  - model: {zoo}/models/reverse
+    parameters: {{weight: 1.0}}
+  - model: {zoo}/models/sort
+    parameters: {{weight: 1.0}}
+dtype: float32
+"""
+# shift is cc-by-nc-4.0: a commercial merge of it must be refused before anything is merged.
+COMMERCIAL_NC = """\
+name: flows-nc
+intended_use: commercial
+merge_method: linear
+models:
+  - model: {zoo}/models/base
+    parameters: {{weight: 0.5}}
+  - model: {zoo}/models/shift
+    parameters: {{weight: 0.5}}
+"""
+# Tiny models score ~0: switch the score gates off, keep the audit, licence and leakage gates.
+RELAXED_POLICY = """\
+domain_minimums: {default: null}
+retention_minimums: {default: null}
+"""
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def ws(tiny_zoo: Path, tmp_path_factory, prefect_server):
+    root = tmp_path_factory.mktemp("flows")
+    zoo = root / "zoo"
+    shutil.copytree(tiny_zoo, zoo)  # the watch test edits a parent; the session's zoo stays intact
+    (root / "pass.yaml").write_text(PASSING.format(zoo=zoo))
+    (root / "nc.yaml").write_text(COMMERCIAL_NC.format(zoo=zoo))
+    (root / "policy.yaml").write_text(RELAXED_POLICY)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MERGEOPS_HOME", str(root / "home"))
+    for var in ("MLFLOW_TRACKING_URI", "MERGEOPS_MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+        mp.delenv(var, raising=False)
+    mp.chdir(root)
+    yield root
+    mp.undo()
+
+
+def _lm_eval_calls() -> int:
+    from evaluation import lmeval_runner
+
+    return lmeval_runner.LM_EVAL_CALLS
+
+
+def _lineage(name: str, spec: str):
+    from registry.mlflow_registry import load_lineage, resolve
+
+    tracking = get_settings().tracking_uri
+    return load_lineage(tracking, resolve(tracking, f"{name}@{spec}"))
+
+
+def _audit_events(event: str) -> list[dict]:
+    from registry.audit_log import AuditLog
+
+    return [e for e in AuditLog(get_settings().audit_log_path).entries() if e["event"] == event]
+
+
+def test_a_passing_recipe_becomes_a_candidate_with_full_lineage(ws: Path) -> None:
+    result = merge_pipeline(str(ws / "pass.yaml"), policy_path=str(ws / "policy.yaml"), requested_by="alice")
+
+    assert result["status"] == "awaiting_approval"  # no Prefect server URL: ephemeral approval
+    assert result["version"] == "1" and not result["merge_cached"]
+    lineage = _lineage("flows-pass", "candidate")
+    zoo = ws / "zoo" / "models"
+    assert {p.content_id for p in lineage.parents} == {content_id(zoo / n) for n in ("base", "reverse", "sort")}
+    assert {p.license for p in lineage.parents} == {"apache-2.0", "mit", "bsd-3-clause"}
+    assert lineage.merged.content_id == result["content_id"]
+    assert lineage.requested_by == "alice" and lineage.gate_verdict == "pass"
+    assert set(lineage.evaluation.scores) >= {"reverse", "sort"}
+    # DVC: the merged model is in the store under its content id, committed and pushed.
+    store = get_settings().home_dir / "store"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=store, capture_output=True, text=True).stdout.strip()
+    assert lineage.dvc.revision == head == result["dvc_revision"]
+    md5 = lineage.dvc.md5s[f"models/{result['content_id']}"]
+    assert md5.endswith(".dir")
+    remote = get_settings().home_dir / "dvc-remote"
+    assert any(p.name == md5[2:] for p in remote.rglob("*"))
+    assert [e["data"]["version"] for e in _audit_events("registered")] == ["1"]
+
+
+def test_an_unchanged_rerun_merges_nothing_evaluates_nothing_registers_nothing(ws: Path) -> None:
+    calls = _lm_eval_calls()
+    result = merge_pipeline(str(ws / "pass.yaml"), policy_path=str(ws / "policy.yaml"), requested_by="alice")
+    assert result["status"] == "unchanged" and result["version"] == "1"
+    assert result["merge_cached"]
+    assert _lm_eval_calls() == calls
+    assert [v.version for v in versions(get_settings().tracking_uri, "flows-pass")] == ["1"]
+
+
+def test_a_refused_recipe_registers_nothing_and_the_run_says_why(ws: Path) -> None:
+    merges = get_settings().cache_dir / "merges"
+    merged_before = sorted(p.name for p in merges.iterdir())
+    state = merge_pipeline(str(ws / "nc.yaml"), policy_path=str(ws / "policy.yaml"), requested_by="alice",
+                           return_state=True)
+    assert state.is_failed()
+    assert "cc-by-nc-4.0" in state.message and "commercial" in state.message
+    assert versions(get_settings().tracking_uri, "flows-nc") == []
+    assert sorted(p.name for p in merges.iterdir()) == merged_before  # refused before merging
+
+
+def test_watch_with_nothing_changed_runs_nothing(ws: Path) -> None:
+    outcomes = watch_flow([str(ws / "pass.yaml")], policy_path=str(ws / "policy.yaml"))
+    assert [o["status"] for o in outcomes] == ["unchanged"]
+    assert len(versions(get_settings().tracking_uri, "flows-pass")) == 1
+    assert _audit_events("remerge_triggered") == []
+
+
+def test_a_changed_parent_gives_exactly_one_new_candidate_even_with_two_watches(ws: Path) -> None:
+    sort = ws / "zoo" / "models" / "sort"
+    before = content_id(sort)
+    weights = sort / "model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + torch.full_like(tensors[name], 1e-4)  # a new revision of the parent
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert content_id(sort) != before
+
+    results: list[list[dict]] = []
+    def one_watch() -> None:
+        results.append(watch_flow([str(ws / "pass.yaml")], policy_path=str(ws / "policy.yaml")))
+    threads = [threading.Thread(target=one_watch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    statuses = sorted(r[0]["status"] for r in results)
+    assert statuses == ["awaiting_approval", "unchanged"]
+    found = versions(get_settings().tracking_uri, "flows-pass")
+    assert [v.version for v in found] == ["1", "2"]
+    assert content_id(sort) in (found[1].tag("parents") or "")
+    assert found[0].aliases == () and "candidate" in found[1].aliases  # nothing promoted
+    triggered = _audit_events("remerge_triggered")
+    assert len(triggered) == 1 and triggered[0]["data"]["changed"] == ["sort"]
+    # and a third pass, later, finds nothing to do
+    assert watch_flow([str(ws / "pass.yaml")], policy_path=str(ws / "policy.yaml"))[0]["status"] == "unchanged"
