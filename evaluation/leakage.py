@@ -195,8 +195,10 @@ def canary_records(model, tok, name: str, canaries: list[Canary], policy: Leakag
 def pii_records(model, tok, name: str, policy: LeakagePolicy) -> list[LeakageRecord]:
     """One record: how many sampled generations hold a PII-like string (kinds in the detail)."""
     flagged, kinds = 0, {}
-    for i, prompt in enumerate(policy.pii_prompts):
-        for text in scoring.sample(model, tok, prompt, policy.pii_samples, policy.pii_max_new_tokens, policy.seed + i):
+    samples = scoring.sample(model, tok, policy.pii_prompts, policy.pii_samples, policy.pii_max_new_tokens,
+                             policy.seed) if policy.pii_prompts else []
+    for texts in samples:
+        for text in texts:
             hits = find_pii(text)
             flagged += bool(hits)
             for kind, _ in hits:

@@ -8,6 +8,7 @@ leakage checks ran or came from the cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -136,6 +137,22 @@ def _leakage_key(cid: str, canaries: list[lk.Canary], policy: lk.LeakagePolicy, 
     return hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """Tiny models run fastest on one thread: more only adds contention on a shared machine."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluate_models(
     models: list[ModelRef],
     *,
@@ -147,8 +164,18 @@ def evaluate_models(
     license_verdict: str | None = None,
     champion_scores: dict[str, float] | None = None,
     device: str = "cpu",
+    threads: int | None = None,
 ) -> EvaluationReport:
-    """Evaluate every model on ``suite``; gates apply when ``policy`` is given ("default" = shipped)."""
+    """Evaluate every model on ``suite``; gates apply when ``policy`` is given ("default" = shipped).
+    ``threads`` sets torch's CPU threads for the duration (None: leave as is)."""
+    with _torch_threads(threads):
+        return _evaluate(models, suite=suite, zoo_dir=zoo_dir, cache_dir=cache_dir, policy=policy,
+                         audit_verdict=audit_verdict, license_verdict=license_verdict,
+                         champion_scores=champion_scores, device=device)
+
+
+def _evaluate(models, *, suite, zoo_dir, cache_dir, policy, audit_verdict, license_verdict, champion_scores,
+              device) -> EvaluationReport:
     if not models:
         raise UsageError("nothing to evaluate: give at least one model directory")
     names = [m.label for m in models]

@@ -43,12 +43,20 @@ def greedy(model, tok, prompt: str, max_new_tokens: int) -> str:
 
 
 @torch.no_grad()
-def sample(model, tok, prompt: str, n: int, max_new_tokens: int, seed: int) -> list[str]:
-    """``n`` generations at temperature 1 (no top-k/top-p), reproducible for a given seed."""
-    ids = torch.tensor([_ids(tok, prompt)])
+def sample(model, tok, prompts: list[str], n: int, max_new_tokens: int, seed: int) -> list[list[str]]:
+    """``n`` generations per prompt at temperature 1 (no top-k/top-p), in one left-padded batch,
+    reproducible for a given seed."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    seqs = [_ids(tok, p) for p in prompts]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
-                             top_k=0, top_p=1.0, num_return_sequences=n, max_new_tokens=max_new_tokens,
-                             pad_token_id=tok.pad_token_id)
-    return [tok.decode(g[ids.shape[1]:], skip_special_tokens=True) for g in gen]
+        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                             top_p=1.0, num_return_sequences=n, max_new_tokens=max_new_tokens, pad_token_id=pad)
+    texts = [tok.decode(g[width:], skip_special_tokens=True) for g in gen]
+    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]

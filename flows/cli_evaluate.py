@@ -58,10 +58,12 @@ def _champion(path: str | None) -> dict[str, float] | None:
               help="Write the report as JSON (DESIGN.md keys) and two PNG plots beside it.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Where suites and results are cached (default: $MERGEOPS_HOME/cache).")
+@click.option("--threads", default=None, type=click.IntRange(min=1), metavar="N",
+              help="torch CPU threads while evaluating (1 is fastest for tiny models on a busy machine).")
 @click.pass_context
 def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None, suite: str, zoo_dir: str | None,
              policy: str | None, audit_json: str | None, champion: str | None, json_path: str | None,
-             cache_dir: str | None) -> None:
+             cache_dir: str | None, threads: int | None) -> None:
     """Evaluate a merged model and its parents on every domain of a suite (lm-eval, in memory,
     offline), check leakage (canaries, PII, contamination) and, with --policy, apply the gates.
 
@@ -91,7 +93,7 @@ def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None
         models, suite=suite, zoo_dir=Path(zoo_dir) if zoo_dir else None,
         cache_dir=Path(cache_dir) if cache_dir else get_settings().cache_dir / "evaluations",
         policy=policy, audit_verdict=audit_verdict, license_verdict=license_verdict,
-        champion_scores=_champion(champion))
+        champion_scores=_champion(champion), threads=threads)
     click.echo(format_table(report))
     if json_path:
         for path in write_report(report, Path(json_path)):
