@@ -78,6 +78,13 @@ def check_format(model_dir: Path, ref: str) -> tuple[ModelLayout | None, list[Fi
         if not (named | sniffed and "pickle" in str(exc)):
             check = "format.header" if isinstance(exc, FormatError) else "format.layout"
             findings.append(Finding(parent=ref, check=check, severity="error", message=str(exc)))
+    code = sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*.py") if ".git" not in p.parts)
+    auto_map = layout is not None and "auto_map" in layout.config
+    if code or auto_map:
+        what = ", ".join(code[:3]) + (" and config.json auto_map" if auto_map else "") if code else "config.json auto_map"
+        findings.append(Finding(parent=ref, check="format.remote-code", severity="warning",
+                                message=f"ships custom model code ({what}): the merge reads tensors only, but never "
+                                        "load this model or the merged one with trust_remote_code=True unreviewed"))
     if layout is not None and not layout.tensors:
         findings.append(Finding(parent=ref, check="format.layout", severity="error",
                                 message="the safetensors files hold no tensors; point at a directory with the weights"))

@@ -145,6 +145,17 @@ def test_pickle_files_are_refused_and_never_unpickled(tmp_path):
     assert [p.verdict for p in report.parents] == ["fail", "fail"]
 
 
+def test_custom_model_code_is_flagged(tmp_path):
+    model = make_model(tmp_path / "m")
+    (model / "modeling_evil.py").write_text("import os\nos.system('touch /tmp/pwned')\n")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"auto_map": {"AutoModel": "modeling_evil.Evil"}}))
+    report = audit_models([model])
+    [finding] = report.findings
+    assert (finding.check, finding.severity) == ("format.remote-code", "warning")
+    assert "modeling_evil.py" in finding.message and "auto_map" in finding.message
+
+
 def test_nan_tensor_is_refused(family):
     root, base = family
     bad = finetune(base, 3)
