@@ -77,6 +77,7 @@ class LeakageResult(_Frozen):
     value: float | None = None
     threshold: float | None = None
     verdict: str
+    detail: dict[str, Any] = Field(default_factory=dict)  # e.g. {"eval_domain": "sort", "ngram": 13}
 
 
 class GateRecord(_Frozen):
@@ -158,6 +159,8 @@ def _plain(obj: Any) -> Any:
         return obj.model_dump(mode="json")
     if hasattr(obj, "to_json"):
         obj = obj.to_json()
+        if isinstance(obj, dict):
+            return obj
     if isinstance(obj, bytes | str):
         return json.loads(obj)
     raise LineageError(f"cannot read {type(obj).__name__} as a report; pass a dict or a pydantic model")
@@ -230,9 +233,11 @@ def build_lineage(
     except yaml.YAMLError:
         parsed = {}
     merged_id = manifest["content_id"]
-    scores = {
-        r["domain"]: float(r["value"]) for r in evaluation.get("results", [])
-        if r.get("content_id") == merged_id or r.get("role") == "merged"
+    primary = {d: p.get("metric") for d, p in (evaluation.get("primary") or {}).items()}
+    scores = evaluation.get("merged_scores") or {
+        r["domain"]: r["value"] for r in evaluation.get("results", [])
+        if (r.get("content_id") == merged_id or r.get("role") == "merged")
+        and primary.get(r["domain"], r.get("metric")) == r.get("metric")
     }
     return LineageRecord(
         name=name,
@@ -247,12 +252,13 @@ def build_lineage(
         audit=AuditSummary(verdict=audit["verdict"], effective_license=audit.get("effective_license"),
                            obligations=[str(o) for o in audit.get("obligations", [])]),
         evaluation=EvaluationSummary(
-            digest=evaluation.get("digest"), scores=scores,
-            retention={k: float(v) for k, v in (evaluation.get("retention") or {}).items()},
+            digest=evaluation.get("digest"), scores={d: float(v) for d, v in scores.items() if v is not None},
+            # retention is undefined (None) where every parent scored 0; keep numbers only
+            retention={d: float(v) for d, v in (evaluation.get("retention") or {}).items() if v is not None},
             normalized_average=evaluation.get("normalized_average"),
         ),
-        leakage=[LeakageResult(**{k: r.get(k) for k in ("check", "model", "value", "threshold", "verdict")})
-                 for r in evaluation.get("leakage", [])],
+        leakage=[LeakageResult(**{k: r.get(k) for k in ("check", "model", "value", "threshold", "verdict")},
+                               detail=r.get("detail") or {}) for r in evaluation.get("leakage", [])],
         gates=[GateRecord(**{k: g.get(k) for k in ("gate", "observed", "threshold", "passed")},
                           reason=g.get("reason") or "") for g in evaluation.get("gates", [])],
         merged=MergedRecord(content_id=merged_id, files=[FileEntry(**f) for f in manifest["files"]]),

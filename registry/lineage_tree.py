@@ -19,7 +19,7 @@ def _branch(items: list[str], last_prefix: str = "    ", mid_prefix: str = "│ 
 
 
 def _section(title: str, children: list[str]) -> str:
-    return "\n".join([title, *_branch(children)]) if children else f"{title}: none"
+    return "\n".join([title, *_branch(children)])
 
 
 def _num(value: object) -> str:
@@ -44,8 +44,8 @@ def render_tree(record: LineageRecord, *, title: str, aliases: tuple[str, ...] =
                   for d, s in sorted(record.evaluation.scores.items())]
     if record.evaluation.normalized_average is not None:
         evaluation.append(f"normalized average  {_num(record.evaluation.normalized_average)}")
-    leakage = [f"{r.check}  {r.model}  {_num(r.value)} (threshold {_num(r.threshold)})  {r.verdict}"
-               for r in record.leakage]
+    leakage = [f"{r.check}  {r.model}" + (f" on {r.detail['eval_domain']}" if "eval_domain" in r.detail else "")
+               + f"  {_num(r.value)} (threshold {_num(r.threshold)})  {r.verdict}" for r in record.leakage]
     gates = [f"{g.gate}  observed {_num(g.observed)}  threshold {_num(g.threshold)}  "
              f"{'pass' if g.passed else 'FAIL'}" + (f"  ({g.reason})" if g.reason else "") for g in record.gates]
     approvals = [f"{a.decision} by {a.reviewer} at {a.at}" + (f": {a.comment}" if a.comment else "")
@@ -60,8 +60,8 @@ def render_tree(record: LineageRecord, *, title: str, aliases: tuple[str, ...] =
         f"dvc  rev {record.dvc.revision or 'none'}"
         + "".join(f"\n  {path}  md5 {md5}" for path, md5 in sorted(record.dvc.md5s.items())),
         _section(f"evaluation  digest {(record.evaluation.digest or 'none')[:_ID]}", evaluation),
-        _section(f"leakage  {record.leakage_verdict}", leakage),
-        _section(f"gates  {record.gate_verdict}", gates),
+        _section(f"leakage  {record.leakage_verdict if leakage else 'none recorded'}", leakage),
+        _section(f"gates  {record.gate_verdict if gates else 'none recorded'}", gates),
         _section(f"approvals  {approval or ('pending' if not record.approvals else record.approvals[-1].decision)}"
                  f"  (requested by {record.requested_by})", approvals),
     ]

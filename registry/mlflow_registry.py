@@ -120,7 +120,10 @@ def _metrics(lineage: LineageRecord) -> dict[str, float]:
     out |= {f"retention.{d}": v for d, v in lineage.evaluation.retention.items()}
     if lineage.evaluation.normalized_average is not None:
         out["normalized_average"] = lineage.evaluation.normalized_average
-    out |= {f"leakage.{r.check}.{r.model}": r.value for r in lineage.leakage if r.value is not None}
+    for r in lineage.leakage:
+        domain = r.detail.get("eval_domain")
+        if r.value is not None:
+            out[f"leakage.{r.check}.{r.model}" + (f".{domain}" if domain else "")] = r.value
     return {_METRIC_SAFE.sub("_", k): float(v) for k, v in out.items()}
 
 

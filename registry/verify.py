@@ -16,6 +16,7 @@ from pathlib import Path
 from merge.manifest import content_id, file_entries
 from registry import mlflow_registry as reg
 from registry.errors import ArtifactMismatch, VerifyMismatch
+from registry.lineage import code_version
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,19 @@ def _check_parents(lineage) -> None:
         if now != parent.content_id:
             raise VerifyMismatch(f"parent {parent.reference}: content id is now {now[:16]}, lineage recorded "
                                  f"{parent.content_id[:16]}; the parent changed since registration")
+
+
+def _code_hint(lineage) -> str:
+    """Name a code difference, the usual reason an unchanged recipe and parents give other bytes."""
+    then, now = lineage.code, code_version()
+    if (then.git_sha, then.git_dirty, then.packages) == (now.git_sha, now.git_dirty, now.packages):
+        return ""
+    def label(c):
+        return f"git {(c.git_sha or 'unknown')[:12]}{' (dirty)' if c.git_dirty else ''}"
+    changed = sorted(k for k in then.packages.keys() | now.packages.keys()
+                     if then.packages.get(k) != now.packages.get(k))
+    return (f" (registered with {label(then)}, verifying with {label(now)}"
+            + (f"; packages changed: {', '.join(changed)}" if changed else "") + ")")
 
 
 def _remerge(lineage, work: Path):
@@ -59,12 +73,13 @@ def verify_version(tracking_uri: str, spec: str, *, audit_log_path: Path,
             result = _remerge(lineage, Path(tmp))
             out = Path(result.out_dir)
             if result.content_id != lineage.merged.content_id:
+                hint = _code_hint(lineage)
                 try:
                     reg.diff_files(lineage.merged.files, file_entries(out), where="the re-merged model")
                 except ArtifactMismatch as exc:
-                    raise VerifyMismatch(f"{info.name} v{info.version}: not reproduced; {exc}") from exc
+                    raise VerifyMismatch(f"{info.name} v{info.version}: not reproduced; {exc}{hint}") from exc
                 raise VerifyMismatch(f"{info.name} v{info.version}: content id {result.content_id[:16]} "
-                                     f"differs from {lineage.merged.content_id[:16]}")
+                                     f"differs from {lineage.merged.content_id[:16]}{hint}")
             files = len(file_entries(out))
     except VerifyMismatch as exc:
         reg.record_event(tracking_uri, info.name, info.version, audit_log_path, "verified",
