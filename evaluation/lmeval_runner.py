@@ -101,21 +101,32 @@ def parse_results(out: dict, suite: MaterializedSuite) -> list[dict]:
             raise SuiteError(f"lm-eval returned no results for task {spec.name!r}")
         counts = out.get("n-samples", {}).get(spec.name, {})
         samples = out.get("samples", {}).get(spec.name, [])
+        seen: dict[str, str] = {}
         for key, raw in sorted(res.items()):
             if "," not in key or "_stderr," in key:
                 continue
-            metric, _filter = key.split(",", 1)
-            if metric not in spec.metrics:
+            bare, _filter = key.split(",", 1)
+            # a suite names a metric bare ("acc") or with its filter ("exact_match,strict-match")
+            metric = bare if bare in spec.metrics else key if key in spec.metrics else None
+            if metric is None:
                 continue
+            if metric in seen:
+                raise SuiteError(f"task {spec.name!r} reports {metric} under filters {seen[metric]!r} and "
+                                 f"{_filter!r}; name one in the suite, e.g. metric: '{bare},{_filter}'")
+            seen[metric] = _filter
             value = _number(raw)
-            stderr = _number(res.get(f"{metric}_stderr,{_filter}"))
+            stderr = _number(res.get(f"{bare}_stderr,{_filter}"))
             if stderr is None and value is not None:
-                per_sample = [_number(s.get(metric)) for s in samples if s.get("filter") == _filter]
+                per_sample = [_number(s.get(bare)) for s in samples if s.get("filter") == _filter]
                 if per_sample and all(v is not None for v in per_sample):
                     stderr = _mean_stderr(per_sample, value)
             rows.append({"domain": spec.domain, "task": spec.name, "metric": metric, "value": value,
                          "stderr": stderr, "n": int(counts.get("effective", len(samples))),
                          "n_expected": int(spec.n if spec.n is not None else counts.get("original", -1))})
+        missing = sorted(set(spec.metrics) - set(seen))
+        if missing:
+            reported = sorted(k for k in res if "," in k and "_stderr," not in k)
+            raise SuiteError(f"task {spec.name!r} reports no {', '.join(missing)} (it reports: {', '.join(reported)})")
     return rows
 
 
