@@ -167,3 +167,12 @@ def test_cli_log_verify_detects_an_edited_line(store, tmp_path):
         assert cut.exit_code == 1 and "entries were deleted" in cut.output
     finally:
         log.write_bytes(original)
+
+
+def test_model_level_events_are_mirrored_and_anchored(store, tmp_path):
+    info, _ = _register(store, tmp_path)
+    entry = reg.record_event(store["uri"], info.name, None, store["log"], "remerge_triggered", reason="parent changed")
+    assert reg.model_tags(store["uri"], info.name)[f"mergeops.log.{entry['seq']}"] == f"remerge_triggered:{entry['hash']}"
+    anchors = reg.audit_anchors(store["uri"], store["log"])
+    assert (entry["seq"], entry["hash"], f"MLflow {info.name}") in anchors
+    assert reg.verify_audit_log(store["uri"], store["log"]) == (entry["seq"], len(anchors))

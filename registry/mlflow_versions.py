@@ -1,0 +1,128 @@
+"""Reading and tagging registered model versions; the MLflow side of approvals, promotion and verify.
+
+``VersionInfo`` is what the rest of registry/ and flows/ see of a model version, so no MLflow
+type leaves registry/. Every function takes the tracking URI explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from merge.manifest import content_id_of, file_entries  # noqa: E402
+from registry.errors import ArtifactMismatch, RegistryError  # noqa: E402
+from registry.lineage import ApprovalRecord, LineageRecord  # noqa: E402
+from registry.model_files import diff_files  # noqa: E402
+
+TAG = "mergeops."  # every tag we write starts with this
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What the rest of registry/ needs from an MLflow model version (no MLflow types leak out)."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+    def tag(self, key: str, default: str | None = None) -> str | None:
+        return self.tags.get(TAG + key, default)
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _info(mv) -> VersionInfo:
+    return VersionInfo(name=mv.name, version=str(mv.version), run_id=mv.run_id, source=mv.source,
+                       tags=dict(mv.tags), aliases=tuple(getattr(mv, "aliases", ()) or ()))
+
+
+def get_version(tracking_uri: str, name: str, version: str | int) -> VersionInfo:
+    try:
+        return _info(client(tracking_uri).get_model_version(name, str(version)))
+    except MlflowException as exc:
+        raise RegistryError(f"{name} v{version}: not found in {tracking_uri}; list versions in the MLflow UI") from exc
+
+
+def resolve(tracking_uri: str, spec: str) -> VersionInfo:
+    """``NAME@VERSION``, ``NAME@ALIAS`` or ``NAME`` (the champion, else the latest version)."""
+    name, _, ref = spec.partition("@")
+    if not name:
+        raise RegistryError(f"{spec!r}: expected NAME[@VERSION|@ALIAS]")
+    c = client(tracking_uri)
+    if ref.isdigit():
+        return get_version(tracking_uri, name, ref)
+    try:
+        if ref:
+            return _info(c.get_model_version_by_alias(name, ref))
+        aliases = c.get_registered_model(name).aliases
+        if "champion" in aliases:
+            return get_version(tracking_uri, name, aliases["champion"])
+        versions = c.search_model_versions(f"name = '{name}'")
+    except MlflowException as exc:
+        raise RegistryError(f"{spec}: not found in {tracking_uri}") from exc
+    if not versions:
+        raise RegistryError(f"{spec}: has no versions")
+    return get_version(tracking_uri, name, max(int(v.version) for v in versions))
+
+
+def set_tags(tracking_uri: str, info: VersionInfo, tags: dict[str, str]) -> None:
+    c = client(tracking_uri)
+    for key, value in tags.items():
+        c.set_model_version_tag(info.name, info.version, TAG + key, value)
+
+
+def set_alias(tracking_uri: str, info: VersionInfo, alias: str) -> None:
+    client(tracking_uri).set_registered_model_alias(info.name, alias, info.version)
+
+
+def set_model_tag(tracking_uri: str, name: str, key: str, value: str) -> None:
+    client(tracking_uri).set_registered_model_tag(name, TAG + key, value)
+
+
+def model_tags(tracking_uri: str, name: str) -> dict[str, str]:
+    return dict(client(tracking_uri).get_registered_model(name).tags)
+
+
+def download(tracking_uri: str, info: VersionInfo, artifact: str, dst: Path) -> Path:
+    return Path(client(tracking_uri).download_artifacts(info.run_id, artifact, str(dst)))
+
+
+def load_lineage(tracking_uri: str, info: VersionInfo) -> LineageRecord:
+    """The stored record, checked against the hash tagged at registration, with approvals added."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = download(tracking_uri, info, "lineage.json", Path(tmp)).read_bytes()
+    if hashlib.sha256(data).hexdigest() != info.tag("lineage_sha256"):
+        raise ArtifactMismatch(f"{info.name} v{info.version}: lineage.json differs from the hash tagged at registration")
+    record = LineageRecord.from_json_bytes(data)
+    approvals = [ApprovalRecord(**a) for a in json.loads(info.tag("approvals", "[]"))]
+    return record.model_copy(update={"approvals": approvals})
+
+
+def check_model_artifact(tracking_uri: str, info: VersionInfo, lineage: LineageRecord) -> None:
+    """Download the version's model artifact and re-hash it against the lineage's manifest."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model = download(tracking_uri, info, "model", Path(tmp))
+        where = f"{info.name} v{info.version} model artifact"
+        diff_files(lineage.merged.files, file_entries(model), where=where)
+        if content_id_of(file_entries(model)) != info.tag("content_id"):
+            raise ArtifactMismatch(f"{where}: content id differs from the registered one")
+
+
+def describe(tracking_uri: str, spec: str) -> tuple[VersionInfo, LineageRecord]:
+    """The version named by ``spec`` and its lineage record (what `mergeops lineage` shows)."""
+    info = resolve(tracking_uri, spec)
+    return info, load_lineage(tracking_uri, info)

@@ -1,0 +1,32 @@
+"""A model directory against its manifest: which files changed, went missing or appeared."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from merge.manifest import MANIFEST_NAME, FileEntry, content_id_of, file_entries
+from registry.errors import ArtifactMismatch, RegistryError
+
+
+def check_model_dir(model_dir: Path) -> dict:
+    """Re-hash ``model_dir`` against its ``mergeops.manifest.json``; return the manifest."""
+    path = Path(model_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise RegistryError(f"{model_dir}: no {MANIFEST_NAME}; register only directories written by `mergeops merge`")
+    manifest = json.loads(path.read_text())
+    diff_files([FileEntry(**f) for f in manifest["files"]], file_entries(Path(model_dir)), where=str(model_dir))
+    if content_id_of(file_entries(Path(model_dir))) != manifest["content_id"]:
+        raise ArtifactMismatch(f"{model_dir}: content id differs from its manifest")
+    return manifest
+
+
+def diff_files(expected: list[FileEntry], actual: list[FileEntry], *, where: str) -> None:
+    """Raise ArtifactMismatch naming every added, missing or changed file."""
+    want, have = {e.path: e for e in expected}, {e.path: e for e in actual}
+    changed = sorted(p for p in want.keys() & have.keys() if want[p] != have[p])
+    missing, extra = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
+    parts = [f"{label}: {', '.join(paths)}" for label, paths in
+             (("changed", changed), ("missing", missing), ("unexpected", extra)) if paths]
+    if parts:
+        raise ArtifactMismatch(f"{where} does not match its manifest ({'; '.join(parts)})")
