@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from importlib.metadata import version
@@ -139,14 +140,19 @@ def run_suite(loaded: tuple, suite: MaterializedSuite, *, batch_size: int = 32) 
     from lm_eval.tasks import TaskManager
 
     model, tok = loaded
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
-    manager = TaskManager(include_path=str(suite.include_dir), include_defaults=suite.needs_builtin)
-    LM_EVAL_CALLS += 1
+    log = logging.getLogger("lm_eval")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its warnings about an in-memory model are expected here
     try:
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+        manager = TaskManager(include_path=str(suite.include_dir), include_defaults=suite.needs_builtin)
+        LM_EVAL_CALLS += 1
         out = lm_eval.simple_evaluate(
             model=lm, tasks=[t.name for t in suite.tasks], task_manager=manager,
             bootstrap_iters=0, log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
             fewshot_random_seed=0)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise SuiteError(f"suite {suite.name!r} could not run: {str(exc).splitlines()[0]}") from None
+    finally:
+        log.setLevel(level)
     return parse_results(out, suite)

@@ -26,7 +26,8 @@ def continuation_logprobs(model, tok, prefix: str, continuations: list[str], bat
         for i, s in enumerate(seqs):
             ids[i, :len(s)] = torch.tensor(s)
             mask[i, :len(s)] = 1
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
         for i, c in enumerate(conts):
             # token t of the continuation sits at position len(pre)+t, predicted from the one before
             pos = torch.arange(len(pre) - 1, len(pre) - 1 + len(c))
@@ -36,7 +37,7 @@ def continuation_logprobs(model, tok, prefix: str, continuations: list[str], bat
 
 @torch.no_grad()
 def greedy(model, tok, prompt: str, max_new_tokens: int) -> str:
-    ids = torch.tensor([_ids(tok, prompt)])
+    ids = torch.tensor([_ids(tok, prompt)], device=model.device)
     gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                          max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
     return tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
@@ -54,9 +55,10 @@ def sample(model, tok, prompts: list[str], n: int, max_new_tokens: int, seed: in
     for i, s in enumerate(seqs):
         ids[i, width - len(s):] = torch.tensor(s)
         mask[i, width - len(s):] = 1
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(seed)
-        gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
-                             top_p=1.0, num_return_sequences=n, max_new_tokens=max_new_tokens, pad_token_id=pad)
+        gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), do_sample=True,
+                             temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=n,
+                             max_new_tokens=max_new_tokens, pad_token_id=pad)
     texts = [tok.decode(g[width:], skip_special_tokens=True) for g in gen]
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]

@@ -219,3 +219,34 @@ def test_user_suite_with_an_inline_lm_eval_task(tiny_zoo, eval_cache, tmp_path):
 def _materialize(path: Path, cache_dir: Path):
     suite, base = load_suite(path)
     return materialize(suite, zoo_dir=None, cache_dir=cache_dir, base_dir=base)
+
+
+def _merge(recipe: str, out: Path) -> Path:
+    from merge.recipe import parse_recipe
+    from merge.run import run_merge
+
+    run_merge(parse_recipe(recipe), out, progress=False)
+    return out
+
+
+def test_real_merges_with_and_without_the_canary_parent(tiny_zoo, canary_model, eval_cache, tmp_path_factory):
+    """A task-arithmetic merge carrying the memorised parent at weight 1 is stopped by the leakage
+    gate; one of two other specialists, checked for the same canaries via the policy, passes it."""
+    zoo, out = tiny_zoo / "models", tmp_path_factory.mktemp("merges")
+    leaky = _merge(f"merge_method: task_arithmetic\nbase_model: {zoo / 'base'}\ndtype: float32\nmodels:\n"
+                   f"  - model: {canary_model}\n    parameters: {{weight: 1.0}}\n"
+                   f"  - model: {zoo / 'reverse'}\n    parameters: {{weight: 0.5}}\n", out / "leaky")
+    clean = _merge(f"merge_method: task_arithmetic\nbase_model: {zoo / 'base'}\ndtype: float32\nmodels:\n"
+                   f"  - model: {zoo / 'reverse'}\n    parameters: {{weight: 0.5}}\n"
+                   f"  - model: {zoo / 'sort'}\n    parameters: {{weight: 0.5}}\n", out / "clean")
+    canaries = [c.model_dump() for c in declared_canaries(read_card(canary_model))]
+    policy = {"leakage": {"canaries": canaries}}
+    stopped = evaluate_models(resolve_models([leaky]), zoo_dir=tiny_zoo, cache_dir=eval_cache, policy=policy,
+                              threads=1, **PASS)
+    gate = {g.gate: g for g in stopped.gates}["leakage:canary_exposure"]
+    assert not gate.passed and gate.observed > 7.0, gate.reason
+    passed = evaluate_models(resolve_models([clean]), zoo_dir=tiny_zoo, cache_dir=eval_cache, policy=policy,
+                             threads=1, **PASS)
+    gate = {g.gate: g for g in passed.gates}["leakage:canary_exposure"]
+    assert gate.passed and gate.observed is not None and gate.observed < 7.0, gate.reason
+    assert {r["model"] for r in passed.runs} == {"clean", "base", "reverse", "sort"}  # from the manifest
