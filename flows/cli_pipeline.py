@@ -26,7 +26,8 @@ def _print_result(result: dict) -> None:
 @click.option("--requested-by", help="Who asks for this merge (default: the current user).")
 @click.option("--zoo", "zoo_dir", type=click.Path(exists=True, file_okay=False),
               help="Zoo dir with the evaluation domains (default: the parents' zoo).")
-def run(recipe: str, policy: str | None, requested_by: str | None, zoo_dir: str | None) -> None:
+@click.option("--suite", default="zoo", show_default=True, help="Evaluation suite: a shipped name or a YAML file.")
+def run(recipe: str, policy: str | None, requested_by: str | None, zoo_dir: str | None, suite: str) -> None:
     """Run RECIPE through audit, merge, evaluation and gates to a registered candidate.
 
     Exit 1 when the audit or a gate stops it (nothing is registered), 2 on bad input.
@@ -37,7 +38,8 @@ def run(recipe: str, policy: str | None, requested_by: str | None, zoo_dir: str 
     """
     from flows.pipeline import merge_pipeline
 
-    _print_result(merge_pipeline(recipe, policy_path=policy, requested_by=requested_by, zoo_dir=zoo_dir))
+    _print_result(merge_pipeline(recipe, policy_path=policy, requested_by=requested_by, zoo_dir=zoo_dir,
+                                 suite=suite))
 
 
 @click.command("watch")

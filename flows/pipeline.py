@@ -62,7 +62,7 @@ def find_zoo_dir(parents: list[str]) -> Path | None:
 
 @flow(name="merge-pipeline", log_prints=True)
 def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_by: str | None = None,
-                   zoo_dir: str | None = None, wait_for_approval: bool = True,
+                   zoo_dir: str | None = None, suite: str = "zoo", wait_for_approval: bool = True,
                    approval_timeout_s: int = 3600) -> dict:
     """Run one recipe through every gate to a registered candidate (or a refusal, with its reason)."""
     from merge.errors import UsageError
@@ -95,8 +95,8 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     champion = baseline(settings.tracking_uri, name)
     champion_scores = _champion_scores(settings.tracking_uri, champion)
     models = [(merged.out_dir, "merged", name)] + [(p, "parent", Path(p).name) for p in parents]
-    evaluation = tasks.evaluate(models, str(zoo), str(settings.cache_dir / "evaluations"), policy_path,
-                            audit.verdict, champion_scores)
+    evaluation = tasks.evaluate(models, suite, str(zoo), str(settings.cache_dir / "evaluations"), policy_path,
+                                audit.verdict, champion_scores)
     gates = evaluation.get("gates", [])
     _gate_table(name, gates)
     try:

@@ -99,7 +99,7 @@ def merge_recipe(recipe, key: str, cache_dir: str) -> MergeOutcome:
 
 
 @task(name="evaluate", **_IO_RETRIES)
-def evaluate(models: list[tuple[str, str, str]], zoo_dir: str, cache_dir: str, policy: str | None,
+def evaluate(models: list[tuple[str, str, str]], suite: str, zoo_dir: str, cache_dir: str, policy: str | None,
              audit_verdict: str, champion_scores: dict[str, float] | None):
     """Evaluate the merged model and every parent (each cached by content id and suite hash).
 
@@ -107,7 +107,7 @@ def evaluate(models: list[tuple[str, str, str]], zoo_dir: str, cache_dir: str, p
     from evaluation.run import ModelRef, evaluate_models
 
     refs = [ModelRef(path=Path(p), role=role, name=name) for p, role, name in models]
-    report = evaluate_models(refs, zoo_dir=Path(zoo_dir), cache_dir=Path(cache_dir), policy=policy or "default",
+    report = evaluate_models(refs, suite=suite, zoo_dir=Path(zoo_dir), cache_dir=Path(cache_dir), policy=policy or "default",
                              audit_verdict=audit_verdict, license_verdict=audit_verdict,
                              champion_scores=champion_scores)
     return report.to_json()

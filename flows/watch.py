@@ -79,7 +79,7 @@ def recipe_lock(home: Path, name: str) -> Iterator[None]:
 
 
 @flow(name="mergeops-watch", log_prints=True)
-def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None,
+def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None, suite: str = "zoo",
                requested_by: str = "mergeops-watch") -> list[dict]:
     """One pass over the watched recipes; returns what was done for each."""
     from registry.audit_log import AuditLog
@@ -101,7 +101,7 @@ def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None,
                 parents=sorted(decision["parents"].values()))
             log.info("%s: re-merging (%s)", decision["name"], decision["reason"])
             # Never waits for a reviewer and never promotes: the new version stays a candidate.
-            state = merge_pipeline(recipe_path, policy_path=policy_path, requested_by=requested_by,
+            state = merge_pipeline(recipe_path, policy_path=policy_path, requested_by=requested_by, suite=suite,
                                    wait_for_approval=False, return_state=True)
             if state.is_completed():
                 outcomes.append({**decision, **state.result()})
