@@ -1,0 +1,128 @@
+"""mergeops vs mergekit-yaml on a ~374M-parameter bf16 Llama-shaped trio (`make bench`).
+
+Builds bench-out/parents/{base,a,b} once (sharded safetensors; children = base + noise), then
+runs the same recipes through `mergeops merge` and `mergekit-yaml`, each in a fresh process, and
+prints wall time and peak RSS (the child's ru_maxrss) side by side, their ratios, and how the
+output tensors compare (bit-equal, or max |diff| and share of differing entries).
+
+Targets: linear <= 0.5x mergekit wall, ties <= 0.2x, peak RSS <= 0.5x.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import safe_open
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from merge.synthetic import write_llama  # noqa: E402
+
+OUT = ROOT / "bench-out"
+BIN = ROOT / ".venv" / "bin"
+SHAPE = dict(hidden=1024, layers=24, intermediate=2816, vocab=32000)  # 374M parameters
+W = {"weight": 0.5}
+RECIPES = {
+    "linear": {"merge_method": "linear", "models": [{"model": "base", "parameters": W},
+                                                    {"model": "a", "parameters": W}, {"model": "b", "parameters": W}]},
+    "ties": {"merge_method": "ties", "base_model": "base",
+             "models": [{"model": "base"}, {"model": "a", "parameters": {**W, "density": 0.5}},
+                        {"model": "b", "parameters": {**W, "density": 0.5}}]},
+    "dare_ties": {"merge_method": "dare_ties", "base_model": "base",
+                  "models": [{"model": "base"}, {"model": "a", "parameters": {**W, "density": 0.5}},
+                             {"model": "b", "parameters": {**W, "density": 0.5}}]},
+    "slerp": {"merge_method": "slerp", "base_model": "base",
+              "models": [{"model": "base"}, {"model": "a"}], "parameters": {"t": [0.0, 0.5, 1.0]}},
+}
+
+
+def _parents() -> Path:
+    parents = OUT / "parents"
+    if not (parents / "b" / "config.json").exists():
+        shutil.rmtree(parents, ignore_errors=True)
+        t = time.time()
+        kw = dict(SHAPE, shard_bytes=400 * 1024**2)
+        base = write_llama(parents / "base", seed=0, **kw)
+        write_llama(parents / "a", seed=1, base=base, noise=0.005, **kw)
+        write_llama(parents / "b", seed=2, base=base, noise=0.005, **kw)
+        print(f"built parents in {time.time() - t:.0f}s", flush=True)
+    return parents
+
+
+def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) of one child process."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024**2  # KiB -> GiB
+
+
+def _compare(a: Path, b: Path) -> str:
+    def index(d: Path) -> dict[str, Path]:
+        out = {}
+        for f in sorted(d.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as h:
+                out.update({k: f for k in h.keys()})
+        return out
+
+    ia, ib = index(a), index(b)
+    if set(ia) != set(ib):
+        return f"tensor names differ: {sorted(set(ia) ^ set(ib))[:3]}"
+    worst, differing, total = 0.0, 0, 0
+    for name in ia:
+        with safe_open(str(ia[name]), "pt") as ha, safe_open(str(ib[name]), "pt") as hb:
+            x, y = ha.get_tensor(name), hb.get_tensor(name)
+        total += x.numel()
+        if x.dtype != y.dtype:
+            return f"dtype differs at {name}: {x.dtype} vs {y.dtype}"
+        if not torch.equal(x, y):
+            d = (x.float() - y.float()).abs()
+            worst = max(worst, d.max().item())
+            differing += int((d != 0).sum())
+    return "bit-equal" if not differing else f"max|diff| {worst:.3g}, {differing / total:.3%} entries differ"
+
+
+def main() -> None:
+    parents = _parents()
+    runs = OUT / "runs"
+    rows = []
+    for name, doc in RECIPES.items():
+        shutil.rmtree(runs, ignore_errors=True)
+        runs.mkdir(parents=True)
+        recipe = runs / f"{name}.yaml"
+        recipe.write_text(yaml.safe_dump(doc))
+        mk = _timed([str(BIN / "mergekit-yaml"), str(recipe), str(runs / "mk"), "--random-seed", "0", "--quiet",
+                     "--no-copy-tokenizer", "--no-write-model-card"], parents)
+        ours = _timed([str(BIN / "mergeops"), "merge", str(recipe), "--out", str(runs / "mo")], parents)
+        rows.append((name, ours, mk, _compare(runs / "mo", runs / "mk")))
+        if name == "ties":  # the same recipe with mergekit's argsort tie choice: bit-equal expected
+            recipe.write_text(yaml.safe_dump({**doc, "magnitude_ties": "sort"}))
+            sort = _timed([str(BIN / "mergeops"), "merge", str(recipe), "--out", str(runs / "mo-sort")], parents)
+            rows.append(("ties (magnitude_ties: sort)", sort, mk, _compare(runs / "mo-sort", runs / "mk")))
+        print(_row(*rows[-1]), flush=True)
+    print()
+    print(f"{'recipe':30} {'mergeops s':>10} {'mergekit s':>10} {'wall x':>7} {'mergeops GB':>11} "
+          f"{'mergekit GB':>11} {'RSS x':>6}  tensors")
+    for row in rows:
+        print(_row(*row))
+    shutil.rmtree(runs, ignore_errors=True)
+
+
+def _row(name, ours, mk, cmp) -> str:
+    return (f"{name:30} {ours[0]:10.1f} {mk[0]:10.1f} {ours[0] / mk[0]:7.2f} {ours[1]:11.2f} {mk[1]:11.2f} "
+            f"{ours[1] / mk[1]:6.2f}  {cmp}")
+
+
+if __name__ == "__main__":
+    main()
