@@ -19,7 +19,6 @@ import pandas as pd
 
 from evaluation import leakage as lk
 from evaluation import lmeval_runner as runner
-from evaluation.errors import SuiteError
 from evaluation.gates import GateDecision, GatePolicy, decide, load_gate_policy, parse_gate_policy
 from evaluation.results import (normalized_average, primary_scores, retention, to_frame, validate_results)
 from evaluation.suites import MaterializedSuite, Suite, load_suite, materialize
@@ -117,7 +116,8 @@ def _specialists(models: list[ModelRef], ids: dict[str, str], zoo_dir: Path | No
     return out
 
 
-def _eval_texts(zoo_dir: Path | None, domains: list[str], split: str) -> dict[str, list[str]]:
+def _zoo_texts(zoo_dir: Path | None, domains: list[str], split: str) -> dict[str, list[str]]:
+    """prompt + target of every record of the zoo domains' ``split`` ("train" or "eval")."""
     if zoo_dir is None:
         return {}
     from evaluation.zoo import load_zoo
@@ -129,6 +129,43 @@ def _eval_texts(zoo_dir: Path | None, domains: list[str], split: str) -> dict[st
             rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
             out[d.name] = [r["prompt"] + r["target"] for r in rows]
     return out
+
+
+def _leakage(ref: ModelRef, cid: str, canaries: list[lk.Canary], policy: lk.LeakagePolicy, cache_dir: Path,
+             model_of) -> tuple[list[lk.LeakageRecord], str]:
+    """Canary records (and, for the merged model, the PII record), cached like the scores."""
+    pii = ref.role == "merged"
+    path = cache_dir / "leakage" / f"{_leakage_key(cid, canaries, policy, pii)}.json"
+    if path.is_file():
+        found = [lk.LeakageRecord.model_validate(r) for r in json.loads(path.read_text())]
+        # a cached record carries the name of the run that made it
+        return [r.model_copy(update={"model": ref.label}) for r in found], "cached"
+    model, tok = model_of(ref)
+    found = lk.canary_records(model, tok, ref.label, canaries, policy)
+    if pii:
+        found += lk.pii_records(model, tok, ref.label, policy)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([r.model_dump() for r in found], sort_keys=True))
+    tmp.replace(path)
+    return found, "ran"
+
+
+def _contamination(models: list[ModelRef], cards: dict[str, dict], zoo_dir: Path | None, domains: list[str],
+                   policy: lk.LeakagePolicy) -> list[lk.LeakageRecord]:
+    """Overlap of each model's declared training data (zoo domains) with the suite's eval sets.
+    Names the zoo does not hold cannot be measured and are listed as ``unmeasured``."""
+    evals = _zoo_texts(zoo_dir, domains, "eval")
+    records = []
+    for ref in models:
+        declared = lk.declared_training_data(cards[ref.label])
+        train = _zoo_texts(zoo_dir, declared, "train")
+        if declared and evals and train:
+            found = lk.contamination_records(ref.label, train, evals, policy)
+            unmeasured = sorted(set(declared) - set(train))
+            records += [r.model_copy(update={"detail": r.detail | {"unmeasured": unmeasured}}) if unmeasured else r
+                        for r in found]
+    return records
 
 
 def _leakage_key(cid: str, canaries: list[lk.Canary], policy: lk.LeakagePolicy, pii: bool) -> str:
@@ -204,50 +241,24 @@ def _evaluate(models, *, suite, zoo_dir, cache_dir, policy, audit_verdict, licen
 
     rows, records, runs = [], [], []
     for ref in models:
-        cid, label = ids[ref.label], ref.label
-        run = {"model": label, "content_id": cid}
+        cid = ids[ref.label]
+        run = {"model": ref.label, "content_id": cid}
         cached = runner.read_cache(Path(cache_dir), cid, msuite)
+        run["lm_eval"] = "cached" if cached is not None else "ran"
         if cached is None:
             cached = runner.run_suite(model_of(ref), msuite, batch_size=32)
             runner.write_cache(Path(cache_dir), cid, msuite, cached)
-            run["lm_eval"] = "ran"
-        else:
-            run["lm_eval"] = "cached"
-        rows += [{"content_id": cid, "model": label, "role": ref.role, **r} for r in cached]
-
-        own = lk.declared_canaries(cards[label])
-        canaries = list(dict.fromkeys([*leak_policy.canaries, *own, *(parent_canaries if ref.role == "merged" else [])]))
-        pii = ref.role == "merged"
-        if canaries or pii:
-            key = _leakage_key(cid, canaries, leak_policy, pii)
-            path = Path(cache_dir) / "leakage" / f"{key}.json"
-            if path.is_file():
-                found = [lk.LeakageRecord.model_validate(r) for r in json.loads(path.read_text())]
-                run["leakage"] = "cached"
-            else:
-                model, tok = model_of(ref)
-                found = lk.canary_records(model, tok, label, canaries, leak_policy)
-                if pii:
-                    found += lk.pii_records(model, tok, label, leak_policy)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps([r.model_dump() for r in found], sort_keys=True))
-                tmp.replace(path)
-                run["leakage"] = "ran"
-            # cached records carry the label of the run that made them
-            records += [r.model_copy(update={"model": label}) for r in found]
+        rows += [{"content_id": cid, "model": ref.label, "role": ref.role, **r} for r in cached]
+        # Canaries: the policy's, the model's own, and for the merged model every parent's.
+        canaries = [*leak_policy.canaries, *lk.declared_canaries(cards[ref.label]),
+                    *(parent_canaries if ref.role == "merged" else [])]
+        if canaries or ref.role == "merged":
+            found, run["leakage"] = _leakage(ref, cid, list(dict.fromkeys(canaries)), leak_policy, Path(cache_dir),
+                                             model_of)
+            records += found
         runs.append(run)
     loaded.clear()
-
-    evals = _eval_texts(zoo_dir, msuite.domains, "eval")
-    for ref in models:
-        declared = lk.declared_training_data(cards[ref.label])
-        if declared and evals:
-            train = _eval_texts(zoo_dir, declared, "train")
-            missing = sorted(set(declared) - set(train))
-            if missing:
-                raise SuiteError(f"{ref.label}: declared training_data {', '.join(missing)} not in the zoo")
-            records += lk.contamination_records(ref.label, train, evals, leak_policy)
+    records += _contamination(models, cards, zoo_dir, msuite.domains, leak_policy)
 
     n_expected = {r["task"]: r["n_expected"] for r in rows if r.get("n_expected", -1) > 0}
     df = validate_results(to_frame(rows), msuite, n_expected)
