@@ -57,7 +57,7 @@ def _champion(path: str | None) -> dict[str, float] | None:
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the report as JSON (DESIGN.md keys) and two PNG plots beside it.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
-              help="Where suites and results are cached (default: $MERGEOPS_HOME/cache).")
+              help="Where suites and results are cached (default: $MERGEOPS_HOME/cache/evaluations).")
 @click.option("--threads", default=None, type=click.IntRange(min=1), metavar="N",
               help="torch CPU threads while evaluating (1 is fastest for tiny models on a busy machine).")
 @click.pass_context
@@ -77,8 +77,10 @@ def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None
     \b
     Example:
       mergeops zoo build --profile tiny --out /tmp/zoo
-      mergeops evaluate --zoo /tmp/zoo --merged /tmp/zoo/models/base /tmp/zoo/models/sort /tmp/zoo/models/reverse
+      mergeops evaluate --zoo /tmp/zoo --merged /tmp/zoo/models/sort /tmp/zoo/models/base /tmp/zoo/models/reverse
       mergeops evaluate --zoo /tmp/zoo /tmp/zoo/models/proprietary --policy default --json /tmp/eval/report.json
+      # after `mergeops merge recipe.yaml --out /tmp/merged`, its manifest names the parents:
+      # mergeops evaluate --zoo /tmp/zoo /tmp/merged --policy default
     """
     from evaluation.report import format_table, write_report
     from evaluation.roles import resolve_models
