@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/mergeops zoo build --profile demo --out data/zoo
+	BIN=$(BIN) bash scripts/demo.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
