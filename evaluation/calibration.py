@@ -1,0 +1,98 @@
+"""Calibration statistics for the data-aware merge methods (merge/ itself never runs a model).
+
+* ``fisher``: diagonal empirical Fisher, F = mean over examples of (d log p(target | prompt) / dθ)²,
+  one tensor per weight, same name and shape (for ``merge_method: fisher``).
+* ``gram``: RegMean Gram matrices, G = Σ xᵀx over every token's input x [in] to each nn.Linear,
+  divided by the token count, stored under the linear layer's weight name (for ``regmean``).
+
+Both are written as one safetensors file that a recipe names in the parent's ``statistics``
+parameter. Calibration data: JSONL lines ``{"prompt", "target"}`` (a zoo domain's train.jsonl).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from merge.errors import UsageError
+
+
+def _examples(path: Path, samples: int) -> list[tuple[str, str]]:
+    try:
+        lines = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read calibration JSONL ({exc})") from exc
+    if not lines:
+        raise UsageError(f"{path}: no calibration examples")
+    return [(str(x["prompt"]), str(x["target"])) for x in lines[:samples]]
+
+
+def _encode(tok, prompt: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    t = tok(target + "\n", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + t])
+    labels = torch.tensor([[-100] * len(p) + t])  # only the continuation is scored
+    return ids, labels
+
+
+def compute_statistics(model_dir: Path, data: Path, *, kind: str, out: Path, samples: int = 32) -> Path:
+    """Compute ``kind`` ("fisher" | "gram") statistics of ``model_dir`` on ``data``; write ``out``."""
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if kind not in ("fisher", "gram"):
+        raise UsageError(f"unknown statistics kind {kind!r}; use fisher or gram")
+    examples = _examples(data, samples)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.eval()
+    stats = _fisher(model, tok, examples) if kind == "fisher" else _gram(model, tok, examples)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp), metadata={"mergeops.statistics": kind})
+    tmp.replace(out)
+    return out
+
+
+def _fisher(model, tok, examples) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    acc = {n: torch.zeros_like(p) for n, p in params.items()}
+    for prompt, target in examples:
+        ids, labels = _encode(tok, prompt, target)
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=labels).loss.backward()
+        for n, p in params.items():
+            if p.grad is not None:
+                acc[n] += p.grad.detach() ** 2
+    return {n: a / len(examples) for n, a in acc.items()}
+
+
+def _gram(model, tok, examples) -> dict[str, torch.Tensor]:
+    grams: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def hook(name):
+        def fn(_module, inputs, _output):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            grams[name] = grams.get(name, 0) + x.T @ x
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return fn
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            hooks.append(module.register_forward_hook(hook(f"{name}.weight")))
+    try:
+        with torch.no_grad():
+            for prompt, target in examples:
+                ids, _ = _encode(tok, prompt, target)
+                model(input_ids=ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: (g / counts[n]).float() for n, g in grams.items()}
