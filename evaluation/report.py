@@ -29,9 +29,11 @@ def format_table(report: EvaluationReport) -> str:
     metrics = sorted({m for _, m in report.primary.values()})
     lines.append(f"(* merged; metric: {', '.join(metrics)}; suite {report.suite}; "
                  f"lm-eval {'/'.join(r['lm_eval'] for r in report.runs)})")
-    if report.normalized_average is not None:
-        lines.append(f"normalized average (merged / specialist): {report.normalized_average:.3f} "
-                     f"over {', '.join(sorted(report.specialists))}")
+    if report.specialists:
+        value = "n/a (every specialist scores 0)" if report.normalized_average is None \
+            else f"{report.normalized_average:.3f}"
+        lines.append(f"normalized average (merged / specialist): {value} over "
+                     f"{', '.join(f'{d}={m}' for d, m in sorted(report.specialists.items()))}")
     failed = [r for r in report.leakage if r.verdict == "fail"]
     lines.append(f"leakage: {len(report.leakage)} checks, {len(failed)} failed")
     lines += [f"  FAIL {r.check} {r.model}: {r.value:.3g} (threshold {r.threshold})" for r in failed]
