@@ -111,7 +111,7 @@ def task_arithmetic(
     w = w.reshape(-1, *([1] * base.dim()))
     deltas.mul_(w)
     if consensus:
-        mask = ties_sign_mask(deltas, torch.int8 if int8_mask else base.dtype)
+        mask = ties_sign_mask(deltas)  # bool; mergekit's int8_mask only changes its scratch dtype
         mixed = (deltas * mask).sum(dim=0)
         divisor = (w * mask).sum(dim=0)
         divisor[divisor == 0] = 1
@@ -126,11 +126,11 @@ def task_arithmetic(
     return (base + mixed).to(base.dtype)
 
 
-def ties_sign_mask(deltas: torch.Tensor, mask_dtype: torch.dtype) -> torch.Tensor:
+def ties_sign_mask(deltas: torch.Tensor) -> torch.Tensor:
     """TIES "elect sign": True where an entry's sign agrees with the sign of the summed deltas."""
-    sign = deltas.sign().to(mask_dtype)
-    majority = (deltas.sum(dim=0) >= 0).to(mask_dtype) * 2 - 1
-    return sign == majority
+    # sign(d) == +1 / -1 without materialising sign() in mask_dtype: d > 0 / d < 0.
+    positive = deltas.sum(dim=0) >= 0
+    return torch.where(positive, deltas > 0, deltas < 0)
 
 
 def model_stock(base: torch.Tensor, others: Sequence[torch.Tensor], filter_wise: bool = False) -> torch.Tensor:

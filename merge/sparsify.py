@@ -31,33 +31,42 @@ def _rescaled(tensor: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: floa
     return masked * (before / after)
 
 
-def kth_largest_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask over the flat non-negative float32 ``magnitudes`` selecting exactly ``k`` largest.
+def _magnitude_bits(tensor: torch.Tensor) -> torch.Tensor:
+    """Integers ordered like ``tensor.abs().float()`` (IEEE magnitudes order like their bits)."""
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        return tensor.reshape(-1).view(torch.int16) & 0x7FFF
+    return tensor.abs().reshape(-1).float().view(torch.int32)
 
-    Non-negative float32 values order like their int32 bit patterns, so a histogram of the top
-    16 bits finds the bucket holding the k-th largest value, and a histogram of the low 16 bits
-    inside that bucket finds the value itself. Ties at the threshold: lowest index first.
+
+def _top_bits(bits: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask selecting exactly ``k`` largest of the flat non-negative integers ``bits``.
+
+    Histogram the top 15 bits to find the bucket holding the k-th largest value; for 32-bit
+    values a second histogram of the low 16 bits inside that bucket finds the value itself.
+    Entries equal to the k-th largest are taken lowest index first.
     """
-    n = magnitudes.numel()
+    n = bits.numel()
     if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=magnitudes.device)
-    bits = magnitudes.contiguous().view(torch.int32)
-    high = bits >> 16
-    counts = torch.bincount(high, minlength=1 << 15)
-    above = counts.flip(0).cumsum(0).flip(0)  # above[b] = #elements with high bits >= b
+        return torch.ones(n, dtype=torch.bool, device=bits.device)
+    wide = bits.dtype == torch.int32
+    high = bits >> 16 if wide else bits
+    above = torch.bincount(high, minlength=1 << 15).flip(0).cumsum(0).flip(0)  # above[b] = #{high >= b}
     bucket = int((above >= k).nonzero().max())
-    greater = int(above[bucket + 1]) if bucket + 1 < above.numel() else 0
-    in_bucket = high == bucket
-    low = bits[in_bucket] & 0xFFFF
-    low_counts = torch.bincount(low, minlength=1 << 16)
-    low_above = low_counts.flip(0).cumsum(0).flip(0) + greater
-    low_value = int((low_above >= k).nonzero().max())
-    threshold = (bucket << 16) | low_value
-    gt = bits > threshold
-    eq = bits == threshold
-    need = k - int(gt.sum())
-    gt[eq.nonzero().squeeze(1)[:need]] = True
-    return gt
+    threshold = bucket
+    if wide:
+        greater = int(above[bucket + 1]) if bucket + 1 < above.numel() else 0
+        low = bits[high == bucket] & 0xFFFF
+        low_above = torch.bincount(low, minlength=1 << 16).flip(0).cumsum(0).flip(0) + greater
+        threshold = (bucket << 16) | int((low_above >= k).nonzero().max())
+    keep = bits > threshold
+    need = k - int(keep.sum())
+    keep[(bits == threshold).nonzero().squeeze(1)[:need]] = True
+    return keep
+
+
+def kth_largest_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask over flat non-negative float32 ``magnitudes`` selecting exactly ``k`` largest."""
+    return _top_bits(magnitudes.contiguous().view(torch.int32), k)
 
 
 def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False, sort: bool = False) -> torch.Tensor:
@@ -70,12 +79,11 @@ def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False, sort:
     if density <= 0 or tensor.numel() == 0:
         return torch.zeros_like(tensor)
     k = max(1, int(density * tensor.numel()))
-    w = tensor.abs().reshape(-1).float()
     if sort:
-        mask = torch.zeros(w.numel(), dtype=tensor.dtype, device=tensor.device)
-        mask[torch.argsort(w, descending=True)[:k]] = 1
+        mask = torch.zeros(tensor.numel(), dtype=tensor.dtype, device=tensor.device)
+        mask[torch.argsort(tensor.abs().reshape(-1).float(), descending=True)[:k]] = 1
     else:
-        mask = kth_largest_mask(w, k).to(tensor.dtype)
+        mask = _top_bits(_magnitude_bits(tensor.contiguous()), k)  # bool: x * True = x, x * False = ±0
     return _rescaled(tensor, mask.reshape_as(tensor), rescale)
 
 
