@@ -85,6 +85,16 @@ def _version_tags(lineage: LineageRecord, lineage_sha: str, audit_log: Path) -> 
     return {TAG + k: v for k, v in tags.items()}
 
 
+def _description(lineage: LineageRecord, name: str) -> str:
+    """What the MLflow UI shows on the version page (markdown); the tags hold the same facts."""
+    parents = ", ".join(f"{p.reference} ({p.license or 'unknown'}, `{p.content_id[:12]}`)" for p in lineage.parents)
+    return (f"Merge of {len(lineage.parents)} parents with `{lineage.recipe.method}` (seed {lineage.seed}), "
+            f"content id `{lineage.merged.content_id[:16]}`.\n\nParents: {parents}.\n\n"
+            f"Licence {lineage.audit.effective_license or 'unknown'} · audit {lineage.audit.verdict} · "
+            f"gates {lineage.gate_verdict} · leakage {lineage.leakage_verdict}. Requested by {lineage.requested_by}."
+            f"\n\nFull record: `lineage.json` in this run, or `mergeops lineage {name}@<version>`.")
+
+
 def _metrics(lineage: LineageRecord) -> dict[str, float]:
     out = {f"score.{d}": v for d, v in lineage.evaluation.scores.items()}
     out |= {f"retention.{d}": v for d, v in lineage.evaluation.retention.items()}
@@ -156,7 +166,7 @@ def register_candidate(
     c.set_registered_model_tag(name, TAG + "audit_log", str(Path(audit_log_path).resolve()))
     mv = c.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run_id,
                                 tags=_version_tags(lineage, lineage_sha, audit_log_path),
-                                description=f"merge of {len(lineage.parents)} parents by {lineage.recipe.method}")
+                                description=_description(lineage, name))
     c.set_registered_model_alias(name, "candidate", mv.version)
     record_event(tracking_uri, name, mv.version, audit_log_path, "registered",
                  content_id=lineage.merged.content_id, run_id=run_id, requested_by=lineage.requested_by,

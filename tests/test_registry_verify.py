@@ -74,3 +74,21 @@ def test_verify_names_the_files_that_differ(store, tmp_path, tiny_zoo):
     with pytest.raises(VerifyMismatch, match=r"not reproduced.*changed: model\.safetensors") as exc:
         verify_version(store["uri"], f"verify-lies@{info.version}", audit_log_path=store["log"])
     assert "config.json" not in str(exc.value)
+
+
+@pytest.mark.xfail(reason="merge/plan.py orders a layer's tensors by set iteration (str hash seed), so another "
+                          "process writes them in another order; remove this mark once the plan order is stable",
+                   strict=False)
+def test_verify_in_a_fresh_process(store, tmp_path, tiny_zoo):
+    """The auditor's case: verify runs months later in another process (another str hash seed)."""
+    import os
+    import subprocess
+    import sys
+
+    info = _register(store, tmp_path, tiny_zoo, "verify-fresh")
+    env = {**os.environ, "MERGEOPS_HOME": str(store["home"]), "MLFLOW_TRACKING_URI": store["uri"],
+           "PYTHONHASHSEED": "12345"}
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "verify", f"verify-fresh@{info.version}"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reproduced bit for bit" in proc.stdout
