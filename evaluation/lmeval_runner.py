@@ -16,6 +16,7 @@ import os
 from importlib.metadata import version
 from pathlib import Path
 
+from evaluation._io import atomic_write_text
 from evaluation.errors import ModelLoadError, SuiteError
 from evaluation.suites import MaterializedSuite
 from merge.manifest import canonical_json
@@ -67,12 +68,9 @@ def read_cache(cache_dir: Path, content_id: str, suite: MaterializedSuite) -> li
 
 def write_cache(cache_dir: Path, content_id: str, suite: MaterializedSuite, rows: list[dict]) -> None:
     path = _cache_path(cache_dir, cache_key(content_id, suite.suite_hash))
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"content_id": content_id, "suite": suite.name, "suite_hash": suite.suite_hash,
            "lm_eval": LM_EVAL_VERSION, "rows": rows}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 def _number(x) -> float | None:

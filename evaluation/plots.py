@@ -5,6 +5,7 @@ Both are written atomically as PNG with matplotlib's Agg backend (no display nee
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pandas as pd
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     tmp.replace(path)
     return path

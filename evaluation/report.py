@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from evaluation._io import atomic_write_text
 from evaluation.plots import write_plots
 from evaluation.run import EvaluationReport
 
@@ -47,10 +48,7 @@ def format_table(report: EvaluationReport) -> str:
 def write_report(report: EvaluationReport, json_path: Path) -> list[Path]:
     """The JSON at ``json_path`` plus ``<stem>.bars.png`` and ``<stem>.heatmap.png`` beside it."""
     json_path = Path(json_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = json_path.with_name(f".{json_path.name}.tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(json_path)
+    atomic_write_text(json_path, json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
     metric = ", ".join(sorted({m for _, m in report.primary.values()}))
     plots = write_plots(report.scores, json_path.parent, json_path.stem, merged=report.merged, metric=metric)
     return [json_path, *plots]

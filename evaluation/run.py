@@ -19,6 +19,7 @@ import pandas as pd
 
 from evaluation import leakage as lk
 from evaluation import lmeval_runner as runner
+from evaluation._io import atomic_write_text
 from evaluation.gates import GateDecision, GatePolicy, decide, load_gate_policy, parse_gate_policy
 from evaluation.results import (normalized_average, primary_scores, retention, to_frame, validate_results)
 from evaluation.suites import MaterializedSuite, Suite, load_suite, materialize
@@ -144,10 +145,7 @@ def _leakage(ref: ModelRef, cid: str, canaries: list[lk.Canary], policy: lk.Leak
     found = lk.canary_records(model, tok, ref.label, canaries, policy)
     if pii:
         found += lk.pii_records(model, tok, ref.label, policy)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([r.model_dump() for r in found], sort_keys=True))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps([r.model_dump() for r in found], sort_keys=True))
     return found, "ran"
 
 

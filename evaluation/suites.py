@@ -30,6 +30,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from evaluation._io import atomic_write_text
 from evaluation.errors import SuiteError
 from merge.manifest import canonical_json, sha256_file
 
@@ -276,8 +277,6 @@ def materialize(suite: Suite, *, zoo_dir: Path | None, cache_dir: Path, base_dir
         target = include_dir / f"{config['task']}.yaml"
         text = yaml.safe_dump(config, sort_keys=True)
         if not target.exists() or target.read_text() != text:
-            tmp = target.with_suffix(".yaml.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(target)
+            atomic_write_text(target, text)
     return MaterializedSuite(name=suite.name, suite_hash=suite_hash, include_dir=include_dir, tasks=tuple(specs),
                              max_gen_toks=suite.max_gen_toks)
