@@ -74,6 +74,7 @@ def _version_tags(lineage: LineageRecord, lineage_sha: str, audit_log: Path) -> 
         "approval": "pending",
         "requested_by": lineage.requested_by,
         "git_sha": lineage.code.git_sha or "",
+        "git_dirty": str(lineage.code.git_dirty).lower(),
         "dvc_rev": lineage.dvc.revision or "",
         "lineage_sha256": lineage_sha,
         "audit_log": str(Path(audit_log).resolve()),
