@@ -49,7 +49,11 @@ class AuditLog:
             try:
                 fh.seek(0)
                 lines = [ln for ln in fh.read().split(b"\n") if ln]
-                prev = json.loads(lines[-1])["hash"] if lines else GENESIS
+                try:
+                    prev = json.loads(lines[-1])["hash"] if lines else GENESIS
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise AuditLogTampered(f"{self.path}:{len(lines)}: unreadable last entry; "
+                                           "run `mergeops log verify` and restore the log") from exc
                 entry = {"seq": len(lines) + 1, "at": datetime.now(UTC).isoformat(timespec="microseconds"),
                          "event": event, "data": data, "prev": prev}
                 entry["hash"] = _entry_hash(entry)

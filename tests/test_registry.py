@@ -15,7 +15,7 @@ from flows.cli import cli
 from registry import approvals
 from registry import mlflow_registry as reg
 from registry.audit_log import AuditLog
-from registry.errors import ApprovalRefused, ArtifactMismatch
+from registry.errors import ApprovalRefused, ArtifactMismatch, LineageError
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +176,11 @@ def test_model_level_events_are_mirrored_and_anchored(store, tmp_path):
     anchors = reg.audit_anchors(store["uri"], store["log"])
     assert (entry["seq"], entry["hash"], f"MLflow {info.name}") in anchors
     assert reg.verify_audit_log(store["uri"], store["log"]) == (entry["seq"], len(anchors))
+
+
+def test_register_refuses_a_lineage_for_other_bytes(store, tmp_path):
+    record, _ = make_lineage(tmp_path / "a")
+    _, other = make_lineage(tmp_path / "b", merged_seed=9)
+    with pytest.raises(LineageError, match="is not the lineage's merged content id"):
+        reg.register_candidate(tracking_uri=store["uri"], name="never", model_dir=other, lineage=record,
+                               audit_log_path=store["log"], artifact_location=store["artifacts"])
