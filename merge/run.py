@@ -91,15 +91,13 @@ class _Inputs:
 
     def _read(self, path: Path, header, name: str) -> torch.Tensor:
         info = header.tensors[name]
-        buf = bytearray(info.nbytes)
-        got = os.preadv(self._fd(path), [buf], header.data_offset + info.start) if buf else 0
-        if got != info.nbytes:
-            raise FormatError(f"{path}: tensor {name!r} is truncated ({got} of {info.nbytes} bytes)")
         if info.dtype not in _ST_TORCH:
             raise FormatError(f"{path}: tensor {name!r} has unsupported dtype {info.dtype}")
-        if not buf:
-            return torch.empty(info.shape, dtype=_ST_TORCH[info.dtype])
-        return torch.frombuffer(buf, dtype=_ST_TORCH[info.dtype]).reshape(info.shape)
+        buf = torch.empty(info.nbytes, dtype=torch.uint8)  # not zero-filled: preadv overwrites it
+        got = os.preadv(self._fd(path), [buf.numpy()], header.data_offset + info.start) if info.nbytes else 0
+        if got != info.nbytes:
+            raise FormatError(f"{path}: tensor {name!r} is truncated ({got} of {info.nbytes} bytes)")
+        return buf.view(_ST_TORCH[info.dtype]).reshape(info.shape)
 
     def load(self, tp: TensorPlan) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         tensors, stats = [], []
