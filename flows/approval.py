@@ -35,13 +35,13 @@ def await_approval(name: str, version: str, requested_by: str, *, timeout_s: int
     if not settings.prefect_api_url:
         log.info("%s v%s awaits approval: mergeops approve %s %s --reviewer WHO", name, version, name, version)
         return "awaiting_approval"
-    while True:
+    while True:  # each pause gets a fresh key: a refused answer must not be replayed
         description = (f"Review **{name} v{version}** (requested by {requested_by}). "
                        "The reviewer must be someone else; a rejection needs a comment.")
         try:
             answer = pause_flow_run(wait_for_input=ApprovalInput.with_initial_data(description=description,
                                                                                    decision="approve"),
-                                    timeout=timeout_s, key=f"approval-{name}-{version}")
+                                    timeout=timeout_s, poll_interval=2)
         except FlowPauseTimeout:
             log.info("no decision on %s v%s in time; it stays awaiting approval", name, version)
             return "awaiting_approval"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,8 @@ models:
     parameters: {{weight: 0.5}}
 """
 SUITE = "zoo"  # exact match per domain (zoo-full adds log-likelihood metrics)
+# Another weighting of the same parents: a second registered model for the approval test.
+PAUSING = PASSING.replace("flows-pass", "flows-pause").replace("0.5}", "0.25}", 1).replace("0.5}", "0.75}", 1)
 # Tiny models score ~0: switch the score gates off, keep the audit, licence and leakage gates.
 RELAXED_POLICY = """\
 domain_minimums: {default: null}
@@ -65,6 +68,7 @@ def ws(tiny_zoo: Path, tmp_path_factory, prefect_server):
     zoo = root / "zoo"
     shutil.copytree(tiny_zoo, zoo)  # the watch test edits a parent; the session's zoo stays intact
     (root / "pass.yaml").write_text(PASSING.format(zoo=zoo))
+    (root / "pause.yaml").write_text(PAUSING.format(zoo=zoo))
     (root / "nc.yaml").write_text(COMMERCIAL_NC.format(zoo=zoo))
     (root / "policy.yaml").write_text(RELAXED_POLICY)
     mp = pytest.MonkeyPatch()
@@ -146,6 +150,20 @@ def test_a_refused_recipe_registers_nothing_and_the_run_says_why(ws: Path) -> No
     assert sorted(p.name for p in merges.iterdir()) == merged_before  # refused before merging
 
 
+def test_the_cli_maps_a_refusal_to_exit_1_and_bad_input_to_exit_2(ws: Path) -> None:
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+
+    refused = CliRunner().invoke(cli, ["run", str(ws / "nc.yaml"), "--policy", str(ws / "policy.yaml")])
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("error: audit failed") and "cc-by-nc-4.0" in refused.stderr
+    (ws / "bad.yaml").write_text("merge_method: lineer\nmodels: []\n")
+    bad = CliRunner().invoke(cli, ["run", str(ws / "bad.yaml")])
+    assert bad.exit_code == 2 and "lineer" in bad.stderr
+    assert versions(get_settings().tracking_uri, "flows-nc") == []
+
+
 def test_watch_with_nothing_changed_runs_nothing(ws: Path) -> None:
     outcomes = _watch(ws)
     assert [o["status"] for o in outcomes] == ["unchanged"]
@@ -182,3 +200,46 @@ def test_a_changed_parent_gives_exactly_one_new_candidate_even_with_two_watches(
     assert len(triggered) == 1 and triggered[0]["data"]["changed"] == ["sort"]
     # and a third pass, later, finds nothing to do
     assert _watch(ws)[0]["status"] == "unchanged"
+
+
+def _paused_run_id(timeout_s: float = 120) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+
+    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["PAUSED"])))
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=paused)
+            if runs:
+                return str(runs[0].id)
+            time.sleep(0.5)
+    raise AssertionError("the pipeline never paused for approval")
+
+
+def _resume(**decision: str) -> None:
+    from flows.approval import resume_with_decision
+
+    for _ in range(20):  # the input form's schema is saved just after the run pauses
+        try:
+            return resume_with_decision(_paused_run_id(), **decision)
+        except RuntimeError:
+            time.sleep(0.5)
+    raise AssertionError("could not resume the paused run")
+
+
+def test_with_a_server_the_run_pauses_for_a_typed_approval_and_keeps_four_eyes(ws: Path, monkeypatch) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # as a deployed server would set it
+    results: list[dict] = []
+    worker = threading.Thread(target=lambda: results.append(_pipeline(ws, "pause.yaml")))
+    worker.start()
+    _resume(reviewer="alice", decision="approve")  # the requester: refused, the run pauses again
+    _resume(reviewer="bob", decision="approve", comment="looks right")
+    worker.join(timeout=300)
+
+    assert results and results[0]["status"] == "approved"
+    info = versions(get_settings().tracking_uri, "flows-pause")[-1]
+    assert info.tag("approval") == "approved" and info.tag("decided_by") == "bob"
+    assert [e["data"]["reviewer"] for e in _audit_events("approved")] == ["bob"]
