@@ -34,6 +34,7 @@ from registry.mlflow_versions import (  # noqa: F401  (re-exported: the registry
     describe,
     download,
     get_version,
+    list_versions,
     load_lineage,
     model_tags,
     resolve,

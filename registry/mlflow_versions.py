@@ -57,6 +57,15 @@ def get_version(tracking_uri: str, name: str, version: str | int) -> VersionInfo
         raise RegistryError(f"{name} v{version}: not found in {tracking_uri}; list versions in the MLflow UI") from exc
 
 
+def list_versions(tracking_uri: str, name: str) -> list[VersionInfo]:
+    """Every version of ``name``, oldest first; empty when the model is not registered."""
+    try:
+        found = client(tracking_uri).search_model_versions(f"name = '{name}'", max_results=10_000)
+    except MlflowException as exc:
+        raise RegistryError(f"{name}: cannot list versions in {tracking_uri} ({exc.message})") from exc
+    return sorted((_info(mv) for mv in found), key=lambda v: int(v.version))
+
+
 def resolve(tracking_uri: str, spec: str) -> VersionInfo:
     """``NAME@VERSION``, ``NAME@ALIAS`` or ``NAME`` (the champion, else the latest version)."""
     name, _, ref = spec.partition("@")

@@ -111,6 +111,8 @@ def test_promotion_moves_champion_and_keeps_history(store, tmp_path):
     assert old.tag("promoted_by") == "carol"
     history = reg.model_tags(store["uri"], name)
     assert [json.loads(history[f"mergeops.champion.{n}"])["version"] for n in (1, 2)] == [v1.version, v2.version]
+    assert [v.version for v in reg.list_versions(store["uri"], name)] == [v1.version, v2.version]
+    assert reg.list_versions(store["uri"], "never-registered") == []
     record = reg.load_lineage(store["uri"], promoted)
     assert [(a.decision, a.reviewer, a.comment) for a in record.approvals] == [("approved", "bob", "ok")]
     events = [e["event"] for e in AuditLog(store["log"]).entries() if e["data"]["model"] == name]
