@@ -1,5 +1,6 @@
 """Bit-for-bit verification: re-run a registered merge from its lineage and compare content ids.
 
+First the registered model artifact is downloaded and re-hashed against the lineage's manifest.
 The parents are identified by content id, not by path: before merging, each parent path in the
 lineage is re-hashed and a parent whose bytes changed is named and refused (the merge would
 otherwise "verify" against different inputs). The recipe is the lineage's full text, parsed
@@ -68,6 +69,10 @@ def verify_version(tracking_uri: str, spec: str, *, audit_log_path: Path,
     info = reg.resolve(tracking_uri, spec)
     lineage = reg.load_lineage(tracking_uri, info)
     try:
+        try:  # the registered bytes must still be the ones the lineage describes
+            reg.check_model_artifact(tracking_uri, info, lineage)
+        except ArtifactMismatch as exc:
+            raise VerifyMismatch(str(exc)) from exc
         _check_parents(lineage)
         with tempfile.TemporaryDirectory(dir=work_dir, prefix="mergeops-verify-") as tmp:
             result = _remerge(lineage, Path(tmp))

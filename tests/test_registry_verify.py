@@ -92,3 +92,14 @@ def test_verify_in_a_fresh_process(store, tmp_path, tiny_zoo):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "reproduced bit for bit" in proc.stdout
+
+
+def test_verify_refuses_an_edited_registered_artifact(store, tmp_path, tiny_zoo):
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    info = _register(store, tmp_path, tiny_zoo, "verify-edited")
+    config = Path(urlparse(info.source).path) / "config.json"
+    config.write_text(config.read_text().replace("}", ', "edited": true}', 1))
+    with pytest.raises(VerifyMismatch, match="changed: config.json"):
+        verify_version(store["uri"], f"verify-edited@{info.version}", audit_log_path=store["log"])
