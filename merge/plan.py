@@ -20,6 +20,7 @@ from merge.layout import ModelLayout, compare_layouts, read_layout, tokenizer_fi
 from merge.params import resolve
 from merge.recipe import Recipe
 from merge.safetensors_header import read_header
+from merge.vocab import VocabPlan, plan_vocab
 
 FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 _ST_DTYPE = {v: k for k, v in FLOAT_DTYPES.items()}
@@ -39,6 +40,7 @@ class TensorPlan:
     shape: tuple[int, ...]
     compute_dtype: str | None  # safetensors dtype name; None: non-float tensor, copied
     out_dtype: str
+    vocab: bool = False  # rows are re-indexed to the output vocabulary before merging
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class MergePlan:
     config_source: int  # parent whose config/tokenizer files are copied
     num_layers_out: int | None
     layer_key: str | None  # config key holding the layer count
+    vocab: VocabPlan | None = None  # parents' tokenizers differ: rows mapped by token string
 
 
 def _layer_prefix(names) -> str | None:
@@ -101,12 +104,14 @@ def plan_merge(recipe: Recipe) -> MergePlan:
     index = {r: i for i, r in enumerate(refs)}
     base = index.get(recipe.base_model) if recipe.base_model else None
     ref_layout = layouts[base if base is not None else 0]
+    prefix = _layer_prefix(ref_layout.tensors)
+    source_index = index.get(recipe.tokenizer_source)
+    vocab = _vocab_plan(recipe, paths, base, source_index)
+    vocab_names = _vocab_tensors(ref_layout, prefix) if vocab else set()
     for lay in layouts:
         if lay is not ref_layout:
-            compare_layouts(ref_layout, lay)
+            _compare(ref_layout, lay, vocab_names)
             _check_dtypes(lay, ref_layout)
-    _check_tokenizers(recipe, paths)
-    prefix = _layer_prefix(ref_layout.tensors)
 
     # Normalise to slices of (source refs, layer ranges, params) as mergekit does.
     if recipe.models:
@@ -153,8 +158,12 @@ def plan_merge(recipe: Recipe) -> MergePlan:
             out = _ST_DTYPE[recipe.out_dtype] if recipe.out_dtype else compute
         else:
             compute, out = None, dtypes[0]
+        shape = tuple(ref_layout.shape(in_names[0]))
+        is_vocab = in_names[0] in vocab_names
+        if is_vocab:
+            shape = (vocab.size, *shape[1:])
         plans.append(TensorPlan(out_name, tuple(zip(models, in_names)), base_pos, t, shared, tuple(per_input),
-                                tuple(ref_layout.shape(in_names[0])), compute, out))
+                                shape, compute, out, is_vocab))
 
     first, last = slices[0], slices[-1]
     for nm in pre:
@@ -178,7 +187,7 @@ def plan_merge(recipe: Recipe) -> MergePlan:
         config_source = index[recipe.tokenizer_source]
     _, key = _num_layers(ref_layout, prefix)
     return MergePlan(recipe, tuple(paths), tuple(refs), tuple(layouts), tuple(plans), config_source,
-                     out_layer if prefix else None, key)
+                     out_layer if prefix else None, key, vocab)
 
 
 def _check_inputs(recipe: Recipe, slices) -> None:
@@ -199,15 +208,45 @@ def _check_inputs(recipe: Recipe, slices) -> None:
             raise RecipeError(f"{where} takes {m.min_non_base}..{m.max_non_base or 'any'} non-base models, got {non_base}")
 
 
-def _check_tokenizers(recipe: Recipe, paths: list[Path]) -> None:
+def _vocab_plan(recipe: Recipe, paths: list[Path], base: int | None, source_index: int | None) -> VocabPlan | None:
     prints = {p: tokenizer_fingerprint(p) for p in paths}
-    if len(set(prints.values())) > 1:
+    if len(set(prints.values())) == 1:
+        return None  # one vocabulary: rows already line up
+    if recipe.tokenizer_source is None:
         first = paths[0]
         other = next(p for p in paths if prints[p] != prints[first])
         raise CompatibilityError(
-            f"{other}: tokenizer differs from {first}'s; merging rows of different vocabularies is not "
-            "supported yet: retokenize the parents to one vocabulary"
+            f"{other}: tokenizer differs from {first}'s; set tokenizer_source (base, union or a model) "
+            "to map embedding rows by token string"
         )
+    return plan_vocab(recipe.tokenizer_source, paths, base, source_index)
+
+
+def _vocab_tensors(layout: ModelLayout, prefix: str | None) -> set[str]:
+    """Non-layer 2-D tensors with one row per token (embeddings, LM head)."""
+    size = layout.config.get("vocab_size")
+    return {n for n, (_, info) in layout.tensors.items()
+            if _split(n, prefix)[0] is None and len(info.shape) == 2 and info.shape[0] == size}
+
+
+def _compare(ref: ModelLayout, other: ModelLayout, vocab_names: set[str]) -> None:
+    """``compare_layouts``, except that vocabulary tensors may differ in their row count."""
+    if not vocab_names:
+        return compare_layouts(ref, other)
+    size = other.config.get("vocab_size")
+    for name in vocab_names:
+        if name in other.tensors and other.shape(name)[1:] == ref.shape(name)[1:] and other.shape(name)[0] == size:
+            continue
+        if name in other.tensors:
+            raise CompatibilityError(f"{other.path}: tensor {name!r} has shape {list(other.shape(name))}, "
+                                     f"expected [{size}, {', '.join(map(str, ref.shape(name)[1:]))}]")
+    trimmed = ModelLayout(other.path, {**other.config, "model_type": other.model_type},
+                          other.shards, {n: v for n, v in other.tensors.items() if n not in vocab_names})
+    reference = ModelLayout(ref.path, ref.config, ref.shards, {n: v for n, v in ref.tensors.items() if n not in vocab_names})
+    compare_layouts(reference, trimmed)
+    missing = sorted(vocab_names - set(other.tensors))
+    if missing:
+        raise CompatibilityError(f"{other.path}: tensor {missing[0]!r} of {ref.path} is missing")
 
 
 def _check_statistics(recipe: Recipe, plans: list[TensorPlan], refs: list[str]) -> None:

@@ -34,6 +34,7 @@ from merge.methods import Call
 from merge.plan import FLOAT_DTYPES, MergePlan, TensorPlan, plan_merge
 from merge.recipe import Recipe
 from merge.safetensors_header import read_header
+from merge.vocab import map_rows, union_tokenizer
 from merge.writer import DEFAULT_SHARD_BYTES, ShardWriter, layout_shards
 
 COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -117,6 +118,8 @@ class _Inputs:
 def _merge_one(plan: MergePlan, tp: TensorPlan, tensors, stats, device: str) -> torch.Tensor:
     if tp.compute_dtype is None:  # integer buffers: identical in every parent, copied
         return tensors[tp.base_index or 0]
+    if tp.vocab:
+        tensors = map_rows(tensors, [p for p, _ in tp.inputs], plan.vocab)
     dt = _TORCH[tp.compute_dtype]
     tensors = [t.to(device=device, dtype=dt) for t in tensors]
     gens = []
@@ -160,6 +163,10 @@ def _copy_side_files(plan: MergePlan, tmp: Path) -> None:
     cfg = dict(plan.layouts[plan.config_source].config)
     if plan.layer_key and plan.num_layers_out is not None:
         cfg[plan.layer_key] = plan.num_layers_out
+    if plan.vocab is not None:
+        cfg["vocab_size"] = plan.vocab.size
+        if plan.recipe.tokenizer_source == "union":
+            (tmp / "tokenizer.json").write_text(union_tokenizer(src, plan.vocab))
     out_dtypes = {tp.out_dtype for tp in plan.tensors if tp.compute_dtype}
     if len(out_dtypes) == 1:
         key = "dtype" if "dtype" in cfg else "torch_dtype"
