@@ -131,7 +131,9 @@ def plan_merge(recipe: Recipe) -> MergePlan:
     _check_inputs(recipe, slices)
 
     plans: list[TensorPlan] = []
-    layer_names = sorted({rest for nm in ref_layout.tensors if (rest := _split(nm, prefix))[0] is not None},
+    # dict.fromkeys, not a set: set order follows the per-process string hash seed, and the tensor
+    # order decides the shard bytes, so a set would make content ids differ between processes.
+    layer_names = sorted(dict.fromkeys(rest for nm in ref_layout.tensors if (rest := _split(nm, prefix))[0] is not None),
                          key=lambda x: x[0])
     per_layer = list(dict.fromkeys(rest for i, rest in layer_names if i == 0)) or sorted({r for _, r in layer_names})
     non_layer = [nm for nm in ref_layout.tensors if _split(nm, prefix)[0] is None]

@@ -76,9 +76,6 @@ def test_verify_names_the_files_that_differ(store, tmp_path, tiny_zoo):
     assert "config.json" not in str(exc.value)
 
 
-@pytest.mark.xfail(reason="merge/plan.py orders a layer's tensors by set iteration (str hash seed), so another "
-                          "process writes them in another order; remove this mark once the plan order is stable",
-                   strict=False)
 def test_verify_in_a_fresh_process(store, tmp_path, tiny_zoo):
     """The auditor's case: verify runs months later in another process (another str hash seed)."""
     import os
