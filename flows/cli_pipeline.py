@@ -6,6 +6,8 @@ import click
 
 
 def _print_result(result: dict) -> None:
+    if result.get("summary"):
+        click.echo(result["summary"] + "\n")
     click.echo(f"{result['name']} v{result['version']}: {result['status'].replace('_', ' ')}")
     click.echo(f"  merged content id  {result['content_id']}")
     click.echo(f"  merge              {'reused (same recipe, parents and code)' if result['merge_cached'] else 'computed'}")

@@ -33,6 +33,7 @@ class PipelineResult:
     merge_cached: bool
     gates: list[dict] = field(default_factory=list)
     dvc_revision: str | None = None
+    summary: str = ""  # the markdown of the run's summary artifact
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,9 +110,9 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
                      parent_content_ids=list(parent_ids.values()), merged_content_id=merged.content_id)
     if same is not None:
         log.info("%s v%s already holds these bytes; nothing registered", name, same.version)
-        _summary(name, same.version, merged, evaluation, status="unchanged (already registered)")
+        summary = _summary(name, same.version, merged, evaluation, status="unchanged (already registered)")
         return PipelineResult(name, "unchanged", same.version, merged.content_id, merged.cached, gates,
-                              same.tag("dvc_rev")).to_dict()
+                              same.tag("dvc_rev"), summary).to_dict()
 
     with tempfile.TemporaryDirectory() as tmp:
         eval_json = Path(tmp) / "evaluation.json"
@@ -139,12 +140,13 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
         info = tasks.register(settings.tracking_uri, name, merged.out_dir, lineage, str(settings.audit_log_path),
                               [str(eval_json)], [str(audit_json)], settings.artifact_root)
     tasks.push_artifacts(str(settings.home_dir / "store"), settings.dvc_remote_url)
-    _summary(name, info.version, merged, evaluation, status="candidate, awaiting approval")
+    summary = _summary(name, info.version, merged, evaluation, status="registered with alias `candidate`")
     _link(settings.tracking_uri, name, info.version)
     status = "awaiting_approval"
     if wait_for_approval:
         status = await_approval(name, info.version, requested_by, timeout_s=approval_timeout_s)
-    return PipelineResult(name, status, info.version, merged.content_id, merged.cached, gates, revision).to_dict()
+    return PipelineResult(name, status, info.version, merged.content_id, merged.cached, gates, revision,
+                          summary).to_dict()
 
 
 def _references(recipe) -> dict[str, str]:
@@ -178,20 +180,30 @@ def _gate_table(name: str, gates: list[dict]) -> None:
                           description=f"Gate decisions for {name}")
 
 
-def _summary(name: str, version: str | None, merged, evaluation: dict, *, status: str) -> None:
+def _summary(name: str, version: str | None, merged, evaluation: dict, *, status: str) -> str:
     retention = evaluation.get("retention", {})
     lines = [f"# {name}" + (f" v{version}" if version else ""), "", f"**Status:** {status}", "",
              f"- merged content id: `{merged.content_id}`",
              f"- merge: {'reused from cache' if merged.cached else 'computed'} (`{merged.out_dir}`)"]
     if evaluation.get("normalized_average") is not None:
         lines.append(f"- normalized average: {evaluation['normalized_average']:.3f}")
-    if retention:
-        lines += ["", "| domain | retention |", "| --- | --- |"]
-        lines += [f"| {d} | {v:.3f} |" for d, v in sorted(retention.items())]
+    scores = evaluation.get("scores") or {}  # {domain: {model: score}}
+    if scores:
+        models = list(next(iter(scores.values())))
+        lines += ["", "| domain | " + " | ".join(models) + " | retention |",
+                  "| --- " * (len(models) + 2) + "|"]
+        lines += [f"| {d} | " + " | ".join(_num(row.get(m)) for m in models) + f" | {_num(retention.get(d))} |"
+                  for d, row in sorted(scores.items())]
     failed = [g for g in evaluation.get("gates", []) if not g.get("passed")]
     lines += ["", f"Gates: {len(evaluation.get('gates', [])) - len(failed)} passed, {len(failed)} failed"]
     lines += [f"- **{g['gate']}**: {g.get('reason', '')}" for g in failed]
-    create_markdown_artifact("\n".join(lines), key="merge-summary", description=f"{name}: {status}")
+    text = "\n".join(lines)
+    create_markdown_artifact(text, key="merge-summary", description=f"{name}: {status}")
+    return text
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _link(tracking_uri: str, name: str, version: str) -> None:

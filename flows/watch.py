@@ -111,15 +111,22 @@ def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None,
     return outcomes
 
 
-def serve(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON) -> None:
-    """Serve the watch on a cron schedule and on every ``mergeops.parent.updated`` event."""
+def deployment(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON):
+    """The watch as a deployment: a cron schedule plus a trigger on ``mergeops.parent.updated``."""
     from prefect.events import DeploymentEventTrigger
 
     params = {"recipes": watched_recipes(recipes), "policy_path": policy_path}
     trigger = DeploymentEventTrigger(expect={PARENT_UPDATED}, match={"prefect.resource.id": "mergeops.model.*"},
                                      parameters=params)
-    watch_flow.serve(name="mergeops-watch", cron=cron, triggers=[trigger], parameters=params,
-                     description="Re-merge watched recipes when a parent's content id changes")
+    return watch_flow.to_deployment(name="mergeops-watch", cron=cron, triggers=[trigger], parameters=params,
+                                    description="Re-merge watched recipes when a parent's content id changes")
+
+
+def serve(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON) -> None:
+    """Serve the watch deployment until interrupted (a Prefect server runs the event trigger)."""
+    from prefect import serve as serve_deployments
+
+    serve_deployments(deployment(recipes, policy_path, cron))
 
 
 def emit_parent_updated(model_dir: Path) -> None:

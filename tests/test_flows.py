@@ -113,6 +113,7 @@ def test_a_passing_recipe_becomes_a_candidate_with_full_lineage(ws: Path) -> Non
 
     assert result["status"] == "awaiting_approval"  # no Prefect server URL: ephemeral approval
     assert result["version"] == "1" and not result["merge_cached"]
+    assert "| domain | flows-pass | reverse | sort | retention |" in result["summary"]
     lineage = _lineage("flows-pass", "candidate")
     zoo = ws / "zoo" / "models"
     assert {p.content_id for p in lineage.parents} == {content_id(zoo / n) for n in ("reverse", "sort")}
