@@ -12,6 +12,7 @@ RECIPE=recipes/demo.yaml
 LEAKY=recipes/demo-leaky.yaml
 NAME=demo-merge
 SPECIALIST=data/zoo/models/sort
+POLICY=(${DEMO_POLICY:+--policy "$DEMO_POLICY"})  # e.g. relaxed gates for a tiny-profile smoke run
 started=$(date +%s)
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -28,6 +29,10 @@ fi
 
 step "1. the demo zoo: rebuilt only when its code or params changed, else restored from the DVC cache"
 dvc checkout -f zoo >/dev/null 2>&1 || true  # undo an earlier demo's parent update, if cached
+if [ -f data/zoo/zoo.json ] && ! grep -q "^  zoo:" dvc.lock 2>/dev/null; then
+    echo "adopting the zoo already in data/zoo (dvc commit zoo); delete it to rebuild"
+    dvc commit -f -q zoo
+fi
 dvc repro zoo
 python - <<'EOF'
 from evaluation.zoo import load_zoo
@@ -40,10 +45,10 @@ for m in z.models:
 EOF
 
 step "2. the pipeline on $RECIPE: audit → merge → evaluate → gates → DVC → MLflow candidate"
-mergeops run "$RECIPE" --requested-by alice
+mergeops run "$RECIPE" --requested-by alice "${POLICY[@]}"
 
 step "3. the pipeline on $LEAKY: stopped before registration (exit 1), nothing registered"
-must_fail mergeops run "$LEAKY" --requested-by alice
+must_fail mergeops run "$LEAKY" --requested-by alice "${POLICY[@]}"
 
 step "4. the lineage an auditor reads"
 mergeops lineage "$NAME@candidate"
@@ -55,9 +60,9 @@ mergeops promote "$NAME" 1 --by bob
 
 step "6. a parent publishes a new revision; the watch re-merges it to exactly one new candidate"
 python -m flows.demo update-parent "$SPECIALIST"
-mergeops watch --once --recipe "$RECIPE"
+mergeops watch --once --recipe "$RECIPE" "${POLICY[@]}"
 step "   ...and a second pass finds nothing new"
-mergeops watch --once --recipe "$RECIPE"
+mergeops watch --once --recipe "$RECIPE" "${POLICY[@]}"
 mergeops lineage "$NAME@candidate" --json | python -c \
   'import json,sys; r=json.load(sys.stdin); print("candidate parents:", ", ".join(p["reference"] + " " + p["content_id"][:12] for p in r["parents"]))'
 
