@@ -21,19 +21,29 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def _spans(n: int, size: int = _CHUNK):
+    """Chunks of a flat index range: elementwise work on 1M-element pieces stays in cache."""
+    return [(s, min(s + size, n)) for s in range(0, n, size)] or [(0, 0)]
+
+
 def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
     """Weighted average, accumulated in float32: sum_i w_i x_i (/ sum_i w_i when normalize)."""
     first = tensors[0]
     acc = _acc_dtype(first)
-    w = torch.tensor(list(weights), dtype=acc)
-    # Same values as zeros + addcmul_(bf16 tensor, c) per input (mergekit), but upcasting each
-    # input first keeps addcmul_ on its fast same-dtype path (the mixed-dtype one is ~2x slower).
-    out = first.to(acc) * w[0]
-    for t, c in zip(tensors[1:], w[1:].unbind(0)):
-        out.addcmul_(t.to(acc), c)
-    if normalize:
-        out.div_(w.sum())
-    return out.to(first.dtype)
+    w = torch.tensor(list(weights), dtype=acc, device=first.device)
+    total = w.sum()
+    flat = [t.reshape(-1) for t in tensors]
+    out = torch.empty_like(flat[0])
+    # Values as mergekit's zeros + addcmul_(x_i, w_i) over whole tensors; upcasting each chunk
+    # first keeps addcmul_ on its fast same-dtype path, and chunks keep the float32 scratch in cache.
+    for s, e in _spans(out.numel()):
+        part = flat[0][s:e].to(acc) * w[0]
+        for t, c in zip(flat[1:], w[1:].unbind(0)):
+            part.addcmul_(t[s:e].to(acc), c)
+        if normalize:
+            part.div_(total)
+        out[s:e] = part
+    return out.reshape(first.shape)
 
 
 def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
@@ -106,26 +116,32 @@ def task_arithmetic(
         return base
     deltas = base.new_empty((len(others), *base.shape))  # [parents, *shape]
     for i, x in enumerate(others):
-        d = x - base
-        deltas[i] = sparsifier(d, i) if sparsifier else d
-        del d
-    w = torch.tensor(list(weights), dtype=deltas.dtype, device=deltas.device)
-    w = w.reshape(-1, *([1] * base.dim()))
-    deltas.mul_(w)
-    if consensus:
-        mask = ties_sign_mask(deltas)  # bool; mergekit's int8_mask only changes its scratch dtype
-        mixed = (deltas * mask).sum(dim=0)
-        divisor = (w * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
-    else:
-        mixed = deltas.sum(dim=0)
-        divisor = w.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
-    if normalize:
-        mixed /= divisor
-    if lam != 1:
-        mixed *= lam
-    return (base + mixed).to(base.dtype)
+        d = torch.sub(x, base, out=deltas[i])
+        if sparsifier:
+            deltas[i] = sparsifier(d, i)
+    w = torch.tensor(list(weights), dtype=deltas.dtype, device=deltas.device).reshape(-1, 1)
+    # Everything below is elementwise over positions (sums run over parents), so it runs on
+    # cache-sized chunks of the flattened tensors with the same values as whole-tensor ops.
+    flat = deltas.reshape(len(others), -1)
+    base_flat = base.reshape(-1)
+    out = torch.empty_like(base_flat)
+    for s, e in _spans(base_flat.numel()):
+        chunk = flat[:, s:e].mul_(w)
+        if consensus:
+            mask = ties_sign_mask(chunk)  # bool; mergekit's int8_mask only changes its scratch dtype
+            mixed = (chunk * mask).sum(dim=0)
+            divisor = (w * mask).sum(dim=0)
+            divisor[divisor == 0] = 1
+        else:
+            mixed = chunk.sum(dim=0)
+            divisor = w.sum(dim=0)
+            divisor[divisor.abs() < 1e-8] = 1
+        if normalize:
+            mixed /= divisor
+        if lam != 1:
+            mixed *= lam
+        out[s:e] = base_flat[s:e] + mixed
+    return out.reshape(base.shape)
 
 
 def ties_sign_mask(deltas: torch.Tensor) -> torch.Tensor:

@@ -188,6 +188,10 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    threads = torch.get_num_threads()
+    # One core computes, the other reads ahead, hashes and writes: on a small shared machine
+    # two intra-op threads per kernel mostly spin-wait for each other.
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     try:
         shards = layout_shards([(tp.out_name, tp.out_dtype, tp.shape) for tp in plan.tensors], shard_bytes)
         writer = ShardWriter(tmp, shards, {"format": "pt", "mergeops.recipe_sha256": recipe.sha256})
@@ -221,6 +225,8 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        torch.set_num_threads(threads)
     return MergeResult(cid, out_dir, manifest,
                        tuple({"ref": r, **p} for r, p in zip(plan.refs, parents)))
 
