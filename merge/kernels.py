@@ -105,28 +105,31 @@ def task_arithmetic(
     normalize: bool = False,
     lam: float = 1.0,
     int8_mask: bool = False,
+    consume: bool = False,
 ) -> torch.Tensor:
     """Generalized task arithmetic: base + lam * combine_i(w_i * sparsify(x_i - base)).
 
     Task arithmetic: no sparsifier, plain sum. TIES: magnitude trimming + sign consensus
     (majority by summed mass) + average over agreeing entries. DARE/DELLA/Breadcrumbs swap the
-    sparsifier; ``sparsifier(delta, i)`` is called for parent ``i`` in order.
+    sparsifier; ``sparsifier(delta, i)`` is called for parent ``i`` in order. ``consume=True``
+    lets the deltas overwrite ``others`` (the streaming merge owns its freshly read inputs).
     """
     if not others:
         return base
-    deltas = base.new_empty((len(others), *base.shape))  # [parents, *shape]
+    deltas = []
     for i, x in enumerate(others):
-        d = torch.sub(x, base, out=deltas[i])
-        if sparsifier:
-            deltas[i] = sparsifier(d, i)
-    w = torch.tensor(list(weights), dtype=deltas.dtype, device=deltas.device).reshape(-1, 1)
+        d = x.sub_(base) if consume else x - base
+        deltas.append(sparsifier(d, i) if sparsifier else d)
+        del d
+    w = torch.tensor(list(weights), dtype=base.dtype, device=base.device).reshape(-1, 1)
     # Everything below is elementwise over positions (sums run over parents), so it runs on
-    # cache-sized chunks of the flattened tensors with the same values as whole-tensor ops.
-    flat = deltas.reshape(len(others), -1)
+    # cache-sized chunks of the flattened tensors with the same values as whole-tensor ops,
+    # and never holds a [parents, *shape] buffer.
+    flat = [d.reshape(-1) for d in deltas]
     base_flat = base.reshape(-1)
     out = torch.empty_like(base_flat)
     for s, e in _spans(base_flat.numel()):
-        chunk = flat[:, s:e].mul_(w)
+        chunk = torch.stack([d[s:e] for d in flat]).mul_(w)
         if consensus:
             mask = ties_sign_mask(chunk)  # bool; mergekit's int8_mask only changes its scratch dtype
             mixed = (chunk * mask).sum(dim=0)
@@ -281,7 +284,7 @@ def sparsifier(kind: str | None, *, densities, rescale: bool, gammas=None, epsil
     if kind is None:
         return None
     if kind == "magnitude":
-        return lambda d, i: sp.magnitude(d, densities[i], rescale, sort_ties)
+        return lambda d, i: sp.magnitude(d, densities[i], rescale, sort_ties, inplace=True)
     if kind == "random":
         return lambda d, i: sp.bernoulli(d, densities[i], rescale, generators[i])
     if kind == "magnitude_outliers":

@@ -45,6 +45,7 @@ class Call:
     generators: list[torch.Generator] = field(default_factory=list)  # parallel to tensors
     stats: list[torch.Tensor | None] = field(default_factory=list)  # parallel to tensors
     sort_ties: bool = False  # recipe ``magnitude_ties: sort``: mergekit's argsort tie choice
+    owned: bool = False  # the kernel may overwrite ``tensors`` (fresh buffers of the streaming merge)
 
     @property
     def base(self) -> torch.Tensor:
@@ -90,7 +91,7 @@ def _gta(sparsify: str | None, consensus: bool):
         return k.task_arithmetic(
             c.base, [c.tensors[i] for i in o], weights=[q["weight"] for q in p], sparsifier=s,
             consensus=consensus, normalize=c.shared["normalize"], lam=c.shared["lambda"],
-            int8_mask=c.shared["int8_mask"],
+            int8_mask=c.shared["int8_mask"], consume=c.owned,
         )
 
     return run

@@ -130,7 +130,7 @@ def _merge_one(plan: MergePlan, tp: TensorPlan, tensors, stats, device: str) -> 
             gens.append(g)
     call = Call(tp.out_name, tensors, tp.base_index, tp.shared, list(tp.per_input), gens,
                 [s.to(device) if s is not None else None for s in stats],
-                plan.recipe.magnitude_ties == "sort")
+                plan.recipe.magnitude_ties == "sort", owned=True)
     out = plan.recipe.method.kernel(call)
     return out.to(dtype=_TORCH[tp.out_dtype])
 

@@ -38,6 +38,14 @@ def _magnitude_bits(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.abs().reshape(-1).float().view(torch.int32)
 
 
+def _histogram(values: torch.Tensor, bins: int, chunk: int = 1 << 22) -> torch.Tensor:
+    """bincount in pieces: it widens its input to int64, which for a whole embedding is 4x its size."""
+    counts = torch.zeros(bins, dtype=torch.int64, device=values.device)
+    for s in range(0, values.numel(), chunk):
+        counts += torch.bincount(values[s : s + chunk], minlength=bins)
+    return counts
+
+
 def _top_bits(bits: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask selecting exactly ``k`` largest of the flat non-negative integers ``bits``.
 
@@ -50,13 +58,13 @@ def _top_bits(bits: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones(n, dtype=torch.bool, device=bits.device)
     wide = bits.dtype == torch.int32
     high = bits >> 16 if wide else bits
-    above = torch.bincount(high, minlength=1 << 15).flip(0).cumsum(0).flip(0)  # above[b] = #{high >= b}
+    above = _histogram(high, 1 << 15).flip(0).cumsum(0).flip(0)  # above[b] = #{high >= b}
     bucket = int((above >= k).nonzero().max())
     threshold = bucket
     if wide:
         greater = int(above[bucket + 1]) if bucket + 1 < above.numel() else 0
         low = bits[high == bucket] & 0xFFFF
-        low_above = torch.bincount(low, minlength=1 << 16).flip(0).cumsum(0).flip(0) + greater
+        low_above = _histogram(low, 1 << 16).flip(0).cumsum(0).flip(0) + greater
         threshold = (bucket << 16) | int((low_above >= k).nonzero().max())
     keep = bits > threshold
     need = k - int(keep.sum())
@@ -69,10 +77,12 @@ def kth_largest_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
     return _top_bits(magnitudes.contiguous().view(torch.int32), k)
 
 
-def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False, sort: bool = False) -> torch.Tensor:
+def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False, sort: bool = False,
+              inplace: bool = False) -> torch.Tensor:
     """TIES trimming: keep the ``max(1, int(density * n))`` largest-magnitude entries.
 
     ``sort=True`` selects with mergekit's full ``argsort`` (same tie choice, O(n log n)).
+    ``inplace=True`` zeroes the dropped entries of ``tensor`` itself (no rescale then).
     """
     if density >= 1:
         return tensor
@@ -84,6 +94,8 @@ def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False, sort:
         mask[torch.argsort(tensor.abs().reshape(-1).float(), descending=True)[:k]] = 1
     else:
         mask = _top_bits(_magnitude_bits(tensor.contiguous()), k)  # bool: x * True = x, x * False = ±0
+    if inplace and not rescale and tensor.is_contiguous():
+        return tensor.mul_(mask.reshape_as(tensor))
     return _rescaled(tensor, mask.reshape_as(tensor), rescale)
 
 
