@@ -52,7 +52,7 @@ def write_plots(scores: pd.DataFrame, out_dir: Path, stem: str, *, merged: str |
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(models), 1.0 + 0.5 * len(domains)))
     image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=max(1.0, float(np.nanmax(values)) if values.size else 1.0),
                       aspect="auto")
-    ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
+    ax.set_xticks(range(len(models)), [f"{m} (merged)" if m == merged else m for m in models], rotation=30, ha="right")
     ax.set_yticks(range(len(domains)), domains)
     for (r, c), v in np.ndenumerate(values):
         ax.text(c, r, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
