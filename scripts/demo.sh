@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 export PATH="$PWD/$BIN:$PATH"
 export MERGEOPS_HOME=${MERGEOPS_HOME:-.mergeops}
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+# The CLI prints each run's summary and one line per refusal; PREFECT_LOGGING_LEVEL=INFO shows every task.
+export PREFECT_LOGGING_LEVEL=${PREFECT_LOGGING_LEVEL:-CRITICAL}
+export TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error
 RECIPE=recipes/demo.yaml
 LEAKY=recipes/demo-leaky.yaml
 NAME=demo-merge
@@ -26,6 +30,9 @@ if [ -e "$MERGEOPS_HOME/mlflow.db" ]; then
     mv "$MERGEOPS_HOME" "$kept"
     echo "moved the previous state to $kept"
 fi
+mkdir -p "$MERGEOPS_HOME"
+# The demo's Prefect runs live beside its registry, so `prefect server start` (below) shows them.
+export PREFECT_HOME=${PREFECT_HOME:-$(cd "$MERGEOPS_HOME" && pwd)/prefect}
 
 step "1. the demo zoo: rebuilt only when its code or params changed, else restored from the DVC cache"
 dvc checkout -f zoo >/dev/null 2>&1 || true  # undo an earlier demo's parent update, if cached
@@ -75,9 +82,8 @@ cat <<EOF
 
 Demo finished in $((elapsed / 60)) min $((elapsed % 60)) s. Next:
   mlflow ui --backend-store-uri sqlite:///$home/mlflow.db      # the versions, tags, lineage.json, model cards
-  prefect server start                                      # then: export PREFECT_API_URL=http://127.0.0.1:4200/api
-  PREFECT_API_URL=http://127.0.0.1:4200/api mergeops run $RECIPE --requested-by alice
-                                                            # pauses for approval in the Prefect UI
+  PREFECT_HOME=$PREFECT_HOME prefect server start   # the demo's flow runs, summaries, gate tables
+  export PREFECT_API_URL=http://127.0.0.1:4200/api          # from then on, runs pause for approval in the UI
   mergeops approve $NAME 2 --reviewer carol --comment "..."    # the watch's candidate
   mergeops verify $NAME@champion                             # re-create the champion bit for bit
   mergeops watch                                            # serve the watch: cron + mergeops.parent.updated
