@@ -35,9 +35,10 @@ mkdir -p "$MERGEOPS_HOME"
 export PREFECT_HOME=${PREFECT_HOME:-$(cd "$MERGEOPS_HOME" && pwd)/prefect}
 
 step "1. the demo zoo: rebuilt only when its code or params changed, else restored from the DVC cache"
-dvc checkout -f zoo >/dev/null 2>&1 || true  # undo an earlier demo's parent update, if cached
-if [ -f data/zoo/zoo.json ] && ! grep -q "^  zoo:" dvc.lock 2>/dev/null; then
-    echo "adopting the zoo already in data/zoo (dvc commit zoo); delete it to rebuild"
+if grep -q "^  zoo:" dvc.lock 2>/dev/null; then
+    dvc checkout -f zoo >/dev/null 2>&1 || true  # undo an earlier demo's parent update, if cached
+elif [ -f data/zoo/zoo.json ]; then
+    echo "adopting the zoo already in data/zoo (dvc commit zoo); delete data/zoo to rebuild it"
     dvc commit -f -q zoo
 fi
 dvc repro zoo
