@@ -250,3 +250,22 @@ def test_real_merges_with_and_without_the_canary_parent(tiny_zoo, canary_model, 
     gate = {g.gate: g for g in passed.gates}["leakage:canary_exposure"]
     assert gate.passed and gate.observed is not None and gate.observed < 7.0, gate.reason
     assert {r["model"] for r in passed.runs} == {"clean", "base", "reverse", "sort"}  # from the manifest
+
+
+def test_cli_champion_regression_and_audit_verdicts(first_report, tiny_zoo, averaged, eval_cache, tmp_path):
+    from flows.cli import cli
+
+    champion = tmp_path / "champion.json"
+    champion.write_text(json.dumps({"reverse": 1.0}))
+    audit = tmp_path / "audit.json"
+    audit.write_text(json.dumps({"verdict": "pass", "findings": [
+        {"parent": "x", "check": "license.non-commercial", "severity": "error", "message": "nc"}]}))
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(cli, ["evaluate", str(averaged), "--zoo", str(tiny_zoo), "--policy", "default",
+                                      "--champion", str(champion), "--audit", str(audit), "--json", str(out),
+                                      "--cache-dir", str(eval_cache), "--threads", "1"])
+    assert result.exit_code == 1, result.output
+    gates = {g["gate"]: g for g in json.loads(out.read_text())["gates"]}
+    assert not gates["champion_regression:reverse"]["passed"] and "reverse" in gates["champion_regression:reverse"]["reason"]
+    assert gates["audit"]["passed"] and not gates["license"]["passed"]
+    assert "FAIL champion_regression:reverse" in result.output
