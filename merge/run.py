@@ -189,9 +189,10 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     threads = torch.get_num_threads()
-    # One core computes, the other reads ahead, hashes and writes: on a small shared machine
-    # two intra-op threads per kernel mostly spin-wait for each other.
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    # One compute thread: reductions (norms in slerp, model_stock, ...) then give the same bits
+    # on any CPU, so `verify` elsewhere re-creates the same content id; a second thread reads
+    # ahead, and on a small shared machine intra-op threads mostly spin-wait for each other.
+    torch.set_num_threads(1)
     try:
         shards = layout_shards([(tp.out_name, tp.out_dtype, tp.shape) for tp in plan.tensors], shard_bytes)
         writer = ShardWriter(tmp, shards, {"format": "pt", "mergeops.recipe_sha256": recipe.sha256})
