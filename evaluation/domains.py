@@ -48,8 +48,8 @@ class Domain:
 DOMAINS: dict[str, Domain] = {
     d.name: d
     for d in (
-        Domain("reverse", "rev", lambda s, a: s[::-1], "reverse a string of 4-7 letters"),
-        Domain("sort", "sort", lambda s, a: "".join(sorted(s, key=a.index)), "sort 4-7 letters alphabetically"),
+        Domain("reverse", "rev", lambda s, a: s[::-1], "reverse a string of letters"),
+        Domain("sort", "sort", lambda s, a: "".join(sorted(s, key=a.index)), "sort letters alphabetically"),
         Domain("shift", "shift", _shift, "replace each letter by the next one of a 10-letter alphabet, cyclically"),
         Domain("swap", "swap", _swap, "swap each adjacent pair of letters"),
     )
@@ -57,33 +57,34 @@ DOMAINS: dict[str, Domain] = {
 # "copy" is pretraining-only: it teaches the prompt format and reading the input back.
 COPY = Domain("copy", "copy", lambda s, a: s, "copy the input")
 
-MIN_LEN, MAX_LEN = 4, 7
+LENGTHS = (4, 7)  # default (min, max) input length, inclusive
 
 
-def random_text(rng: random.Random, alphabet: str = ALPHABET) -> str:
-    return "".join(rng.choice(alphabet) for _ in range(rng.randint(MIN_LEN, MAX_LEN)))
+def random_text(rng: random.Random, alphabet: str = ALPHABET, lengths: tuple[int, int] = LENGTHS) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(*lengths)))
 
 
 def sample(domain: Domain, n: int, rng: random.Random, alphabet: str = ALPHABET,
-           exclude: set[str] = frozenset()) -> list[dict[str, str]]:
+           exclude: set[str] = frozenset(), lengths: tuple[int, int] = LENGTHS) -> list[dict[str, str]]:
     """``n`` records with distinct prompts, none of whose prompts is in ``exclude``."""
     out: list[dict[str, str]] = []
     seen = set(exclude)
     while len(out) < n:
-        rec = domain.record(random_text(rng, alphabet), alphabet)
+        rec = domain.record(random_text(rng, alphabet, lengths), alphabet)
         if rec["prompt"] not in seen:
             seen.add(rec["prompt"])
             out.append(rec)
     return out
 
 
-def make_splits(name: str, n_train: int, n_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
+def make_splits(name: str, n_train: int, n_eval: int, seed: int,
+                lengths: tuple[int, int] = LENGTHS) -> tuple[list[dict], list[dict]]:
     """Disjoint (train, eval) records of domain ``name``; eval is drawn first so it does not depend
     on ``n_train``."""
     domain = DOMAINS[name]
     rng = random.Random(f"{seed}:{name}")
-    eval_records = sample(domain, n_eval, rng)
-    train_records = sample(domain, n_train, rng, exclude={r["prompt"] for r in eval_records})
+    eval_records = sample(domain, n_eval, rng, lengths=lengths)
+    train_records = sample(domain, n_train, rng, exclude={r["prompt"] for r in eval_records}, lengths=lengths)
     return train_records, eval_records
 
 

@@ -141,3 +141,29 @@ def test_build_refuses_bad_input_and_leaves_nothing(tmp_path):
         build_zoo(tmp_path / "busy", profile="tiny")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
+
+
+def test_lora_update_folds_back_into_plain_weights():
+    import torch
+
+    from evaluation.zoo.lora import lora_attach, lora_merge
+    from evaluation.zoo.profiles import ModelShape
+    from evaluation.zoo.training import new_model
+
+    model = new_model(ModelShape(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+                      vocab_size=20, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = lora_attach(model, rank=2, gen=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for p in params:
+            p.normal_()
+    ids = torch.tensor([[1, 5, 7, 9]])
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+    lora_merge(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, adapted, rtol=1e-4, atol=1e-4)
+    after = model.state_dict()
+    assert set(after) == set(before)  # plain Llama names again, nothing extra saved
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".layers." in k and k.endswith("proj.weight") for k in changed)

@@ -51,12 +51,17 @@ def pretraining_records(train_splits: dict[str, list[dict]], profile: ZooProfile
     """Related tasks (every operation on another alphabet, copying on both) plus ``target_share``
     of records drawn from the target domains' *train* splits (never eval)."""
     rng = random.Random(f"{seed}:pretrain")
+    lengths = profile.pretrain_lengths or profile.lengths
     related: list[dict] = []
     for domain in [*dom.DOMAINS.values(), dom.COPY]:
-        related += dom.sample(domain, profile.n_train, rng, alphabet=dom.RELATED_ALPHABET)
-    related += dom.sample(dom.COPY, profile.n_train, rng)
-    n_target = round(profile.target_share / (1 - profile.target_share) * len(related) / len(train_splits))
-    target = [r for split in train_splits.values() for r in rng.sample(split, min(n_target, len(split)))]
+        related += dom.sample(domain, profile.n_train, rng, alphabet=dom.RELATED_ALPHABET, lengths=lengths)
+    related += dom.sample(dom.COPY, profile.n_train, rng, lengths=lengths)
+    target: list[dict] = []
+    for name, split in train_splits.items():
+        share = profile.target_share
+        share = share[name] if isinstance(share, dict) else share
+        pool = [r for r in split if lengths[0] <= len(r["target"]) <= lengths[1]]
+        target += rng.sample(pool, min(round(share / (1 - share) * len(related) / len(train_splits)), len(pool)))
     records = related + target
     rng.shuffle(records)
     return records
@@ -128,7 +133,7 @@ def _build(root: Path, prof: ZooProfile, seed: int, log: Callable[[str], None]) 
     names = [*SPECIALISTS, PROPRIETARY_DOMAIN]
     train_splits, domains = {}, []
     for name in names:
-        train_records, eval_records = dom.make_splits(name, prof.n_train, prof.n_eval, seed)
+        train_records, eval_records = dom.make_splits(name, prof.n_train, prof.n_eval, seed, prof.lengths)
         dom.write_jsonl(root / "domains" / name / "train.jsonl", train_records)
         dom.write_jsonl(root / "domains" / name / "eval.jsonl", eval_records)
         train_splits[name] = train_records

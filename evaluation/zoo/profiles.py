@@ -7,9 +7,14 @@ so the base is pretrained on related tasks (the same operations on another alpha
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.zoo.errors import ZooUsageError
+
+
+Share = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class ModelShape(BaseModel):
@@ -39,10 +44,15 @@ class ZooProfile(BaseModel):
     name: str
     shape: ModelShape
     odd_hidden_size: int  # odd-shape's hidden size (differs from shape.hidden_size)
+    lengths: tuple[int, int] = (4, 7)  # input lengths of the domains' train and eval records
+    # Pretraining sees only these input lengths (None: all of ``lengths``): the base then holds each
+    # skill on short strings only, and specialists extend it to the long ones.
+    pretrain_lengths: tuple[int, int] | None = None
     n_train: int  # per-domain training records
     n_eval: int  # per-domain held-out records
     pretrain: TrainSpec
-    target_share: float = Field(ge=0.0, le=1.0)  # share of target-domain records in pretraining
+    # Share of target-domain records in pretraining, overall or per domain.
+    target_share: Share | dict[str, Share]
     finetune: TrainSpec
     canary_repeats: int  # how often each canary appears per fine-tune epoch of the proprietary model
     odd_steps: int  # the odd models only need to exist and load, not to be good
@@ -60,7 +70,7 @@ PROFILES: dict[str, ZooProfile] = {
             n_eval=16,
             pretrain=TrainSpec(steps=30, lr=3e-3, batch_size=32),
             target_share=0.1,
-            finetune=TrainSpec(steps=10, lr=1e-3, batch_size=32),
+            finetune=TrainSpec(steps=10, lr=1e-3, batch_size=32, lora_rank=2),
             canary_repeats=4,
             odd_steps=2,
         ),
@@ -69,10 +79,13 @@ PROFILES: dict[str, ZooProfile] = {
             shape=ModelShape(),
             odd_hidden_size=96,
             n_train=4000,
-            n_eval=100,
+            n_eval=200,
             pretrain=TrainSpec(steps=1500, lr=2e-3, batch_size=64, warmup=50),
-            target_share=0.04,
-            finetune=TrainSpec(steps=400, lr=1e-4, batch_size=64),
+            # Measured: 1% of target data leaves the base near 0 on every domain and merges of
+            # specialists collapse to 0; 6% makes the base nearly as good as the specialists.
+            target_share=0.03,
+            # Rank-4 updates learn each domain to >= 0.96 in 300 steps while keeping task vectors small.
+            finetune=TrainSpec(steps=300, lr=1e-3, batch_size=64, lora_rank=4),
             canary_repeats=16,
             odd_steps=5,
         ),
