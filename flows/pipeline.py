@@ -83,9 +83,10 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     if zoo is None:
         raise UsageError(f"{path}: its parents are not in a zoo dir; pass --zoo DIR (a dir with zoo.json)")
 
-    parent_ids = tasks.resolve_parents(parents)
     audit = tasks.audit_parents(recipe.model_refs(), recipe.intended_use or "research", str(recipe.base_dir),
                                 recipe.pins)
+    # The audit hashed every parent: those content ids key the merge, the store and the lineage.
+    parent_ids = {str(Path(p.resolved_path).resolve()): p.content_id for p in audit.parents}
     # Pin the merge to the audited bytes: run_merge re-hashes each parent before reading a weight.
     recipe = recipe.model_copy(update={"pins": {**audit.pins(), **(recipe.pins or {})}})
     key = tasks.merge_cache_key(recipe.sha256, list(parent_ids.values()), tasks.code_version())
@@ -118,7 +119,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
         eval_json = Path(tmp) / "evaluation.json"
         eval_json.write_text(json.dumps(evaluation, indent=2, sort_keys=True))
         audit_json = Path(tmp) / "audit.json"
-        audit_json.write_text(audit.to_json() if hasattr(audit, "to_json") else json.dumps(audit))
+        audit_json.write_text(audit.to_json())
         items = {f"parents/{cid}": p for p, cid in parent_ids.items()}
         items |= {f"models/{merged.content_id}": merged.out_dir,
                   f"reports/{merged.content_id}/evaluation.json": str(eval_json),
@@ -185,6 +186,11 @@ def _summary(name: str, version: str | None, merged, evaluation: dict, *, status
     lines = [f"# {name}" + (f" v{version}" if version else ""), "", f"**Status:** {status}", "",
              f"- merged content id: `{merged.content_id}`",
              f"- merge: {'reused from cache' if merged.cached else 'computed'} (`{merged.out_dir}`)"]
+    runs = evaluation.get("runs", [])
+    if runs:
+        ran = [r["model"] for r in runs if r.get("lm_eval") == "ran"]
+        lines.append(f"- evaluation: lm-eval ran for {', '.join(ran) or 'no model'}; "
+                     f"{len(runs) - len(ran)} of {len(runs)} models from the cache")
     if evaluation.get("normalized_average") is not None:
         lines.append(f"- normalized average: {evaluation['normalized_average']:.3f}")
     scores = evaluation.get("scores") or {}  # {domain: {model: score}}

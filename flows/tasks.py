@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from flows.errors import StepRefused
-from merge.manifest import MANIFEST_NAME, canonical_json, content_id
+from merge.manifest import MANIFEST_NAME, canonical_json
 
 _CODE_DIRS = ("merge",)  # the code whose change changes a merge's bytes
 _REPO = Path(__file__).resolve().parent.parent
@@ -69,12 +69,6 @@ class MergeOutcome:
 
 
 # -- tasks -------------------------------------------------------------------------------------
-@task(name="resolve-parents", **_IO_RETRIES)
-def resolve_parents(parent_dirs: list[str]) -> dict[str, str]:
-    """``{parent dir: content id}`` from the bytes on disk now."""
-    return {d: content_id(Path(d)) for d in parent_dirs}
-
-
 @task(name="audit", cache_policy=NONE)
 def audit_parents(refs: list[str], intended_use: str, base_dir: str, pins: dict[str, str] | None):
     """Audit every parent as the recipe names it; an error finding stops the run (AuditFailed)."""

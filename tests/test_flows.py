@@ -141,6 +141,15 @@ def test_an_unchanged_rerun_merges_nothing_evaluates_nothing_registers_nothing(w
     assert [v.version for v in versions(get_settings().tracking_uri, "flows-pass")] == ["1"]
 
 
+def test_a_failed_gate_stops_the_run_before_registration(ws: Path) -> None:
+    (ws / "strict.yaml").write_text("domain_minimums: {default: 0.5}\nretention_minimums: {default: null}\n")
+    state = merge_pipeline(str(ws / "pass.yaml"), policy_path=str(ws / "strict.yaml"), suite=SUITE,
+                           requested_by="alice", return_state=True)
+    assert state.is_failed()
+    assert "StepRefused: gate:" in state.message and "< minimum 0.5" in state.message
+    assert [v.version for v in versions(get_settings().tracking_uri, "flows-pass")] == ["1"]
+
+
 def test_a_refused_recipe_registers_nothing_and_the_run_says_why(ws: Path) -> None:
     merges = get_settings().cache_dir / "merges"
     merged_before = sorted(p.name for p in merges.iterdir())
