@@ -3,9 +3,11 @@
 With a server (``PREFECT_API_URL``), the flow run pauses and waits for an ``ApprovalInput``
 (reviewer, decision, comment) given in the Prefect UI or sent by ``resume_with_decision``; the
 decision goes through registry.approvals, so the same four-eyes and gate rules apply as for
-``mergeops approve``. A refused decision (the requester reviewing their own version) is logged and
-the run waits again. Ephemeral mode (no server) cannot be resumed from outside, so the run ends
-with the version awaiting approval and ``mergeops approve`` completes the same transition.
+``mergeops approve``. A refused decision (the requester reviewing their own version, a rejection
+without a comment) is logged and the run waits again. A decision made meanwhile with
+``mergeops approve|reject`` is what the run reports when it resumes or times out. Ephemeral mode
+(no server) cannot be resumed from outside, so the run ends with the version awaiting approval and
+``mergeops approve`` completes the same transition.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class ApprovalInput(RunInput):
 
 def await_approval(name: str, version: str, requested_by: str, *, timeout_s: int = 3600) -> str:
     """Return ``approved``, ``rejected`` or ``awaiting_approval`` (ephemeral mode, or no answer in time)."""
-    from registry.errors import ApprovalRefused
+    from merge.errors import MergeopsError
 
     log = get_run_logger()
     settings = get_settings()
@@ -43,13 +45,24 @@ def await_approval(name: str, version: str, requested_by: str, *, timeout_s: int
                                                                                    decision="approve"),
                                     timeout=timeout_s, poll_interval=2)
         except FlowPauseTimeout:
-            log.info("no decision on %s v%s in time; it stays awaiting approval", name, version)
-            return "awaiting_approval"
+            state = current_state(name, version)
+            log.info("no decision on %s v%s in the run's time; it is %s", name, version, state)
+            return state
+        state = current_state(name, version)
+        if state != "awaiting_approval":  # decided meanwhile with `mergeops approve|reject`
+            return state
         try:
             return decide(name, version, answer.reviewer, answer.decision, answer.comment)
-        except ApprovalRefused as exc:
-            log.warning("decision refused: %s", exc)
-            timeout_s = max(60, timeout_s // 2)
+        except MergeopsError as exc:  # four-eyes, a gate-failed version, a rejection without a comment
+            log.warning("decision refused, waiting for another: %s", exc)
+
+
+def current_state(name: str, version: str) -> str:
+    """``approved``, ``rejected`` or ``awaiting_approval``, as the registry holds it now."""
+    from registry.mlflow_registry import get_version
+
+    state = get_version(get_settings().tracking_uri, name, version).tag("approval", "pending")
+    return "awaiting_approval" if state == "pending" else state
 
 
 def decide(name: str, version: str, reviewer: str, decision: str, comment: str) -> str:

@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flows.settings import get_settings
 from merge.manifest import content_id
 
 
@@ -44,6 +45,11 @@ def main(argv: list[str]) -> int:
         return 2
     before, after = update_parent(Path(argv[1]))
     print(f"{argv[1]}: content id {before[:12]} -> {after[:12]}")
+    if get_settings().prefect_api_url:  # a served `mergeops watch` reacts to the event
+        from flows.watch import emit_parent_updated
+
+        emit_parent_updated(Path(argv[1]))
+        print("emitted mergeops.parent.updated")
     return 0
 
 

@@ -69,6 +69,8 @@ def ws(tiny_zoo: Path, tmp_path_factory, prefect_server):
     shutil.copytree(tiny_zoo, zoo)  # the watch test edits a parent; the session's zoo stays intact
     (root / "pass.yaml").write_text(PASSING.format(zoo=zoo))
     (root / "pause.yaml").write_text(PAUSING.format(zoo=zoo))
+    (root / "pause-cli.yaml").write_text(PAUSING.replace("flows-pause", "flows-pause-cli").replace("0.25", "0.4")
+                                         .replace("0.75", "0.6").format(zoo=zoo))
     (root / "nc.yaml").write_text(COMMERCIAL_NC.format(zoo=zoo))
     (root / "policy.yaml").write_text(RELAXED_POLICY)
     mp = pytest.MonkeyPatch()
@@ -253,3 +255,23 @@ def test_with_a_server_the_run_pauses_for_a_typed_approval_and_keeps_four_eyes(w
     info = versions(get_settings().tracking_uri, "flows-pause")[-1]
     assert info.tag("approval") == "approved" and info.tag("decided_by") == "bob"
     assert [e["data"]["reviewer"] for e in _audit_events("approved")] == ["bob"]
+
+
+def test_a_decision_made_on_the_cli_while_paused_is_what_the_run_reports(ws: Path, monkeypatch) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from registry.approvals import approve
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    results: list[dict] = []
+    worker = threading.Thread(target=lambda: results.append(_pipeline(ws, "pause-cli.yaml")))
+    worker.start()
+    _paused_run_id()  # wait until the run pauses
+    settings = get_settings()
+    approve(settings.tracking_uri, "flows-pause-cli", 1, reviewer="carol", comment="via the CLI",
+            audit_log_path=settings.audit_log_path)
+    _resume(reviewer="bob", decision="reject", comment="too late")  # the registry already holds carol's
+    worker.join(timeout=300)
+
+    assert results and results[0]["status"] == "approved"
+    assert versions(settings.tracking_uri, "flows-pause-cli")[0].tag("decided_by") == "carol"
