@@ -6,17 +6,12 @@ import click
 
 
 def _print_result(result: dict) -> None:
+    """The run's summary (the same markdown as its Prefect artifact), then the state and what next."""
     if result.get("summary"):
         click.echo(result["summary"] + "\n")
     click.echo(f"{result['name']} v{result['version']}: {result['status'].replace('_', ' ')}")
-    click.echo(f"  merged content id  {result['content_id']}")
-    click.echo(f"  merge              {'reused (same recipe, parents and code)' if result['merge_cached'] else 'computed'}")
     if result.get("dvc_revision"):
-        click.echo(f"  DVC revision       {result['dvc_revision']}")
-    for gate in result.get("gates", []):
-        mark = "pass" if gate["passed"] else "FAIL"
-        click.echo(f"  gate {mark:<4}  {gate['gate']}: observed {gate.get('observed')} "
-                   f"threshold {gate.get('threshold')}")
+        click.echo(f"  artifacts in DVC at revision {result['dvc_revision']}")
     if result["status"] == "awaiting_approval":
         click.echo(f"next: mergeops approve {result['name']} {result['version']} --reviewer WHO "
                    f"(someone other than the requester)")
@@ -49,8 +44,12 @@ def run(recipe: str, policy: str | None, requested_by: str | None, zoo_dir: str 
 @click.option("--recipe", "recipes", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Recipe to watch (repeatable; default: the `watch:` list in params.yaml).")
 @click.option("--policy", type=click.Path(exists=True, dir_okay=False), help="Gate policy YAML for re-merges.")
+@click.option("--suite", default="zoo", show_default=True, help="Evaluation suite for re-merges.")
+@click.option("--zoo", "zoo_dir", type=click.Path(exists=True, file_okay=False),
+              help="Zoo dir with the evaluation domains (default: the parents' zoo).")
 @click.option("--cron", default="*/30 * * * *", show_default=True, help="Schedule when serving.")
-def watch(once: bool, recipes: tuple[str, ...], policy: str | None, cron: str) -> None:
+def watch(once: bool, recipes: tuple[str, ...], policy: str | None, suite: str, zoo_dir: str | None,
+          cron: str) -> None:
     """Re-merge watched recipes whose parents changed: one new candidate per change, never promoted.
 
     Without --once, serves the watch with a cron schedule and a trigger on the
@@ -63,9 +62,9 @@ def watch(once: bool, recipes: tuple[str, ...], policy: str | None, cron: str) -
     from flows import watch as watching
 
     if not once:
-        watching.serve(list(recipes) or None, policy, cron)
+        watching.serve(list(recipes) or None, policy, cron, suite=suite, zoo_dir=zoo_dir)
         return
-    for outcome in watching.watch_flow(list(recipes) or None, policy_path=policy):
+    for outcome in watching.watch_flow(list(recipes) or None, policy_path=policy, suite=suite, zoo_dir=zoo_dir):
         if outcome.get("status") == "unchanged":
             click.echo(f"{outcome['name']}: unchanged ({outcome['reason']})")
         elif outcome.get("status") == "failed":

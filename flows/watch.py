@@ -80,7 +80,7 @@ def recipe_lock(home: Path, name: str) -> Iterator[None]:
 
 @flow(name="mergeops-watch", log_prints=True)
 def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None, suite: str = "zoo",
-               requested_by: str = "mergeops-watch") -> list[dict]:
+               zoo_dir: str | None = None, requested_by: str = "mergeops-watch") -> list[dict]:
     """One pass over the watched recipes; returns what was done for each."""
     from registry.audit_log import AuditLog
 
@@ -101,7 +101,7 @@ def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None,
                 parents=sorted(decision["parents"].values()))
             log.info("%s: re-merging (%s)", decision["name"], decision["reason"])
             # Never waits for a reviewer and never promotes: the new version stays a candidate.
-            state = merge_pipeline(recipe_path, policy_path=policy_path, requested_by=requested_by, suite=suite,
+            state = merge_pipeline(recipe_path, policy_path=policy_path, requested_by=requested_by, suite=suite, zoo_dir=zoo_dir,
                                    wait_for_approval=False, return_state=True)
             if state.is_completed():
                 outcomes.append({**decision, **state.result()})
@@ -111,22 +111,24 @@ def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None,
     return outcomes
 
 
-def deployment(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON):
+def deployment(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON, *,
+               suite: str = "zoo", zoo_dir: str | None = None):
     """The watch as a deployment: a cron schedule plus a trigger on ``mergeops.parent.updated``."""
     from prefect.events import DeploymentEventTrigger
 
-    params = {"recipes": watched_recipes(recipes), "policy_path": policy_path}
+    params = {"recipes": watched_recipes(recipes), "policy_path": policy_path, "suite": suite, "zoo_dir": zoo_dir}
     trigger = DeploymentEventTrigger(expect={PARENT_UPDATED}, match={"prefect.resource.id": "mergeops.model.*"},
                                      parameters=params)
     return watch_flow.to_deployment(name="mergeops-watch", cron=cron, triggers=[trigger], parameters=params,
                                     description="Re-merge watched recipes when a parent's content id changes")
 
 
-def serve(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON) -> None:
+def serve(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON, *,
+          suite: str = "zoo", zoo_dir: str | None = None) -> None:
     """Serve the watch deployment until interrupted (a Prefect server runs the event trigger)."""
     from prefect import serve as serve_deployments
 
-    serve_deployments(deployment(recipes, policy_path, cron))
+    serve_deployments(deployment(recipes, policy_path, cron, suite=suite, zoo_dir=zoo_dir))
 
 
 def emit_parent_updated(model_dir: Path) -> None:

@@ -31,7 +31,7 @@ def test_the_served_watch_has_a_cron_schedule_and_a_parent_updated_trigger(tmp_p
     assert [s.schedule.cron for s in dep.schedules] == ["*/5 * * * *"]
     (trigger,) = dep.triggers
     assert trigger.expect == {PARENT_UPDATED}
-    assert trigger.parameters == {"recipes": [str(recipe)], "policy_path": None}
+    assert trigger.parameters == {"recipes": [str(recipe)], "policy_path": None, "suite": "zoo", "zoo_dir": None}
 
 
 def test_the_recipe_lock_admits_one_watch_at_a_time(tmp_path: Path) -> None:
