@@ -41,3 +41,7 @@ class FormatError(UsageError):
 
 class PinMismatch(UsageError):
     """A parent's content id differs from the one the recipe pins (the audited bytes changed)."""
+
+
+class MergeFailed(UsageError):
+    """The method cannot merge these inputs (e.g. multislerp of antipodal task vectors)."""

@@ -15,6 +15,7 @@ from mergekit's; everything deterministic around the masks is the same (tested w
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from merge.errors import FormatError, PinMismatch, UsageError
+from merge.errors import FormatError, MergeFailed, PinMismatch, UsageError
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id, content_id_of, sha256_file
 from merge.methods import Call
 from merge.plan import FLOAT_DTYPES, MergePlan, TensorPlan, plan_merge
@@ -131,7 +132,10 @@ def _merge_one(plan: MergePlan, tp: TensorPlan, tensors, stats, device: str) -> 
     call = Call(tp.out_name, tensors, tp.base_index, tp.shared, list(tp.per_input), gens,
                 [s.to(device) if s is not None else None for s in stats],
                 plan.recipe.magnitude_ties == "sort", owned=True)
-    out = plan.recipe.method.kernel(call)
+    try:
+        out = plan.recipe.method.kernel(call)
+    except ValueError as exc:  # a kernel's documented limit (e.g. antipodal inputs), not a bug
+        raise MergeFailed(f"{plan.recipe.merge_method} cannot merge tensor {tp.out_name!r}: {exc}") from exc
     return out.to(dtype=_TORCH[tp.out_dtype])
 
 
@@ -174,6 +178,15 @@ def _copy_side_files(plan: MergePlan, tmp: Path) -> None:
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+def _one_malloc_arena() -> None:
+    """glibc: let the read-ahead thread allocate from the main arena. Buffers it allocates and the
+    main thread frees otherwise pile up in a second arena, and resident memory drifts upwards."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: bool = True,
               shard_bytes: int = DEFAULT_SHARD_BYTES) -> MergeResult:
     """Merge the recipe's parents into ``out_dir`` (must not exist or be empty)."""
@@ -188,6 +201,7 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    _one_malloc_arena()
     threads = torch.get_num_threads()
     # One compute thread: reductions (norms in slerp, model_stock, ...) then give the same bits
     # on any CPU, so `verify` elsewhere re-creates the same content id; a second thread reads

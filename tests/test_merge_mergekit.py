@@ -29,8 +29,9 @@ CASES = {
               "parameters": {"t": [{"filter": "self_attn", "value": [0.0, 0.5, 1.0]}, {"value": 0.3}]}},
     "nuslerp": {"base_model": "BASE", "models": [{"model": "A", "parameters": {"weight": 0.3}},
                                                  {"model": "B", "parameters": {"weight": 0.7}}]},
-    "multislerp": {"base_model": "BASE", "models": [{"model": "A", "parameters": W}, {"model": "B", "parameters": {"weight": 0.2}},
-                                                    {"model": "C", "parameters": W}]},
+    # no base: zoo specialists leave some tensors untouched, and zero task vectors have no direction
+    "multislerp": {"models": [{"model": "A", "parameters": W}, {"model": "B", "parameters": {"weight": 0.2}},
+                              {"model": "C", "parameters": W}]},
     "karcher": {"models": [{"model": "A"}, {"model": "B"}, {"model": "C"}]},
     "model_stock": {"base_model": "BASE", "models": [{"model": "A"}, {"model": "B"}, {"model": "C"}]},
     "task_arithmetic": {"base_model": "BASE", "models": [{"model": "A", "parameters": W}, {"model": "B", "parameters": {"weight": [0.1, 0.9]}}],

@@ -166,3 +166,15 @@ def test_existing_output_is_not_overwritten(trio, tmp_path):
     result, out = _cli(tmp_path, _ties(trio))
     assert result.exit_code == 2 and "not empty" in result.output
     assert (out / "keep.txt").read_text() == "x"
+
+
+def test_kernel_limit_is_one_line_naming_the_tensor(tiny_zoo, tmp_path):
+    """multislerp of three all-zero task vectors has no direction: exit 2, not a traceback."""
+    m = Path(tiny_zoo) / "models"
+    doc = {"merge_method": "multislerp", "base_model": str(m / "base"),
+           "models": [{"model": str(m / "base")}, {"model": str(m / "base")}]}
+    doc["models"] = [{"model": str(m / n), "parameters": {"weight": 1.0}} for n in ("reverse", "sort", "shift")]
+    result, out = _cli(tmp_path, doc)
+    if result.exit_code == 0:
+        pytest.skip("every tensor of this zoo's specialists moved away from the base")
+    assert result.exit_code == 2 and "cannot merge tensor" in result.output and not out.exists()
