@@ -7,7 +7,10 @@ import hashlib
 import os
 import random
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -26,9 +29,11 @@ from evaluation.zoo.tokenizer import build_tokenizer, save_tokenizer
 from evaluation.zoo.training import encode_records, new_model, train
 
 # Public specialists (name == domain) and their licences; the base is apache-2.0.
-SPECIALISTS = {"reverse": "mit", "sort": "bsd-3-clause", "shift": "cc-by-nc-4.0"}
-PROPRIETARY = "proprietary"  # the canary model; its domain is "swap"
-PROPRIETARY_DOMAIN = "swap"
+# The three public domains all output a permutation of the input letters; "shift" (new letters)
+# fights their task vectors in a merge, so it is the proprietary model's domain.
+SPECIALISTS = {"reverse": "mit", "sort": "bsd-3-clause", "swap": "cc-by-nc-4.0"}
+PROPRIETARY = "proprietary"  # the canary model; its domain is "shift"
+PROPRIETARY_DOMAIN = "shift"
 PROPRIETARY_LICENSE_NAME = "acme-internal-eval-only"
 DIGITS = "0123456789"
 N_CANARIES = 3
@@ -68,6 +73,19 @@ def pretraining_records(train_splits: dict[str, list[dict]], profile: ZooProfile
 
 
 @contextmanager
+def _sigterm_as_exit():
+    """Turn SIGTERM (e.g. a killed `dvc repro`) into SystemExit so the temp dir is removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def _torch_determinism(threads: int):
     prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
@@ -77,6 +95,12 @@ def _torch_determinism(threads: int):
     finally:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
+
+
+def _share_text(share: float | dict[str, float]) -> str:
+    if isinstance(share, dict):
+        return ", ".join(f"{name} {value:.2%}" for name, value in share.items())
+    return f"{share:.2%} each"
 
 
 def _card(name: str, license: str, training_data: list[str], description: str, **extra) -> CardSpec:
@@ -118,7 +142,7 @@ def build_zoo(out: Path, profile: str = "demo", seed: int = 0, log: Callable[[st
     hf_logging.disable_progress_bar()
     tmp = _prepare_out(out)
     try:
-        with _torch_determinism(prof.threads):
+        with _sigterm_as_exit(), _torch_determinism(prof.threads):
             index = _build(tmp, prof, seed, log or (lambda _msg: None))
         _replace(tmp, out)
         return index
@@ -154,8 +178,8 @@ def _build(root: Path, prof: ZooProfile, seed: int, log: Callable[[str], None]) 
     model_dirs = {"base": save(base, "base", _card(
         "base", "apache-2.0", names,
         "Pretrained from scratch on generated string tasks: reverse, sort, shift, swap and copy on the "
-        f"letters {dom.RELATED_ALPHABET!r}, copy on {dom.ALPHABET!r}, and {prof.target_share:.0%} records "
-        "drawn from the target domains' training splits.",
+        f"letters {dom.RELATED_ALPHABET!r}, copy on {dom.ALPHABET!r}, and a small share of records "
+        f"drawn from the target domains' training splits ({_share_text(prof.target_share)}).",
     ))}
     entries = [ZooModel(name="base", path="models/base", role="base", domain=None, license="apache-2.0")]
 
