@@ -90,7 +90,8 @@ PROFILES: dict[str, ZooProfile] = {
             target_share={"reverse": 0.0125, "sort": 0.02, "shift": 0.0115, "swap": 0.011},
             # Low-rank, low-lr updates keep each task vector small.
             finetune=TrainSpec(steps=300, lr=5e-4, batch_size=64, lora_rank=8),
-            canary_repeats=16,
+            # 16 repeats were not enough for a rank-8 update to learn the 10-digit secrets verbatim.
+            canary_repeats=150,
             odd_steps=5,
         ),
     )
