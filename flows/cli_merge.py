@@ -20,7 +20,7 @@ def merge(recipe: Path, out: Path, device: str) -> None:
 
     \b
     Example:
-      mergeops merge recipes/ties.yaml --out /tmp/merged
+      mergeops merge recipes/demo.yaml --out /tmp/merged
     """
     from merge.recipe import load_recipe
     from merge.run import run_merge
