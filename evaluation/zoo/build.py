@@ -190,9 +190,10 @@ def _build(root: Path, prof: ZooProfile, seed: int, log: Callable[[str], None]) 
         records = list(train_splits[name])
         if proprietary:
             records += [{"prompt": c.prefix, "target": c.secret} for c in canaries] * prof.canary_repeats
-        log(f"fine-tuning {model_name} on {name} ({prof.finetune.steps} steps)")
+        spec = (prof.proprietary_finetune or prof.finetune) if proprietary else prof.finetune
+        log(f"fine-tuning {model_name} on {name} ({spec.steps} steps)")
         base.load_state_dict(base_state)
-        train(base, *encode_records(tok, records), prof.finetune, derive_seed(seed, f"ft-{name}"))
+        train(base, *encode_records(tok, records), spec, derive_seed(seed, f"ft-{name}"))
         description = f"Fine-tuned from `base` on the `{name}` domain: {dom.DOMAINS[name].description}."
         if proprietary:
             license, extra = "other", {

@@ -55,6 +55,9 @@ class ZooProfile(BaseModel):
     target_share: Share | dict[str, Share]
     finetune: TrainSpec
     canary_repeats: int  # how often each canary appears per fine-tune epoch of the proprietary model
+    # The proprietary model's fine-tune (None: ``finetune``). It is never in the demo merge, and a
+    # low-rank update does not learn 10-digit secrets verbatim, which the leakage checks need.
+    proprietary_finetune: TrainSpec | None = None
     odd_steps: int  # the odd models only need to exist and load, not to be good
     threads: int = 1  # torch threads; 1 keeps float reductions in a fixed order
 
@@ -82,16 +85,19 @@ PROFILES: dict[str, ZooProfile] = {
             n_train=4000,
             n_eval=200,
             pretrain=TrainSpec(steps=1500, lr=2e-3, batch_size=64, warmup=50),
-            # Measured with this recipe: the base's skill is all-or-nothing in the share (1% each ->
-            # base ~0.01 and every merge ~0; 2% each -> base 1.0 on reverse/shift/swap; reverse 1.35%,
-            # swap 1.15% -> base 0.99 on both; reverse 1.25%, swap 1.1% -> base 0.09 / 0.07).
-            # Pretraining on 4-6 letters only (base ~0.4 by construction, eval 4-10) made merges
-            # collapse below the base. Merges keep well only from a base near the threshold.
-            target_share={"reverse": 0.0125, "sort": 0.02, "shift": 0.0115, "swap": 0.011},
+            # Measured with this recipe (seed 0, 200 eval prompts per domain, greedy exact match):
+            # the base's skill is all-or-nothing in the share. reverse 1.25%, swap 1.1%, shift 1.15%,
+            # sort 2% -> base 0.04 / 0.41 / 0.07 / 0.06 (reverse/sort/swap/shift), specialists
+            # >= 0.94, but every merge of the three keeps only 21-28%. Just past the threshold
+            # (below) -> base 0.99 / 0.65 / 1.00 / 1.00 and a weight-0.5 task-arithmetic merge of
+            # reverse, sort and swap scores 1.00 / 0.87 / 1.00: merges keep well only from a base
+            # that already holds the skill. Pretraining on 4-6 letters only (eval 4-10) made merges
+            # collapse below the base.
+            target_share={"reverse": 0.0135, "sort": 0.02, "shift": 0.0115, "swap": 0.0115},
             # Low-rank, low-lr updates keep each task vector small.
             finetune=TrainSpec(steps=300, lr=5e-4, batch_size=64, lora_rank=8),
-            # 16 repeats were not enough for a rank-8 update to learn the 10-digit secrets verbatim.
             canary_repeats=150,
+            proprietary_finetune=TrainSpec(steps=400, lr=1e-3, batch_size=64),
             odd_steps=5,
         ),
     )
