@@ -110,15 +110,22 @@ def architecture_fingerprint(layout: ModelLayout) -> str:
     return hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
-def tokenizer_fingerprint(model_dir: Path) -> str | None:
-    """sha256 over the vocabulary and special tokens, or None when the dir has no tokenizer.json."""
+def read_tokenizer_json(model_dir: Path) -> dict | None:
+    """The parsed tokenizer.json of ``model_dir``, or None when it has none."""
     path = Path(model_dir) / "tokenizer.json"
     if not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise FormatError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def tokenizer_fingerprint(model_dir: Path) -> str | None:
+    """sha256 over the vocabulary and special tokens, or None when the dir has no tokenizer.json."""
+    doc = read_tokenizer_json(model_dir)
+    if doc is None:
+        return None
     model = doc.get("model") or {}
     fingerprint = {
         "type": model.get("type"),

@@ -16,18 +16,15 @@ from pathlib import Path
 
 import torch
 
-from merge.errors import CompatibilityError, FormatError
+from merge.errors import CompatibilityError
+from merge.layout import read_tokenizer_json
 
 
 def read_vocab(model_dir: Path) -> dict[str, int] | None:
     """token string -> id from tokenizer.json (model vocab plus added tokens); None without one."""
-    path = Path(model_dir) / "tokenizer.json"
-    if not path.is_file():
+    doc = read_tokenizer_json(model_dir)
+    if doc is None:
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc})") from exc
     raw = (doc.get("model") or {}).get("vocab")
     if isinstance(raw, dict):
         vocab = {str(k): int(v) for k, v in raw.items()}
