@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from flows.cli import cli
 from registry.audit import audit_models
 
-REGULAR = ["base", "reverse", "sort", "shift"]
+REGULAR = ["base", "reverse", "sort", "swap"]
 ODD = {"odd-shape": "compat.architecture", "odd-tokenizer": "compat.tokenizer", "odd-pickle": "format.pickle"}
 
 
@@ -51,7 +51,7 @@ def test_cli_exit_codes(models, tmp_path):
     ok = run(str(models / "base"), str(models / "sort"))
     assert ok.exit_code == 0, ok.output
     assert "PASS" in ok.output and "bsd-3-clause" in ok.output
-    refused = run(str(models / "base"), str(models / "shift"), "--intended-use", "commercial")
+    refused = run(str(models / "base"), str(models / "swap"), "--intended-use", "commercial")
     assert refused.exit_code == 1
     assert "license.non-commercial" in refused.output and "FAIL" in refused.output
     assert run(str(tmp_path / "missing")).exit_code == 2
@@ -61,7 +61,7 @@ def test_cli_exit_codes(models, tmp_path):
 
 
 def test_cli_json_keys(models):
-    result = run(str(models / "base"), str(models / "shift"), str(models / "odd-pickle"), "--json")
+    result = run(str(models / "base"), str(models / "swap"), str(models / "odd-pickle"), "--json")
     assert result.exit_code == 1
     doc = json.loads(result.output)
     assert {"verdict", "effective_license", "obligations", "parents", "findings"} <= set(doc)

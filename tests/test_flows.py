@@ -33,7 +33,7 @@ models:
     parameters: {{weight: 0.5}}
 dtype: float32
 """
-# shift is cc-by-nc-4.0: a commercial merge of it must be refused before anything is merged.
+# swap is cc-by-nc-4.0: a commercial merge of it must be refused before anything is merged.
 COMMERCIAL_NC = """\
 name: flows-nc
 intended_use: commercial
@@ -41,7 +41,7 @@ merge_method: linear
 models:
   - model: {zoo}/models/base
     parameters: {{weight: 0.5}}
-  - model: {zoo}/models/shift
+  - model: {zoo}/models/swap
     parameters: {{weight: 0.5}}
 """
 SUITE = "zoo"  # exact match per domain (zoo-full adds log-likelihood metrics)

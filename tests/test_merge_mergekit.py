@@ -79,7 +79,7 @@ def _both(doc: dict, tmp: Path) -> tuple[dict, dict]:
 @pytest.fixture(scope="module")
 def zoo_names(tiny_zoo) -> dict[str, str]:
     m = Path(tiny_zoo) / "models"
-    return {"BASE": str(m / "base"), "A": str(m / "reverse"), "B": str(m / "sort"), "C": str(m / "shift")}
+    return {"BASE": str(m / "base"), "A": str(m / "reverse"), "B": str(m / "sort"), "C": str(m / "swap")}
 
 
 @pytest.mark.parametrize("method", sorted(CASES))

@@ -172,7 +172,7 @@ def test_kernel_limit_is_one_line_naming_the_tensor(tiny_zoo, tmp_path):
     """multislerp of three all-zero task vectors has no direction: exit 2, not a traceback."""
     m = Path(tiny_zoo) / "models"
     doc = {"merge_method": "multislerp", "base_model": str(m / "base"),
-           "models": [{"model": str(m / n), "parameters": {"weight": 1.0}} for n in ("reverse", "sort", "shift")]}
+           "models": [{"model": str(m / n), "parameters": {"weight": 1.0}} for n in ("reverse", "sort", "swap")]}
     result, out = _cli(tmp_path, doc)
     if result.exit_code == 0:
         pytest.skip("every tensor of this zoo's specialists moved away from the base")
