@@ -94,10 +94,15 @@ def _compare(a: Path, b: Path) -> str:
 
 
 def main() -> None:
+    chosen = sys.argv[1:] or list(RECIPES)  # e.g. `python benchmarks/run.py slerp ties`
+    unknown = sorted(set(chosen) - set(RECIPES))
+    if unknown:
+        raise SystemExit(f"unknown benchmark recipe {unknown[0]!r}; choose from: {', '.join(RECIPES)}")
     parents = _parents()
     runs = OUT / "runs"
     rows = []
-    for name, doc in RECIPES.items():
+    for name in chosen:
+        doc = RECIPES[name]
         shutil.rmtree(runs, ignore_errors=True)
         runs.mkdir(parents=True)
         recipe = runs / f"{name}.yaml"
