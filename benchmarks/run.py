@@ -56,16 +56,29 @@ def _parents() -> Path:
     return parents
 
 
+# Runs the measured command as a child of a fresh, small interpreter. Linux carries a process's
+# peak RSS across exec, and subprocess starts children with vfork, so a command started directly
+# from this process would report this process's own peak (torch and the tensors compared so far)
+# whenever its own is smaller. A fork of the small wrapper starts from a clean slate.
+_WRAPPER = """
+import os, sys, time
+t = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), time.perf_counter() - t, usage.ru_maxrss)
+"""
+
+
 def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GB) of one child process."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    err = proc.stderr.read().decode(errors="replace")
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024**2  # KiB -> GiB
+    """Wall seconds and peak RSS (GB) of one command."""
+    proc = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], cwd=cwd, capture_output=True, text=True)
+    code, wall, maxrss = proc.stdout.split()
+    if int(code) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return float(wall), int(maxrss) / 1024**2  # KiB -> GiB
 
 
 def _compare(a: Path, b: Path) -> str:

@@ -14,15 +14,18 @@ import torch
 
 from merge import sparsify as sp
 
-_CHUNK = 1024 * 1024  # slerp: elements per chunk of full-precision scratch
+_CHUNK = 1024 * 1024  # slerp: elements per chunk of full-precision scratch (its norms sum per chunk)
+# Elementwise kernels: a few float32 arrays of this many elements stay in a 2 MB L2 cache; with
+# 1M-element chunks the same work ran ~35% slower, bound by memory traffic.
+_SPAN = 256 * 1024
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _spans(n: int, size: int = _CHUNK):
-    """Chunks of a flat index range: elementwise work on 1M-element pieces stays in cache."""
+def _spans(n: int, size: int = _SPAN):
+    """Chunks of a flat index range; elementwise results do not depend on the chunk size."""
     return [(s, min(s + size, n)) for s in range(0, n, size)] or [(0, 0)]
 
 
@@ -95,6 +98,20 @@ def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool = False
     return out.reshape(shape)
 
 
+def _rounder(dtype: torch.dtype) -> tuple[torch.dtype, Callable[[torch.Tensor], torch.Tensor]]:
+    """Working dtype for elementwise math on ``dtype`` values, and the rounding back to ``dtype``.
+
+    bfloat16/float16 work in float32, rounding after every operation where torch's own
+    half-precision kernel would round. torch computes each half-precision op in float32 and
+    rounds once, and +, -, *, / rounded twice (float32, then half) equal the correctly rounded
+    result since float32 carries more than 2p+2 bits; so the values are the same bits, at
+    float32 speed. Sums over parents accumulate in float32 in row order in both.
+    """
+    if dtype in (torch.bfloat16, torch.float16):
+        return torch.float32, lambda x: x.to(dtype).to(torch.float32)
+    return dtype, lambda x: x
+
+
 def task_arithmetic(
     base: torch.Tensor,
     others: Sequence[torch.Tensor],
@@ -116,42 +133,52 @@ def task_arithmetic(
     """
     if not others:
         return base
-    deltas = []
+    dtype = base.dtype
+    # Magnitude trimming is applied chunk by chunk below (the k-th largest is found up front).
+    top = getattr(sparsifier, "top", None)
+    deltas, tops = [], []
     for i, x in enumerate(others):
         d = x.sub_(base) if consume else x - base
-        deltas.append(sparsifier(d, i) if sparsifier else d)
+        if top is not None:
+            tops.append(top(d, i))
+            deltas.append(d)
+        else:
+            deltas.append(sparsifier(d, i) if sparsifier else d)
         del d
-    w = torch.tensor(list(weights), dtype=base.dtype, device=base.device).reshape(-1, 1)
+    work, rnd = _rounder(dtype)
+    w = torch.tensor(list(weights), dtype=dtype, device=base.device).reshape(-1, 1).to(work)
     # Everything below is elementwise over positions (sums run over parents), so it runs on
     # cache-sized chunks of the flattened tensors with the same values as whole-tensor ops,
     # and never holds a [parents, *shape] buffer.
     flat = [d.reshape(-1) for d in deltas]
     base_flat = base.reshape(-1)
     out = torch.empty_like(base_flat)
+    one = torch.ones((), dtype=work, device=base.device)
     for s, e in _spans(base_flat.numel()):
-        chunk = torch.stack([d[s:e] for d in flat]).mul_(w)
+        rows = [d[s:e].to(work) for d in flat]
+        for i, t in enumerate(tops):
+            if t is not None:  # dropped entries become ±0, as x * 0 does (a float mask: bool is slow)
+                rows[i] = rows[i] * t.keep(s, e).to(work)
+        chunk = rnd(torch.stack(rows).mul_(w))
         if consensus:
-            mask = ties_sign_mask(chunk)  # bool; mergekit's int8_mask only changes its scratch dtype
-            mixed = (chunk * mask).sum(dim=0)
-            divisor = (w * mask).sum(dim=0)
-            divisor[divisor == 0] = 1
+            # TIES "elect sign": an entry counts where its sign agrees with the summed deltas'
+            # (sum >= 0 counts as positive). copysign(1, -0.0) is -1, but a column sums to -0.0
+            # only when all its entries are zeros, which agree with neither sign.
+            elected = torch.copysign(one, chunk.sum(dim=0))
+            agree = (chunk * elected).sign_().clamp_(min=0)  # 1.0 / 0.0; mergekit's int8_mask is only its scratch dtype
+            mixed = rnd((chunk * agree).sum(dim=0))
+            divisor = rnd((w * agree).sum(dim=0))
+            divisor = torch.where(divisor == 0, one, divisor)
         else:
-            mixed = chunk.sum(dim=0)
-            divisor = w.sum(dim=0)
+            mixed = rnd(chunk.sum(dim=0))
+            divisor = rnd(w.sum(dim=0))
             divisor[divisor.abs() < 1e-8] = 1
         if normalize:
-            mixed /= divisor
+            mixed = rnd(mixed / divisor)
         if lam != 1:
-            mixed *= lam
-        out[s:e] = base_flat[s:e] + mixed
+            mixed = rnd(mixed * lam)
+        out[s:e] = base_flat[s:e].to(work) + mixed
     return out.reshape(base.shape)
-
-
-def ties_sign_mask(deltas: torch.Tensor) -> torch.Tensor:
-    """TIES "elect sign": True where an entry's sign agrees with the sign of the summed deltas."""
-    # sign(d) == +1 / -1 without materialising sign() in mask_dtype: d > 0 / d < 0.
-    positive = deltas.sum(dim=0) >= 0
-    return torch.where(positive, deltas > 0, deltas < 0)
 
 
 def model_stock(base: torch.Tensor, others: Sequence[torch.Tensor], filter_wise: bool = False) -> torch.Tensor:
@@ -278,12 +305,27 @@ def regmean(tensors: Sequence[torch.Tensor], grams: Sequence[torch.Tensor], alph
     return out.to(tensors[0].dtype)
 
 
+class _Trim:
+    """TIES magnitude trimming; ``task_arithmetic`` applies ``top`` chunk by chunk."""
+
+    def __init__(self, densities):
+        self.densities = list(densities)
+
+    def top(self, delta: torch.Tensor, i: int) -> sp.TopK | None:
+        return sp.magnitude_top(delta, self.densities[i])
+
+    def __call__(self, delta: torch.Tensor, i: int) -> torch.Tensor:
+        return sp.magnitude(delta, self.densities[i], inplace=True)
+
+
 def sparsifier(kind: str | None, *, densities, rescale: bool, gammas=None, epsilons=None, generators=None,
                sort_ties: bool = False):
     """Bind a sparsification kind and per-parent settings into ``f(delta, parent_index)``."""
     if kind is None:
         return None
     if kind == "magnitude":
+        if not rescale and not sort_ties:
+            return _Trim(densities)
         return lambda d, i: sp.magnitude(d, densities[i], rescale, sort_ties, inplace=True)
     if kind == "random":
         return lambda d, i: sp.bernoulli(d, densities[i], rescale, generators[i])

@@ -1,10 +1,10 @@
 """Execute a merge plan: verify parents, stream tensor by tensor, write the output atomically.
 
 Order of work: plan (headers only; every recipe and compatibility error) → re-hash each parent and
-compare with the recipe's pins → open shards with positioned reads → for each output tensor load
-its inputs (the next tensor's inputs are prefetched on a second thread), run the kernel, append
-the bytes to the shard → copy config/tokenizer files → manifest → rename the temp dir into place.
-Peak memory: about (parents + 2) × the largest tensor, twice that while prefetching.
+compare with the recipe's pins → open shards with positioned reads → merge tensors on one thread
+per core (each thread reads a tensor's inputs and runs the kernel on it), append the results to
+the shards in plan order → copy config/tokenizer files → manifest → rename the temp dir into place.
+Peak memory: about (parents + 2) × the largest tensor for each tensor in flight (workers + 1).
 
 Randomness (DARE, DELLA): each (output tensor, parent) pair gets its own ``torch.Generator``
 seeded with the first 8 bytes of sha256("<recipe seed>/<tensor>/<parent index>"), so a merge is
@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -178,6 +179,16 @@ def _copy_side_files(plan: MergePlan, tmp: Path) -> None:
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+def compute_workers() -> int:
+    """Threads that merge tensors side by side: the usable cores, at most 4 (each holds a
+    tensor's inputs and scratch in memory)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
 def _one_malloc_arena() -> None:
     """glibc: let the read-ahead thread allocate from the main arena. Buffers it allocates and the
     main thread frees otherwise pile up in a second arena, and resident memory drifts upwards."""
@@ -203,22 +214,30 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
     tmp.mkdir()
     _one_malloc_arena()
     threads = torch.get_num_threads()
-    # One compute thread: reductions (norms in slerp, model_stock, ...) then give the same bits
-    # on any CPU, so `verify` elsewhere re-creates the same content id; a second thread reads
-    # ahead, and on a small shared machine intra-op threads mostly spin-wait for each other.
+    # Each tensor is computed by one thread with single-threaded kernels, so reductions (norms in
+    # slerp, model_stock, ...) add up in the same order on any CPU and `verify` elsewhere
+    # re-creates the same content id. Parallelism is across tensors instead: ``workers`` threads
+    # each read and merge a tensor of their own (reads and torch kernels release the GIL), and
+    # this thread writes the results in plan order.
     torch.set_num_threads(1)
+    workers = 1 if device != "cpu" else compute_workers()
     try:
         shards = layout_shards([(tp.out_name, tp.out_dtype, tp.shape) for tp in plan.tensors], shard_bytes)
         writer = ShardWriter(tmp, shards, {"format": "pt", "mergeops.recipe_sha256": recipe.sha256})
         bar = _Progress(len(plan.tensors), progress)
-        with ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as io:
+        with ExitStack() as stack, ThreadPoolExecutor(max_workers=workers) as pool:
             inputs = _Inputs(plan, stack)
-            pending = io.submit(inputs.load, plan.tensors[0]) if plan.tensors else None
+
+            def job(tp: TensorPlan) -> torch.Tensor:
+                tensors, stats = inputs.load(tp)
+                return _merge_one(plan, tp, tensors, stats, device)
+
+            # One tensor more in flight than workers: a worker never waits for the writer.
+            ahead = deque(pool.submit(job, tp) for tp in plan.tensors[: workers + 1])
             for i, tp in enumerate(plan.tensors):
-                tensors, stats = pending.result()
-                pending = io.submit(inputs.load, plan.tensors[i + 1]) if i + 1 < len(plan.tensors) else None
-                out = _merge_one(plan, tp, tensors, stats, device)
-                del tensors, stats
+                out = ahead.popleft().result()
+                if i + workers + 1 < len(plan.tensors):
+                    ahead.append(pool.submit(job, plan.tensors[i + workers + 1]))
                 writer.write(tp.out_name, out)
                 bar.step(out.numel() * out.element_size())
                 del out

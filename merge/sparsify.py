@@ -16,6 +16,8 @@ Plain functions over tensors. Each mirrors the operation order of mergekit 0.1.5
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -46,35 +48,85 @@ def _histogram(values: torch.Tensor, bins: int, chunk: int = 1 << 22) -> torch.T
     return counts
 
 
-def _top_bits(bits: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask selecting exactly ``k`` largest of the flat non-negative integers ``bits``.
+@dataclass(frozen=True)
+class TopK:
+    """The ``k`` largest of the flat non-negative integers ``bits``: every entry above
+    ``threshold``, plus the entries equal to it at indices below ``cut`` (lowest index first)."""
+
+    bits: torch.Tensor
+    threshold: int
+    cut: int
+    k: int
+
+    def keep(self, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Bool mask of the kept entries among ``bits[start:end]``."""
+        b = self.bits[start:end]
+        if self.k <= 0:
+            return torch.zeros(b.shape, dtype=torch.bool, device=b.device)
+        end = start + b.numel()
+        if self.cut <= start:
+            return b > self.threshold
+        if self.cut >= end:
+            return b >= self.threshold
+        split = self.cut - start
+        return torch.cat([b[:split] >= self.threshold, b[split:] > self.threshold])
+
+
+def _count_above(values: torch.Tensor, bins: int) -> torch.Tensor:
+    """above[b] = number of entries >= b."""
+    return _histogram(values, bins).flip(0).cumsum(0).flip(0)
+
+
+def _cut_after(bits: torch.Tensor, value: int, need: int, chunk: int = 1 << 20) -> int:
+    """Index just past the ``need``-th entry equal to ``value``, scanning chunk by chunk."""
+    for s in range(0, bits.numel(), chunk):
+        equal = bits[s : s + chunk] == value
+        count = int(equal.sum(dtype=torch.int32))  # int32: the default int64 bool sum is ~10x slower
+        if count >= need:
+            return s + int(equal.nonzero()[need - 1]) + 1
+        need -= count
+    return bits.numel()
+
+
+def top_k(bits: torch.Tensor, k: int) -> TopK:
+    """The ``k`` largest of the flat non-negative integers ``bits`` (int16 or int32), exactly.
 
     Histogram the top 15 bits to find the bucket holding the k-th largest value; for 32-bit
     values a second histogram of the low 16 bits inside that bucket finds the value itself.
-    Entries equal to the k-th largest are taken lowest index first.
+    The counts above the threshold come from the histograms, so only the entries equal to the
+    threshold are scanned, to find where the ``k``-th kept one lies.
     """
     n = bits.numel()
     if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=bits.device)
+        return TopK(bits, -1, 0, n)
+    if k <= 0:
+        return TopK(bits, 0, 0, 0)
     wide = bits.dtype == torch.int32
     high = bits >> 16 if wide else bits
-    above = _histogram(high, 1 << 15).flip(0).cumsum(0).flip(0)  # above[b] = #{high >= b}
+    above = _count_above(high, 1 << 15)
     bucket = int((above >= k).nonzero().max())
+    greater = int(above[bucket + 1]) if bucket + 1 < above.numel() else 0
     threshold = bucket
     if wide:
-        greater = int(above[bucket + 1]) if bucket + 1 < above.numel() else 0
-        low = bits[high == bucket] & 0xFFFF
-        low_above = _histogram(low, 1 << 16).flip(0).cumsum(0).flip(0) + greater
-        threshold = (bucket << 16) | int((low_above >= k).nonzero().max())
-    keep = bits > threshold
-    need = k - int(keep.sum())
-    keep[(bits == threshold).nonzero().squeeze(1)[:need]] = True
-    return keep
+        low_above = _count_above(bits[high == bucket] & 0xFFFF, 1 << 16)
+        low = int((low_above + greater >= k).nonzero().max())
+        greater += int(low_above[low + 1]) if low + 1 < low_above.numel() else 0
+        threshold = (bucket << 16) | low
+    return TopK(bits, threshold, _cut_after(bits, threshold, k - greater), k)
 
 
 def kth_largest_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask over flat non-negative float32 ``magnitudes`` selecting exactly ``k`` largest."""
-    return _top_bits(magnitudes.contiguous().view(torch.int32), k)
+    return top_k(magnitudes.contiguous().view(torch.int32), k).keep()
+
+
+def magnitude_top(tensor: torch.Tensor, density: float) -> TopK | None:
+    """The entries TIES trimming keeps (``max(1, int(density * n))`` largest |x|); None: all."""
+    if density >= 1:
+        return None
+    n = tensor.numel()
+    k = 0 if density <= 0 or n == 0 else max(1, int(density * n))
+    return top_k(_magnitude_bits(tensor.contiguous()), k)
 
 
 def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False, sort: bool = False,
@@ -93,7 +145,7 @@ def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False, sort:
         mask = torch.zeros(tensor.numel(), dtype=tensor.dtype, device=tensor.device)
         mask[torch.argsort(tensor.abs().reshape(-1).float(), descending=True)[:k]] = 1
     else:
-        mask = _top_bits(_magnitude_bits(tensor.contiguous()), k)  # bool: x * True = x, x * False = ±0
+        mask = top_k(_magnitude_bits(tensor.contiguous()), k).keep()  # bool: x * True = x, x * False = ±0
     if inplace and not rescale and tensor.is_contiguous():
         return tensor.mul_(mask.reshape_as(tensor))
     return _rescaled(tensor, mask.reshape_as(tensor), rescale)

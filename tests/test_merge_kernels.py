@@ -87,6 +87,56 @@ def test_radix_topk_matches_argsort_without_ties():
         assert torch.equal(sp.kth_largest_mask(w, k_), ref)
 
 
+
+def test_topk_chunks_agree_with_the_whole_mask_when_ties_straddle_a_chunk():
+    bits = torch.tensor([3, 7, 5, 7, 7, 1, 7, 7, 2, 7], dtype=torch.int16)
+    top = sp.top_k(bits, 5)  # 7 occurs 6 times: the first five 7s are kept, the last one is not
+    whole = top.keep()
+    assert whole.tolist() == [False, True, False, True, True, False, True, True, False, False]
+    pieces = torch.cat([top.keep(s, min(s + 3, 10)) for s in range(0, 10, 3)])
+    assert torch.equal(pieces, whole)
+    assert sp.top_k(bits, 10).keep().all() and not sp.top_k(bits, 0).keep().any()
+
+
+def _ties_reference(base, xs, weights, densities, normalize, lam):
+    """mergekit 0.1.5's TIES written out in whole-tensor ops of the input dtype."""
+    deltas = [sp.magnitude(x - base, d, sort=False) for x, d in zip(xs, densities)]
+    w = torch.tensor(weights, dtype=base.dtype).reshape(-1, *[1] * base.dim())
+    deltas = torch.stack(deltas) * w
+    sign = deltas.sum(dim=0) >= 0
+    mask = torch.where(sign, deltas > 0, deltas < 0)
+    mixed = (deltas * mask).sum(dim=0)
+    divisor = (w * mask).sum(dim=0)
+    divisor[divisor == 0] = 1
+    if normalize:
+        mixed = mixed / divisor
+    if lam != 1:
+        mixed = mixed * lam
+    return base + mixed
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_ties_kernel_is_bit_equal_to_half_precision_ops(dtype):
+    """The kernel works in float32 chunks and rounds where a half-precision op would: the bits
+    must be those of the plain ops in ``dtype`` (signed zeros included)."""
+    g = torch.Generator().manual_seed(5)
+    n = 300_000  # more than one chunk
+    base = torch.randn(n, generator=g).to(dtype)
+    base[:500] = -0.0
+    xs = []
+    for _ in range(3):
+        d = torch.randn(n, generator=g) * torch.exp2(torch.randint(-14, 3, (n,), generator=g).float())
+        d[torch.rand(n, generator=g) < 0.2] = 0.0
+        xs.append((base.double() + d.double()).to(dtype))
+    bits = torch.int16 if dtype != torch.float32 else torch.int32
+    for weights, densities, normalize, lam in (([0.5, 0.5, 0.5], [0.5, 0.5, 0.5], True, 1.0),
+                                               ([1.0, -0.7, 0.3], [0.3, 1.0, 0.7], False, 0.6)):
+        ref = _ties_reference(base, xs, weights, densities, normalize, lam)
+        trim = k.sparsifier("magnitude", densities=densities, rescale=False)
+        out = k.task_arithmetic(base, [x.clone() for x in xs], weights=weights, sparsifier=trim,
+                                consensus=True, normalize=normalize, lam=lam)
+        assert torch.equal(out.view(bits), ref.view(bits))
+
 def test_breadcrumbs_drops_outliers_and_small():
     d = torch.arange(1.0, 11.0)  # 1..10
     out = sp.magnitude_outliers(d, density=0.5, gamma=0.2)  # drop top 2 and bottom 3

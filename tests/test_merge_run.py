@@ -76,6 +76,22 @@ def test_two_runs_give_the_same_bytes_and_content_id(trio, tmp_path, method):
         assert c.content_id != a.content_id
 
 
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "slerp"])
+def test_worker_count_does_not_change_a_bit(trio, tmp_path, monkeypatch, method):
+    """Tensors are merged side by side on several threads; the bytes must not depend on how many."""
+    doc = _ties(trio, seed=3)
+    doc["merge_method"] = method
+    if method == "slerp":
+        doc = {"merge_method": "slerp", "base_model": str(trio / "base"), "parameters": {"t": [0.0, 0.3, 1.0]},
+               "models": [{"model": str(trio / "base")}, {"model": str(trio / "a")}]}
+    r = parse_recipe(yaml.safe_dump(doc))
+    ids = []
+    for workers in (1, 2, 4):
+        monkeypatch.setattr("merge.run.compute_workers", lambda workers=workers: workers)
+        ids.append(run_merge(r, tmp_path / f"w{workers}", progress=False).content_id)
+    assert len(set(ids)) == 1
+
 def test_pins_are_checked_before_merging(trio, tmp_path):
     good = content_id(trio / "a")
     ok, out = _cli(tmp_path, _ties(trio, pins={str(trio / "a"): good}))
