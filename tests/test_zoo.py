@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evaluation.domains import DOMAINS, make_splits, read_jsonl
 from evaluation.zoo import build_zoo, load_zoo, score_models
 from evaluation.zoo.cards import read_front_matter
+from evaluation.zoo.demo_merge import DEMO_RECIPE
 from evaluation.zoo.tokenizer import CHARS, build_tokenizer, decode, encode
 from merge.errors import CompatibilityError, FormatError, UsageError
 from merge.layout import compare_layouts, read_layout, tokenizer_fingerprint
 from merge.manifest import sha256_file
+from merge.recipe import parse_recipe
+from merge.run import run_merge
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_tokenizer_round_trip_and_hf_load(tiny_zoo):
@@ -44,8 +51,9 @@ def test_zoo_json_follows_the_contract(tiny_zoo):
     assert all(m.domain == m.name for m in specialists if not m.canaries)
     domain_names = [d.name for d in index.domains]
     assert {m.domain for m in specialists} == set(domain_names)
-    # Every model x every domain, each a fraction.
-    assert {(r.model, r.domain) for r in index.scorecard} == {(m, d) for m in roles for d in domain_names}
+    # Every model x every domain, each a fraction, and the demo merge's row.
+    assert {(r.model, r.domain) for r in index.scorecard} == \
+        {(m, d) for m in [*roles, "demo-merge"] for d in domain_names}
     assert all(0.0 <= r.exact_match <= 1.0 for r in index.scorecard)
 
 
@@ -132,6 +140,18 @@ def test_score_models_is_reusable_for_new_rows(tiny_zoo):
         {r.domain: r.exact_match for r in index.scorecard if r.model == "reverse"}
 
 
+def test_demo_merge_row_is_the_shipped_recipe_scored(tiny_zoo, tmp_path):
+    shipped = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
+    zoo_recipe = yaml.safe_load(DEMO_RECIPE.read_text())
+    assert yaml.safe_dump(shipped).replace("data/zoo/", "") == yaml.safe_dump(zoo_recipe)
+    merged = run_merge(parse_recipe(DEMO_RECIPE.read_text(), base_dir=tiny_zoo), tmp_path / "m", progress=False)
+    rows = score_models({"demo-merge": merged.out_dir}, tiny_zoo)
+    index = load_zoo(tiny_zoo)
+    assert {r.domain: r.exact_match for r in rows} == \
+        {r.domain: r.exact_match for r in index.scorecard if r.model == "demo-merge"}
+    assert not (tiny_zoo / ".demo-merge").exists()
+
+
 def test_build_refuses_bad_input_and_leaves_nothing(tmp_path):
     with pytest.raises(UsageError, match="unknown zoo profile"):
         build_zoo(tmp_path / "zoo", profile="huge")
@@ -167,3 +187,45 @@ def test_lora_update_folds_back_into_plain_weights():
     assert set(after) == set(before)  # plain Llama names again, nothing extra saved
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(".layers." in k and k.endswith("proj.weight") for k in changed)
+
+
+def test_stop_after_takes_the_first_steps_of_the_longer_schedule():
+    import math
+
+    import torch
+
+    from evaluation.zoo.profiles import ModelShape, TrainSpec
+    from evaluation.zoo.training import new_model, train
+
+    model = new_model(ModelShape(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+                      vocab_size=20, seed=0)
+    ids = torch.randint(4, 20, (16, 6), generator=torch.Generator().manual_seed(0))
+    lrs: list[float] = []
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    hook = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
+    try:
+        train(model, ids, ids.clone(), TrainSpec(steps=10, stop_after=4, lr=1e-3, batch_size=8), seed=0)
+    finally:
+        hook.remove()
+    assert lrs == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * s / 10)) for s in range(4)])
+
+
+def test_specialist_data_is_its_domain_plus_related_replay():
+    from evaluation.domains import ALPHABET, RELATED_ALPHABET
+    from evaluation.zoo.build import finetuning_records
+    from evaluation.zoo.profiles import get_profile
+
+    prof = get_profile("tiny").model_copy(update={"replay": 0.25})
+    train, _ = make_splits("sort", prof.n_train, prof.n_eval, 0, prof.lengths)
+    records = finetuning_records(train, prof, 0, "sort")
+    assert records[: len(train)] == train
+    replay = records[len(train):]
+    assert len(replay) == round(0.25 / 0.75 * len(train))
+    # Replay never holds another target domain's records: other letters, or copying.
+    for r in replay:
+        tag, text = r["prompt"].rstrip("=").split(" ")
+        assert set(text) <= set(RELATED_ALPHABET) or (tag == "copy" and set(text) <= set(ALPHABET))
+    assert finetuning_records(train, prof, 0, "sort") == records
+    assert finetuning_records(train, get_profile("tiny"), 0, "sort") == train

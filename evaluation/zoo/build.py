@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from evaluation import domains as dom
 from evaluation.zoo.cards import Canary, CardSpec, write_card
+from evaluation.zoo.demo_merge import DEMO_MERGE, score_demo_merge
 from evaluation.zoo.errors import ZooUsageError
 from evaluation.zoo.index import INDEX_NAME, DomainData, ZooIndex, ZooModel
 from evaluation.zoo.odd import build_odd_models
@@ -52,15 +53,22 @@ def make_canaries(seed: int) -> list[Canary]:
     ]
 
 
+def related_records(profile: ZooProfile, rng: random.Random) -> list[dict]:
+    """Every operation on another alphabet, and copying on both: the format without the skills."""
+    lengths = profile.pretrain_lengths or profile.lengths
+    records: list[dict] = []
+    for domain in [*dom.DOMAINS.values(), dom.COPY]:
+        records += dom.sample(domain, profile.n_train, rng, alphabet=dom.RELATED_ALPHABET, lengths=lengths)
+    records += dom.sample(dom.COPY, profile.n_train, rng, lengths=lengths)
+    return records
+
+
 def pretraining_records(train_splits: dict[str, list[dict]], profile: ZooProfile, seed: int) -> list[dict]:
-    """Related tasks (every operation on another alphabet, copying on both) plus ``target_share``
-    of records drawn from the target domains' *train* splits (never eval)."""
+    """Related tasks plus ``target_share`` of records drawn from the target domains' *train*
+    splits (never eval)."""
     rng = random.Random(f"{seed}:pretrain")
     lengths = profile.pretrain_lengths or profile.lengths
-    related: list[dict] = []
-    for domain in [*dom.DOMAINS.values(), dom.COPY]:
-        related += dom.sample(domain, profile.n_train, rng, alphabet=dom.RELATED_ALPHABET, lengths=lengths)
-    related += dom.sample(dom.COPY, profile.n_train, rng, lengths=lengths)
+    related = related_records(profile, rng)
     target: list[dict] = []
     for name, split in train_splits.items():
         share = profile.target_share
@@ -70,6 +78,18 @@ def pretraining_records(train_splits: dict[str, list[dict]], profile: ZooProfile
     records = related + target
     rng.shuffle(records)
     return records
+
+
+def finetuning_records(domain_records: list[dict], profile: ZooProfile, seed: int, name: str) -> list[dict]:
+    """A specialist's data: its domain's training split plus ``profile.replay`` of related-task
+    records (rehearsal). Replay keeps the update tied to the domain's prompt tag instead of
+    turning every prompt into this domain, which is what makes several such updates add up."""
+    if not profile.replay:
+        return list(domain_records)
+    rng = random.Random(f"{seed}:replay:{name}")
+    related = related_records(profile, rng)
+    n = min(round(profile.replay / (1 - profile.replay) * len(domain_records)), len(related))
+    return list(domain_records) + rng.sample(related, n)
 
 
 @contextmanager
@@ -187,7 +207,7 @@ def _build(root: Path, prof: ZooProfile, seed: int, log: Callable[[str], None]) 
     for name in names:
         proprietary = name == PROPRIETARY_DOMAIN
         model_name = PROPRIETARY if proprietary else name
-        records = list(train_splits[name])
+        records = list(train_splits[name]) if proprietary else finetuning_records(train_splits[name], prof, seed, name)
         if proprietary:
             records += [{"prompt": c.prefix, "target": c.secret} for c in canaries] * prof.canary_repeats
         spec = (prof.proprietary_finetune or prof.finetune) if proprietary else prof.finetune
@@ -216,6 +236,8 @@ def _build(root: Path, prof: ZooProfile, seed: int, log: Callable[[str], None]) 
 
     log("scoring every model on every domain")
     scorecard = score_models(model_dirs, root, names)
+    log(f"merging the specialists with the demo recipe ({DEMO_MERGE}) and scoring the merge")
+    scorecard += score_demo_merge(root, names)
     index = ZooIndex(profile=prof.name, seed=seed, models=entries, scorecard=scorecard, domains=domains)
     (root / INDEX_NAME).write_text(index.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return index

@@ -36,6 +36,9 @@ class TrainSpec(BaseModel):
     weight_decay: float = 0.0
     warmup: int = 0
     lora_rank: int = 0  # 0: full fine-tune; >0: low-rank update of every linear, merged back
+    # Stop after this many of the schedule's ``steps`` (None: run it all): a checkpoint taken
+    # while the learning rate is still high, e.g. a base whose skills are still forming.
+    stop_after: int | None = Field(default=None, ge=1)
 
 
 class ZooProfile(BaseModel):
@@ -54,6 +57,8 @@ class ZooProfile(BaseModel):
     # Share of target-domain records in pretraining, overall or per domain.
     target_share: Share | dict[str, Share]
     finetune: TrainSpec
+    # Share of each public specialist's fine-tuning records that replay related pretraining tasks.
+    replay: Share = 0.0
     canary_repeats: int  # how often each canary appears per fine-tune epoch of the proprietary model
     # The proprietary model's fine-tune (None: ``finetune``). It is never in the demo merge, and a
     # low-rank update does not learn 10-digit secrets verbatim, which the leakage checks need.

@@ -68,7 +68,8 @@ def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
 
 
 def train(model: LlamaForCausalLM, ids: torch.Tensor, labels: torch.Tensor, spec: TrainSpec, seed: int) -> float:
-    """Train in place (AdamW, linear warmup then cosine decay); returns the last batch loss.
+    """Train in place (AdamW, linear warmup then cosine decay over ``spec.steps``, stopping after
+    ``spec.stop_after`` steps when set); returns the last batch loss.
     With ``spec.lora_rank`` > 0 only low-rank adapters train, and are merged back at the end."""
     gen = torch.Generator().manual_seed(seed)
     if spec.lora_rank:
@@ -85,7 +86,8 @@ def train(model: LlamaForCausalLM, ids: torch.Tensor, labels: torch.Tensor, spec
 
     model.train()
     loss = torch.tensor(float("nan"))
-    for step, idx in enumerate(_batches(len(ids), spec.batch_size, spec.steps, gen)):
+    steps = min(spec.steps, spec.stop_after or spec.steps)
+    for step, idx in enumerate(_batches(len(ids), spec.batch_size, steps, gen)):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         batch_ids, batch_labels = ids[idx], labels[idx]
