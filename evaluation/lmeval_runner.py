@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -129,6 +130,25 @@ def parse_results(out: dict, suite: MaterializedSuite) -> list[dict]:
     return rows
 
 
+def _quiet(hflm: type) -> type:
+    """HFLM without its per-request progress bars when stderr is not a terminal (logs, CI, the
+    demo): they pass ``disable=False`` explicitly, so TQDM_DISABLE cannot turn them off."""
+    if sys.stderr.isatty():
+        return hflm
+
+    class QuietHFLM(hflm):
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=True)
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+    return QuietHFLM
+
+
 def run_suite(loaded: tuple, suite: MaterializedSuite, *, batch_size: int = 32) -> list[dict]:
     """Evaluate one loaded (model, tokenizer) on every task of ``suite``, in memory, on the full
     datasets (never a ``limit``)."""
@@ -142,7 +162,7 @@ def run_suite(loaded: tuple, suite: MaterializedSuite, *, batch_size: int = 32) 
     level = log.level
     log.setLevel(logging.ERROR)  # its warnings about an in-memory model are expected here
     try:
-        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+        lm = _quiet(HFLM)(pretrained=model, tokenizer=tok, batch_size=batch_size)
         manager = TaskManager(include_path=str(suite.include_dir), include_defaults=suite.needs_builtin)
         LM_EVAL_CALLS += 1
         out = lm_eval.simple_evaluate(
