@@ -47,9 +47,10 @@ from evaluation.zoo import load_zoo
 z = load_zoo("data/zoo")
 domains = [d.name for d in z.domains]
 print(f"{'model':<14}" + "".join(f"{d:>9}" for d in domains))
-for m in z.models:
-    if m.role != "odd":
-        print(f"{m.name:<14}" + "".join(f"{z.score(m.name, d):>9.2f}" for d in domains))
+odd = {m.name for m in z.models if m.role == "odd"}
+for name in dict.fromkeys(r.model for r in z.scorecard):  # the models, then the demo merge's row
+    if name not in odd:
+        print(f"{name:<14}" + "".join(f"{z.score(name, d):>9.2f}" for d in domains))
 EOF
 
 step "2. the pipeline on $RECIPE: audit → merge → evaluate → gates → DVC → MLflow candidate"

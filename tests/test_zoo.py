@@ -142,6 +142,7 @@ def test_score_models_is_reusable_for_new_rows(tiny_zoo):
 
 def test_demo_merge_row_is_the_shipped_recipe_scored(tiny_zoo, tmp_path):
     shipped = yaml.safe_load((ROOT / "recipes" / "demo.yaml").read_text())
+    assert shipped.pop("policy") == "recipes/demo-policy.yaml"  # gates: the pipeline's business, not the zoo's
     zoo_recipe = yaml.safe_load(DEMO_RECIPE.read_text())
     assert yaml.safe_dump(shipped).replace("data/zoo/", "") == yaml.safe_dump(zoo_recipe)
     merged = run_merge(parse_recipe(DEMO_RECIPE.read_text(), base_dir=tiny_zoo), tmp_path / "m", progress=False)

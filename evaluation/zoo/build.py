@@ -191,7 +191,8 @@ def _build(root: Path, prof: ZooProfile, seed: int, log: Callable[[str], None]) 
         return model_dir
 
     pretrain = pretraining_records(train_splits, prof, seed)
-    log(f"pretraining base on {len(pretrain)} records ({prof.pretrain.steps} steps)")
+    steps = prof.pretrain.stop_after or prof.pretrain.steps
+    log(f"pretraining base on {len(pretrain)} records ({steps} of a {prof.pretrain.steps}-step schedule)")
     base = new_model(prof.shape, vocab, derive_seed(seed, "base"))
     train(base, *encode_records(tok, pretrain), prof.pretrain, derive_seed(seed, "base-train"))
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
