@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from registry import mlflow_registry as reg
-from registry.errors import RegistryError
+from registry.errors import RegistryError, VersionNotFound
 
 
 def versions(tracking_uri: str, name: str) -> list[reg.VersionInfo]:
-    """Every version of ``name``, oldest first; empty when the model is not registered yet."""
+    """Every version of ``name``, oldest first; empty when the model is not registered yet.
+
+    Versions are numbered 1..n and mergeops never deletes one, so the first missing number ends
+    the list. Any other registry error propagates: a store that cannot answer (say, a locked
+    sqlite file) must not look like a shorter history, or a re-merge would register twice."""
     found, number = [], 1
-    while True:  # versions are numbered 1..n and mergeops never deletes one
+    while True:
         try:
             found.append(reg.get_version(tracking_uri, name, number))
-        except RegistryError:
+        except VersionNotFound:
             return found
         number += 1
 

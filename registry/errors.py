@@ -13,6 +13,10 @@ class RegistryError(UsageError):
     """The registry cannot do what was asked: unknown model, version or alias, unreachable store."""
 
 
+class VersionNotFound(RegistryError):
+    """The registry answered, and has no such model or version."""
+
+
 class LineageError(UsageError):
     """A lineage record is missing, malformed, or of an unsupported schema version."""
 

@@ -19,7 +19,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from merge.manifest import content_id_of, file_entries  # noqa: E402
-from registry.errors import ArtifactMismatch, RegistryError  # noqa: E402
+from registry.errors import ArtifactMismatch, RegistryError, VersionNotFound  # noqa: E402
 from registry.lineage import ApprovalRecord, LineageRecord  # noqa: E402
 from registry.model_files import diff_files  # noqa: E402
 
@@ -54,7 +54,10 @@ def get_version(tracking_uri: str, name: str, version: str | int) -> VersionInfo
     try:
         return _info(client(tracking_uri).get_model_version(name, str(version)))
     except MlflowException as exc:
-        raise RegistryError(f"{name} v{version}: not found in {tracking_uri}; list versions in the MLflow UI") from exc
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise VersionNotFound(f"{name} v{version}: not found in {tracking_uri}; list versions in the MLflow UI") from exc
+        # Anything else (a locked or unreachable store) must not read as "no such version".
+        raise RegistryError(f"{name} v{version}: cannot read it from {tracking_uri} ({exc.message})") from exc
 
 
 def list_versions(tracking_uri: str, name: str) -> list[VersionInfo]:

@@ -186,3 +186,28 @@ def test_register_refuses_a_lineage_for_other_bytes(store, tmp_path):
     with pytest.raises(LineageError, match="is not the lineage's merged content id"):
         reg.register_candidate(tracking_uri=store["uri"], name="never", model_dir=other, lineage=record,
                                audit_log_path=store["log"], artifact_location=store["artifacts"])
+
+
+def test_a_locked_store_is_an_error_not_a_shorter_history(store, tmp_path):
+    """`versions` stops at the first missing version number; a store that cannot answer must raise
+    instead, or a re-merge would think nothing was registered and register twice."""
+    import sqlite3
+
+    from flows.versions import versions
+    from registry.errors import RegistryError, VersionNotFound
+
+    info, _ = _register(store, tmp_path)
+    assert [v.version for v in versions(store["uri"], info.name)] == [info.version]
+    with pytest.raises(VersionNotFound):
+        reg.get_version(store["uri"], info.name, 99)
+    db = urlparse(store["uri"]).path
+    holder = sqlite3.connect(db, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")  # another writer holds the file
+    try:
+        with pytest.raises(RegistryError) as err:
+            versions(store["uri"], info.name)
+        assert not isinstance(err.value, VersionNotFound)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert [v.version for v in versions(store["uri"], info.name)] == [info.version]
