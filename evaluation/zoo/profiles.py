@@ -101,11 +101,11 @@ PROFILES: dict[str, ZooProfile] = {
             pretrain=TrainSpec(steps=1500, stop_after=550, lr=2e-3, batch_size=64, warmup=50),
             target_share={"reverse": 0.0135, "sort": 0.04, "swap": 0.009, "shift": 0.0115},
             # Low-rank, low-lr updates keep each task vector small; replaying related tasks keeps it
-            # tied to its prompt tag. From the step-550 base with half the records replayed, a
-            # task-arithmetic merge of the three kept (reverse / sort / swap): weight 0.5 each
-            # 84 / 63 / 94%; ties (density 0.5, weight 1) 74 / 79 / 90%; the weights of
-            # recipes/demo.yaml 73 / 79 / 90%. Without replay, from an earlier mix's step-400 base,
-            # weight 0.5 each kept 75 / 40 / 63% where replay gave 82 / 36 / 92%.
+            # tied to its prompt tag. With this profile (200 eval prompts), merges of the three keep
+            # (reverse / sort / swap): task arithmetic 0.5 each 82 / 67 / 95%; ties (density 0.5,
+            # weight 1) 76 / 77 / 91%; recipes/demo.yaml 74 / 78 / 90%. Without replay, from an
+            # earlier mix's step-400 base, weight 0.5 each kept 75 / 40 / 63% where replay gave
+            # 82 / 36 / 92% (100 prompts).
             finetune=TrainSpec(steps=300, lr=5e-4, batch_size=64, lora_rank=8),
             replay=0.5,
             canary_repeats=150,
