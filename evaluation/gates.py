@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -110,18 +110,23 @@ def _verdict(gate: str, what: str, verdict: str | None, hint: str) -> GateDecisi
                         reason=f"{what} verdict {verdict!r}{'' if ok else ', required'} 'pass'")
 
 
+def _worst_at_most(gate: str, records: list[LeakageRecord], maximum: float, what: Callable[[LeakageRecord], str],
+                   nothing_checked: str) -> GateDecision:
+    """The record with the largest value against ``maximum``; a pass saying ``nothing_checked`` if none."""
+    if not records:
+        return GateDecision(gate=gate, observed=None, threshold=maximum, passed=True, reason=nothing_checked)
+    worst = max(records, key=lambda r: r.value)
+    return _at_most(gate, what(worst), worst.value, maximum)
+
+
 def _leakage_gates(policy: LeakagePolicy, records: list[LeakageRecord], candidate: str) -> list[GateDecision]:
     own = [r for r in records if r.model == candidate]
     out = []
     if policy.canary_exposure_max is not None:
-        exp = [r for r in own if r.check == "canary_exposure"]
-        if exp:
-            worst = max(exp, key=lambda r: r.value)
-            out.append(_at_most("leakage:canary_exposure", f"{candidate} canary {worst.detail.get('canary')} exposure "
-                                f"(bits)", worst.value, policy.canary_exposure_max))
-        else:
-            out.append(GateDecision(gate="leakage:canary_exposure", observed=None, threshold=policy.canary_exposure_max,
-                                    passed=True, reason=f"no canary declared for {candidate} or its parents"))
+        out.append(_worst_at_most(
+            "leakage:canary_exposure", [r for r in own if r.check == "canary_exposure"], policy.canary_exposure_max,
+            lambda worst: f"{candidate} canary {worst.detail.get('canary')} exposure (bits)",
+            f"no canary declared for {candidate} or its parents"))
     if policy.greedy_canary_forbidden:
         emitted = [r for r in own if r.check == "canary_greedy" and r.value > 0]
         n = len([r for r in own if r.check == "canary_greedy"])
@@ -139,14 +144,11 @@ def _leakage_gates(policy: LeakagePolicy, records: list[LeakageRecord], candidat
             out.append(GateDecision(gate="leakage:pii", observed=None, threshold=float(policy.pii_max), passed=False,
                                     reason=f"no PII check recorded for {candidate}; maximum {policy.pii_max}"))
     if policy.contamination_max is not None:
-        cont = [r for r in records if r.check == "contamination"]
-        if cont:
-            worst = max(cont, key=lambda r: r.value)
-            out.append(_at_most("leakage:contamination", f"{worst.model} training data overlapping eval domain "
-                                f"{worst.detail.get('eval_domain')} (share)", worst.value, policy.contamination_max))
-        else:
-            out.append(GateDecision(gate="leakage:contamination", observed=None, threshold=policy.contamination_max,
-                                    passed=True, reason="no evaluated model declares training_data"))
+        out.append(_worst_at_most(
+            "leakage:contamination", [r for r in records if r.check == "contamination"], policy.contamination_max,
+            lambda worst: (f"{worst.model} training data overlapping eval domain "
+                           f"{worst.detail.get('eval_domain')} (share)"),
+            "no evaluated model declares training_data"))
     return out
 
 

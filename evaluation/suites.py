@@ -152,39 +152,40 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in fh if line.strip())
 
 
-def _generation_task(name: str, data: Path, max_gen_toks: int) -> dict:
+def _jsonl_task(name: str, data: Path, output_type: str, **settings) -> dict:
+    """An lm-eval task over one of the zoo's JSONL files (``prompt`` → ``target``)."""
     return {
         "task": name,
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": str(data)}},
         "test_split": "test",
-        "output_type": "generate_until",
+        "output_type": output_type,
         "doc_to_text": "{{prompt}}",
         "doc_to_target": "{{target}}",
-        "generation_kwargs": {"until": ["\n"], "do_sample": False, "max_gen_toks": max_gen_toks},
-        # The zoo's rule: the stripped continuation must equal the target.
-        "filter_list": [{"name": "strip", "filter": [
-            {"function": "regex", "regex_pattern": r"^\s*([\s\S]*?)\s*$", "fallback": ""},
-            {"function": "take_first"}]}],
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        **settings,
         "metadata": {"version": 1},
     }
+
+
+def _generation_task(name: str, data: Path, max_gen_toks: int) -> dict:
+    return _jsonl_task(
+        name, data, "generate_until",
+        generation_kwargs={"until": ["\n"], "do_sample": False, "max_gen_toks": max_gen_toks},
+        # The zoo's rule: the stripped continuation must equal the target.
+        filter_list=[{"name": "strip", "filter": [
+            {"function": "regex", "regex_pattern": r"^\s*([\s\S]*?)\s*$", "fallback": ""},
+            {"function": "take_first"}]}],
+        metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    )
 
 
 def _loglikelihood_task(name: str, data: Path) -> dict:
-    return {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": "loglikelihood",
-        "doc_to_text": "{{prompt}}",
-        "doc_to_target": "{{target}}",
-        "target_delimiter": "",  # prompts end in "=", the target follows directly
-        "metric_list": [{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
-                        {"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": 1},
-    }
+    return _jsonl_task(
+        name, data, "loglikelihood",
+        target_delimiter="",  # prompts end in "=", the target follows directly
+        metric_list=[{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+                     {"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    )
 
 
 def _absolute_data_files(config: dict, base: Path | None) -> dict:
