@@ -190,8 +190,8 @@ def compute_workers() -> int:
 
 
 def _one_malloc_arena() -> None:
-    """glibc: let the read-ahead thread allocate from the main arena. Buffers it allocates and the
-    main thread frees otherwise pile up in a second arena, and resident memory drifts upwards."""
+    """glibc: let the worker threads allocate from the main arena. Buffers a worker allocates and
+    the writing thread frees otherwise pile up in per-thread arenas, and resident memory drifts up."""
     try:
         ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX = 1
     except (OSError, AttributeError):

@@ -120,13 +120,16 @@ def kth_largest_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
     return top_k(magnitudes.contiguous().view(torch.int32), k).keep()
 
 
+def _kept(density: float, n: int) -> int:
+    """How many of ``n`` entries TIES trimming keeps: ``max(1, int(density * n))``, none at density <= 0."""
+    return 0 if density <= 0 or n == 0 else max(1, int(density * n))
+
+
 def magnitude_top(tensor: torch.Tensor, density: float) -> TopK | None:
-    """The entries TIES trimming keeps (``max(1, int(density * n))`` largest |x|); None: all."""
+    """The entries TIES trimming keeps (the ``_kept`` largest |x|); None: all."""
     if density >= 1:
         return None
-    n = tensor.numel()
-    k = 0 if density <= 0 or n == 0 else max(1, int(density * n))
-    return top_k(_magnitude_bits(tensor.contiguous()), k)
+    return top_k(_magnitude_bits(tensor.contiguous()), _kept(density, tensor.numel()))
 
 
 def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False, sort: bool = False,
@@ -138,9 +141,9 @@ def magnitude(tensor: torch.Tensor, density: float, rescale: bool = False, sort:
     """
     if density >= 1:
         return tensor
-    if density <= 0 or tensor.numel() == 0:
+    k = _kept(density, tensor.numel())
+    if k == 0:
         return torch.zeros_like(tensor)
-    k = max(1, int(density * tensor.numel()))
     if sort:
         mask = torch.zeros(tensor.numel(), dtype=tensor.dtype, device=tensor.device)
         mask[torch.argsort(tensor.abs().reshape(-1).float(), descending=True)[:k]] = 1
