@@ -13,6 +13,8 @@ from pathlib import Path
 
 from evaluation.zoo.index import ScoreRow
 from evaluation.zoo.scorecard import score_models
+from merge.recipe import parse_recipe
+from merge.run import run_merge
 
 DEMO_RECIPE = Path(__file__).with_name("demo-merge.yaml")
 DEMO_MERGE = "demo-merge"
@@ -20,9 +22,6 @@ DEMO_MERGE = "demo-merge"
 
 def score_demo_merge(zoo_dir: Path, domains: list[str]) -> list[ScoreRow]:
     """Merge ``zoo_dir``'s models with the demo recipe into a scratch dir, score it, remove it."""
-    from merge.recipe import parse_recipe
-    from merge.run import run_merge
-
     recipe = parse_recipe(DEMO_RECIPE.read_text(encoding="utf-8"), base_dir=zoo_dir)
     scratch = zoo_dir / f".{DEMO_MERGE}"
     try:
