@@ -202,3 +202,31 @@ def decide(
     if policy.require_license_pass:
         out.append(_verdict("license", "licence", license_verdict, "the audit's licence check decides it"))
     return out
+
+
+def score_floors(gates: Iterable[GateDecision | dict], scores: dict[str, dict[str, float | None]],
+                 merged: str) -> dict[str, list[tuple[str, float]]]:
+    """The lowest merged score each per-domain gate admits, for drawing: ``{domain: [(gate, score)]}``.
+
+    ``scores``: {domain: {model: score}}. A minimum is absolute; a retention bar is a share of the
+    best parent's score; a champion bar is the champion's score minus the tolerance."""
+    out: dict[str, list[tuple[str, float]]] = {}
+    for g in gates:
+        g = g if isinstance(g, GateDecision) else GateDecision.model_validate(g)
+        kind, _, domain = g.gate.partition(":")
+        if domain not in scores or not isinstance(g.threshold, (int, float)):
+            continue
+        row = scores[domain]
+        if kind == "domain_minimum":
+            floor = g.threshold
+        elif kind == "retention":
+            parents = [v for m, v in row.items() if m != merged and v is not None]
+            if not parents:
+                continue
+            floor = g.threshold * max(parents)
+        elif kind == "champion_regression" and isinstance(g.observed, (int, float)) and row.get(merged) is not None:
+            floor = row[merged] - g.observed + g.threshold  # champion score - tolerance
+        else:
+            continue
+        out.setdefault(domain, []).append((kind, float(floor)))
+    return out

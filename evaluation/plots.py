@@ -19,9 +19,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+_FLOOR_STYLE = {"domain_minimum": ("tab:red", "-"), "retention": ("tab:orange", "--"),
+                "champion_regression": ("tab:purple", ":")}
+
+
 def write_plots(scores: pd.DataFrame, out_dir: Path, stem: str, *, merged: str | None = None,
-                metric: str = "exact_match") -> list[Path]:
-    """``<stem>.bars.png`` and ``<stem>.heatmap.png`` in ``out_dir`` from a domains x models table."""
+                metric: str = "exact_match", floors: dict[str, list[tuple[str, float]]] | None = None) -> list[Path]:
+    """``<stem>.bars.png`` and ``<stem>.heatmap.png`` in ``out_dir`` from a domains x models table.
+    ``floors`` ({domain: [(gate kind, lowest passing merged score)]}, evaluation.gates.score_floors)
+    are drawn across each domain's group of bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,6 +46,13 @@ def write_plots(scores: pd.DataFrame, out_dir: Path, stem: str, *, merged: str |
         is_merged = model == merged
         ax.bar(x + (i - (len(models) - 1) / 2) * width, values[:, i], width, label=f"{model}{' (merged)' if is_merged else ''}",
                edgecolor="black" if is_merged else "none", linewidth=1.2 if is_merged else 0, zorder=3)
+    drawn = set()
+    for i, domain in enumerate(domains):
+        for kind, floor in (floors or {}).get(str(domain), []):
+            color, style = _FLOOR_STYLE.get(kind, ("black", "-."))
+            ax.hlines(floor, i - 0.45, i + 0.45, colors=color, linestyles=style, linewidth=1.6, zorder=4,
+                      label=None if kind in drawn else f"gate: {kind.replace('_', ' ')}")
+            drawn.add(kind)
     ax.set_xticks(x, domains)
     ax.set_ylabel(metric)
     ax.set_ylim(0, max(1.0, float(np.nanmax(values)) if values.size else 1.0))

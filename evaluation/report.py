@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from evaluation._io import atomic_write_text
+from evaluation.gates import score_floors
 from evaluation.plots import write_plots
 from evaluation.run import EvaluationReport
 
@@ -48,7 +51,15 @@ def format_table(report: EvaluationReport) -> str:
 def write_report(report: EvaluationReport, json_path: Path) -> list[Path]:
     """The JSON at ``json_path`` plus ``<stem>.bars.png`` and ``<stem>.heatmap.png`` beside it."""
     json_path = Path(json_path)
-    atomic_write_text(json_path, json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
-    metric = ", ".join(sorted({m for _, m in report.primary.values()}))
-    plots = write_plots(report.scores, json_path.parent, json_path.stem, merged=report.merged, metric=metric)
-    return [json_path, *plots]
+    doc = report.to_json()
+    atomic_write_text(json_path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return [json_path, *plots_of(doc, json_path.parent, json_path.stem)]
+
+
+def plots_of(doc: dict, out_dir: Path, stem: str) -> list[Path]:
+    """The bars (gate thresholds drawn) and the heatmap of an evaluation report in its JSON form."""
+    scores = pd.DataFrame(doc["scores"]).T  # {domain: {model: score}} -> domains x models
+    metric = ", ".join(sorted({p["metric"] for p in doc.get("primary", {}).values()})) or "score"
+    floors = score_floors(doc.get("gates") or [], doc["scores"], doc.get("merged")) if doc.get("merged") else {}
+    return write_plots(scores.astype(float), Path(out_dir), stem, merged=doc.get("merged"), metric=metric,
+                       floors=floors)

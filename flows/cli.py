@@ -52,6 +52,9 @@ from flows.cli_pipeline import watch as _watch; cli.add_command(_watch)  # noqa:
 
 
 def main() -> None:
+    from flows.runtime import quiet_environment
+
+    quiet_environment()  # before any tool is imported: no telemetry, hubs read offline
     cli(prog_name="mergeops")
 
 

@@ -44,10 +44,11 @@ def _champion(path: str | None) -> dict[str, float] | None:
 @click.argument("model_dirs", nargs=-1, type=click.Path(file_okay=False))
 @click.option("--merged", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="The merged model (candidate); MODEL_DIRs are then its parents.")
-@click.option("--suite", default="zoo", show_default=True, metavar="NAME|FILE",
-              help="A shipped suite (zoo, zoo-full) or a suite YAML file with your own lm-eval tasks.")
+@click.option("--suite", default=None, metavar="NAME|FILE",
+              help="A shipped suite (zoo, zoo-full) or a suite YAML file with your own lm-eval tasks "
+                   "[default: mergeops.yaml's `suite`, else zoo].")
 @click.option("--zoo", "zoo_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
-              envvar="MERGEOPS_ZOO", help="The zoo whose domains the suite covers [env MERGEOPS_ZOO].")
+              help="The zoo, for suites with zoo domains [env MERGEOPS_ZOO; default: mergeops.yaml's `zoo`].")
 @click.option("--policy", default=None, metavar="FILE|default",
               help="Apply gates: a policy YAML laid over the shipped default, or 'default' itself.")
 @click.option("--audit", "audit_json", default=None, type=click.Path(dir_okay=False), metavar="FILE",
@@ -89,11 +90,14 @@ def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None
 
     if not model_dirs and merged is None:
         raise UsageError("give at least one MODEL_DIR (or --merged DIR); see `mergeops evaluate --help`")
+    settings = get_settings()
+    suite = suite or settings.suite or "zoo"
+    zoo_dir = zoo_dir or settings.zoo
     audit_verdict, license_verdict = _verdicts(audit_json)
     models = resolve_models([Path(d) for d in model_dirs], Path(merged) if merged else None)
     report = evaluate_models(
         models, suite=suite, zoo_dir=Path(zoo_dir) if zoo_dir else None,
-        cache_dir=Path(cache_dir) if cache_dir else get_settings().cache_dir / "evaluations",
+        cache_dir=Path(cache_dir) if cache_dir else settings.cache_dir / "evaluations",
         policy=policy, audit_verdict=audit_verdict, license_verdict=license_verdict,
         champion_scores=_champion(champion), threads=threads)
     click.echo(format_table(report))

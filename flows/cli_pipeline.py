@@ -1,4 +1,8 @@
-"""``mergeops run`` and ``mergeops watch``: the pipeline and the re-merge watch from the shell."""
+"""``mergeops run`` and ``mergeops watch``: the pipeline and the re-merge watch from the shell.
+
+Defaults come from the project config (``mergeops.yaml``): the suite, the policy, the zoo and,
+for ``watch``, the watched recipes with their settings. An option given here wins.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +21,45 @@ def _print_result(result: dict) -> None:
                    f"(someone other than the requester)")
 
 
+def _prefect_ready():
+    """Quiet Prefect's console, start its local API in the background while the heavy libraries
+    import, and return once both are ready (the flows import nothing slow after this)."""
+    from flows.runtime import PrefectStart, quiet_prefect_console
+
+    quiet_prefect_console()
+    start = PrefectStart().begin()
+    import mlflow  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    start.wait()
+
+
+def suite_option(fn):
+    return click.option("--suite", default=None, metavar="NAME|FILE",
+                        help="Evaluation suite: a shipped name (zoo, zoo-full) or a suite YAML file "
+                             "[default: mergeops.yaml's `suite`, else zoo].")(fn)
+
+
+def policy_option(fn):
+    return click.option("--policy", type=click.Path(exists=True, dir_okay=False),
+                        help="Gate policy YAML [default: the recipe's `policy:`, else mergeops.yaml's "
+                             "`policy`, else the shipped one].")(fn)
+
+
+def zoo_option(fn):
+    return click.option("--zoo", "zoo_dir", type=click.Path(exists=True, file_okay=False),
+                        help="Zoo dir, for suites with zoo domains [default: mergeops.yaml's `zoo`, "
+                             "else the parents' zoo].")(fn)
+
+
 @click.command("run")
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
-@click.option("--policy", type=click.Path(exists=True, dir_okay=False), help="Gate policy YAML (default: shipped).")
+@policy_option
 @click.option("--requested-by", help="Who asks for this merge (default: the current user).")
-@click.option("--zoo", "zoo_dir", type=click.Path(exists=True, file_okay=False),
-              help="Zoo dir with the evaluation domains (default: the parents' zoo).")
-@click.option("--suite", default="zoo", show_default=True, help="Evaluation suite: a shipped name or a YAML file.")
-def run(recipe: str, policy: str | None, requested_by: str | None, zoo_dir: str | None, suite: str) -> None:
+@zoo_option
+@suite_option
+def run(recipe: str, policy: str | None, requested_by: str | None, zoo_dir: str | None, suite: str | None) -> None:
     """Run RECIPE through audit, merge, evaluation and gates to a registered candidate.
 
     Exit 1 when the audit or a gate stops it (nothing is registered), 2 on bad input.
@@ -32,7 +67,9 @@ def run(recipe: str, policy: str | None, requested_by: str | None, zoo_dir: str 
     \b
     Example:
       mergeops run recipes/demo.yaml --requested-by alice
+      mergeops run acme.yaml --suite suites/acme.yaml --policy policy.yaml --requested-by alice
     """
+    _prefect_ready()
     from flows.pipeline import merge_pipeline
 
     _print_result(merge_pipeline(recipe, policy_path=policy, requested_by=requested_by, zoo_dir=zoo_dir,
@@ -42,33 +79,42 @@ def run(recipe: str, policy: str | None, requested_by: str | None, zoo_dir: str 
 @click.command("watch")
 @click.option("--once", is_flag=True, help="One pass over the watched recipes, then exit.")
 @click.option("--recipe", "recipes", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Recipe to watch (repeatable; default: the `watch:` list in params.yaml).")
-@click.option("--policy", type=click.Path(exists=True, dir_okay=False), help="Gate policy YAML for re-merges.")
-@click.option("--suite", default="zoo", show_default=True, help="Evaluation suite for re-merges.")
-@click.option("--zoo", "zoo_dir", type=click.Path(exists=True, file_okay=False),
-              help="Zoo dir with the evaluation domains (default: the parents' zoo).")
+              help="Recipe to watch (repeatable; default: the `watch:` list of mergeops.yaml).")
+@policy_option
+@suite_option
+@zoo_option
 @click.option("--cron", default="*/30 * * * *", show_default=True, help="Schedule when serving.")
-def watch(once: bool, recipes: tuple[str, ...], policy: str | None, suite: str, zoo_dir: str | None,
-          cron: str) -> None:
+@click.pass_context
+def watch(ctx: click.Context, once: bool, recipes: tuple[str, ...], policy: str | None, suite: str | None,
+          zoo_dir: str | None, cron: str) -> None:
     """Re-merge watched recipes whose parents changed: one new candidate per change, never promoted.
 
     Without --once, serves the watch with a cron schedule and a trigger on the
     `mergeops.parent.updated` event (needs a Prefect server for the trigger).
+    Exit 1 when a re-merge was stopped (by the audit or a gate).
 
     \b
     Example:
+      mergeops watch --once                           # the recipes listed in mergeops.yaml
       mergeops watch --once --recipe recipes/demo.yaml
     """
     from flows import watch as watching
 
+    watching.watched(list(recipes) or None, policy=policy, suite=suite, zoo=zoo_dir)  # fails fast if none
+    _prefect_ready()
     if not once:
         watching.serve(list(recipes) or None, policy, cron, suite=suite, zoo_dir=zoo_dir)
         return
+    stopped = []
     for outcome in watching.watch_flow(list(recipes) or None, policy_path=policy, suite=suite, zoo_dir=zoo_dir):
         if outcome.get("status") == "unchanged":
             click.echo(f"{outcome['name']}: unchanged ({outcome['reason']})")
         elif outcome.get("status") == "failed":
-            click.echo(f"{outcome['name']}: re-merge stopped: {outcome['message']}")
+            stopped.append(f"{outcome['name']}: re-merge stopped: {outcome['message']}")
         else:
             click.echo(f"{outcome['name']}: re-merged ({outcome['reason']})")
             _print_result(outcome)
+    if stopped:
+        for line in stopped:
+            click.echo(f"error: {line}", err=True)
+        ctx.exit(1)

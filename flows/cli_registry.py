@@ -1,7 +1,8 @@
 """Registry commands: lineage, approve, reject, promote, verify, log verify.
 
 Each reads the tracking URI and the audit-log path from ``flows.settings.get_settings()``
-(``MLFLOW_TRACKING_URI`` / ``MERGEOPS_HOME``) and calls one registry function.
+(``MLFLOW_TRACKING_URI`` / ``MERGEOPS_HOME`` / ``mergeops.yaml``), exits 2 when no store is there,
+and calls one registry function.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import click
 
 
 def _settings():
+    """The settings, with a store that exists: reading never creates an empty registry."""
     from flows.settings import get_settings
 
-    return get_settings()
+    return get_settings().require_store()
 
 
 @click.command()

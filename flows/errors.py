@@ -22,3 +22,17 @@ class StepRefused(CheckFailed):
 
 class WatchConfigError(UsageError):
     """No recipe to watch, or a watched recipe cannot be read."""
+
+
+class ConfigError(UsageError):
+    """``mergeops.yaml`` (or ``$MERGEOPS_CONFIG``) cannot be read or holds an unknown setting."""
+
+
+class StoreMissing(UsageError):
+    """A command that reads the registry found no store where the settings point (it never creates one)."""
+
+
+class PrefectUnavailable(MergeopsError):
+    """Prefect's API (the local ephemeral server or PREFECT_API_URL) cannot be reached."""
+
+    exit_code = 2

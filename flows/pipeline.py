@@ -63,10 +63,13 @@ def find_zoo_dir(parents: list[str]) -> Path | None:
 
 @flow(name="merge-pipeline", log_prints=True)
 def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_by: str | None = None,
-                   zoo_dir: str | None = None, suite: str = "zoo", wait_for_approval: bool = True,
+                   zoo_dir: str | None = None, suite: str | None = None, wait_for_approval: bool = True,
                    approval_timeout_s: int = 3600) -> dict:
-    """Run one recipe through every gate to a registered candidate (or a refusal, with its reason)."""
-    from merge.errors import UsageError
+    """Run one recipe through every gate to a registered candidate (or a refusal, with its reason).
+
+    Unset settings come from mergeops.yaml: ``suite`` (else the shipped ``zoo``), ``policy_path``
+    (the recipe's own ``policy:`` first, else the shipped default) and ``zoo_dir`` (else the zoo the
+    parents live in, if any: only suites with zoo domains need one)."""
     from merge.recipe import load_recipe
     from registry.lineage import build_lineage
 
@@ -77,14 +80,17 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     recipe = load_recipe(path)
     name = model_name(recipe, path)
     parents = parent_dirs(recipe)
-    if policy_path is None and recipe.policy:
-        policy_path = str(recipe.path_of(recipe.policy))
-    zoo = Path(zoo_dir) if zoo_dir else find_zoo_dir(parents)
-    if zoo is None:
-        raise UsageError(f"{path}: its parents are not in a zoo dir; pass --zoo DIR (a dir with zoo.json)")
+    if policy_path is None:
+        policy_path = str(recipe.path_of(recipe.policy)) if recipe.policy else settings.policy
+    zoo = zoo_dir or settings.zoo or find_zoo_dir(parents)
+    zoo = str(zoo) if zoo else None
+    suite = suite or settings.suite or "zoo"
+    # The suite and policy are read first: a bad one fails now, not after the merge.
+    judged_by = tasks.read_settings(suite, zoo, str(settings.cache_dir / "evaluations"), policy_path)
 
     audit = tasks.audit_parents(recipe.model_refs(), recipe.intended_use or "research", str(recipe.base_dir),
                                 recipe.pins)
+    log.info("audit passed: %d parents, effective licence %s", len(audit.parents), audit.effective_license)
     # The audit hashed every parent: those content ids key the merge, the store and the lineage.
     parent_ids = {str(Path(p.resolved_path).resolve()): p.content_id for p in audit.parents}
     # Pin the merge to the audited bytes: run_merge re-hashes each parent before reading a weight.
@@ -97,7 +103,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     champion = baseline(settings.tracking_uri, name)
     champion_scores = _champion_scores(settings.tracking_uri, champion)
     models = [(merged.out_dir, "merged", name)] + [(p, "parent", Path(p).name) for p in parents]
-    evaluation = tasks.evaluate(models, suite, str(zoo), str(settings.cache_dir / "evaluations"), policy_path,
+    evaluation = tasks.evaluate(models, suite, zoo, str(settings.cache_dir / "evaluations"), policy_path,
                                 audit.verdict, champion_scores)
     gates = evaluation.get("gates", [])
     _gate_table(name, gates)
@@ -106,6 +112,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     except Exception as exc:
         _summary(name, None, merged, evaluation, status=f"stopped: {exc}")
         raise
+    log.info("gates passed: %d of %d", sum(g["passed"] for g in gates), len(gates))
 
     same = find_same(settings.tracking_uri, name, recipe_sha256=recipe.sha256,
                      parent_content_ids=list(parent_ids.values()), merged_content_id=merged.content_id)
@@ -118,6 +125,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     with tempfile.TemporaryDirectory() as tmp:
         eval_json = Path(tmp) / "evaluation.json"
         eval_json.write_text(json.dumps(evaluation, indent=2, sort_keys=True))
+        plots = tasks.draw_plots(evaluation, tmp, "evaluation")
         audit_json = Path(tmp) / "audit.json"
         audit_json.write_text(audit.to_json())
         items = {f"parents/{cid}": p for p, cid in parent_ids.items()}
@@ -137,9 +145,11 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
                                                            if v is not None}},
             seed=recipe.seed, dvc_revision=revision, dvc_md5s=md5s,
             references=_references(recipe), revisions=_revisions(audit),
+            suite=judged_by["suite"], policy=judged_by["policy"],
         )
         info = tasks.register(settings.tracking_uri, name, merged.out_dir, lineage, str(settings.audit_log_path),
-                              [str(eval_json)], [str(audit_json)], settings.artifact_root)
+                              [str(eval_json), *plots], [str(audit_json)], settings.artifact_root,
+                              {p.content_id: p.license_link for p in audit.parents if p.license_link})
     tasks.push_artifacts(str(settings.home_dir / "store"), settings.dvc_remote_url)
     summary = _summary(name, info.version, merged, evaluation, status="registered with alias `candidate`")
     _link(settings.tracking_uri, name, info.version)

@@ -1,23 +1,31 @@
-"""One settings object, read from the environment (prefix ``MERGEOPS_``, plus the tools' own vars).
+"""One settings object: the environment (prefix ``MERGEOPS_``, plus the tools' own vars) over the
+project config (``mergeops.yaml``, flows/config.py) over embedded defaults.
 
-Embedded defaults run everything on one machine: state under ``./.mergeops``, MLflow on a sqlite
-file with a local artifact root, Prefect ephemeral, a local DVC remote folder. At scale the same
-code reads ``MLFLOW_TRACKING_URI`` (an MLflow server), ``PREFECT_API_URL`` (a Prefect server) and
-``MERGEOPS_DVC_REMOTE`` (e.g. an S3 URL); nothing hard-codes a path or a host.
+Embedded defaults run everything on one machine: state under ``.mergeops`` beside the project
+config (else in the working directory), MLflow on a sqlite file with a local artifact root, Prefect
+ephemeral, a local DVC remote folder. At scale the same code reads ``MLFLOW_TRACKING_URI`` (an
+MLflow server), ``PREFECT_API_URL`` (a Prefect server) and ``MERGEOPS_DVC_REMOTE`` (e.g. an S3 URL);
+nothing hard-codes a path or a host.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flows.config import CONFIG_NAME, ENV_VAR, ProjectConfig, load_config
+from flows.errors import StoreMissing
+
+_DEFAULT_HOME = Path(".mergeops")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MERGEOPS_", extra="ignore")
 
-    home: Path = Path(".mergeops")
+    home: Path = _DEFAULT_HOME
     # None means the embedded default: sqlite:///<home>/mlflow.db with artifacts under <home>.
     mlflow_tracking_uri: str | None = Field(
         default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "MERGEOPS_MLFLOW_TRACKING_URI")
@@ -26,6 +34,12 @@ class Settings(BaseSettings):
     prefect_api_url: str | None = Field(default=None, validation_alias=AliasChoices("PREFECT_API_URL"))
     dvc_remote: str | None = None  # None means <home>/dvc-remote
     registered_model_prefix: str = ""
+    # Defaults for run, watch and evaluate (a command's own option wins; a recipe's `policy:` too).
+    suite: str | None = None
+    policy: str | None = None
+    zoo: str | None = None
+    # not from the environment: the project config these settings were read with
+    config_file: Path | None = Field(default=None, exclude=True)
 
     @property
     def home_dir(self) -> Path:
@@ -53,6 +67,37 @@ class Settings(BaseSettings):
     def audit_log_path(self) -> Path:
         return self.home_dir / "audit-log.jsonl"
 
+    def require_store(self) -> "Settings":
+        """Commands that read the registry need one: reading must never create an empty store."""
+        uri = self.tracking_uri
+        if not uri.startswith("sqlite:///"):
+            return self  # an MLflow server holds the store; it answers for itself
+        db = Path(uri.removeprefix("sqlite:///"))
+        if db.is_file():
+            return self
+        if self.config_file:
+            looked = f"home from {self.config_file}"
+        else:
+            looked = f"no {CONFIG_NAME} in {Path.cwd()} or above"
+        env = os.environ.get("MERGEOPS_HOME")
+        raise StoreMissing(
+            f"no mergeops store at {self.home_dir} (no {db.name}; {looked}; MERGEOPS_HOME "
+            f"{'=' + env if env else 'unset'}): run inside your project, point MERGEOPS_HOME or "
+            f"{ENV_VAR} at it, or register a first version with `mergeops run`")
 
-def get_settings() -> Settings:
-    return Settings()
+
+def get_settings(config: ProjectConfig | None = None) -> Settings:
+    """The environment over the project config (found from the cwd) over the embedded defaults."""
+    config = config or load_config()
+    settings = Settings()
+    from_config = {
+        # The store sits beside the project config unless the config or the environment moves it.
+        "home": Path(config.resolve(config.home) or config.root / _DEFAULT_HOME) if config.path else None,
+        "mlflow_tracking_uri": config.tracking_uri,
+        "dvc_remote": config.resolve(config.dvc_remote),
+        "suite": config.resolve_suite(config.suite),
+        "policy": config.resolve(config.policy),
+        "zoo": config.resolve(config.zoo),
+    }
+    update = {k: v for k, v in from_config.items() if v is not None and k not in settings.model_fields_set}
+    return settings.model_copy(update={**update, "config_file": config.path})

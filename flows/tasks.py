@@ -69,6 +69,17 @@ class MergeOutcome:
 
 
 # -- tasks -------------------------------------------------------------------------------------
+@task(name="read-settings", cache_policy=NONE)
+def read_settings(suite: str, zoo_dir: str | None, cache_dir: str, policy: str | None) -> dict:
+    """The suite and gate policy this run is judged by ({"suite": ..., "policy": ...}, each with its
+    text and sha256); a bad suite or policy fails here, before anything is audited or merged."""
+    from evaluation.provenance import policy_settings, suite_settings
+
+    return {"suite": suite_settings(suite, zoo_dir=Path(zoo_dir) if zoo_dir else None,
+                                    cache_dir=Path(cache_dir)).model_dump(),
+            "policy": policy_settings(policy).model_dump()}
+
+
 @task(name="audit", cache_policy=NONE)
 def audit_parents(refs: list[str], intended_use: str, base_dir: str, pins: dict[str, str] | None):
     """Audit every parent as the recipe names it; an error finding stops the run (AuditFailed)."""
@@ -93,7 +104,7 @@ def merge_recipe(recipe, key: str, cache_dir: str) -> MergeOutcome:
 
 
 @task(name="evaluate", **_IO_RETRIES)
-def evaluate(models: list[tuple[str, str, str]], suite: str, zoo_dir: str, cache_dir: str, policy: str | None,
+def evaluate(models: list[tuple[str, str, str]], suite: str, zoo_dir: str | None, cache_dir: str, policy: str | None,
              audit_verdict: str, champion_scores: dict[str, float] | None):
     """Evaluate the merged model and every parent (each cached by content id and suite hash).
 
@@ -101,7 +112,8 @@ def evaluate(models: list[tuple[str, str, str]], suite: str, zoo_dir: str, cache
     from evaluation.run import ModelRef, evaluate_models
 
     refs = [ModelRef(path=Path(p), role=role, name=name) for p, role, name in models]
-    report = evaluate_models(refs, suite=suite, zoo_dir=Path(zoo_dir), cache_dir=Path(cache_dir), policy=policy or "default",
+    report = evaluate_models(refs, suite=suite, zoo_dir=Path(zoo_dir) if zoo_dir else None, cache_dir=Path(cache_dir),
+                             policy=policy or "default",
                              audit_verdict=audit_verdict, license_verdict=audit_verdict,
                              champion_scores=champion_scores)
     return report.to_json()
@@ -113,6 +125,14 @@ def check_gates(gates: list[dict]) -> None:
     failed = [g for g in gates if not g["passed"]]
     if failed:
         raise StepRefused("gate", "; ".join(g.get("reason") or f"{g['gate']} failed" for g in failed))
+
+
+@task(name="plots", cache_policy=NONE)
+def draw_plots(evaluation: dict, out_dir: str, stem: str) -> list[str]:
+    """Per-domain bars with the gates' thresholds drawn, and the domains x models heatmap."""
+    from evaluation.report import plots_of
+
+    return [str(p) for p in plots_of(evaluation, Path(out_dir), stem)]
 
 
 @task(name="version-artifacts", **_IO_RETRIES)
@@ -132,10 +152,12 @@ def push_artifacts(store_root: str, remote: str) -> None:
 
 @task(name="register", cache_policy=NONE)
 def register(tracking_uri: str, name: str, model_dir: str, lineage, audit_log_path: str,
-             evaluation_files: list[str], audit_reports: list[str], artifact_location: str):
+             evaluation_files: list[str], audit_reports: list[str], artifact_location: str,
+             license_links: dict[str, str] | None = None):
     from registry.mlflow_registry import register_candidate
 
     return register_candidate(tracking_uri=tracking_uri, name=name, model_dir=Path(model_dir), lineage=lineage,
                               audit_log_path=Path(audit_log_path),
                               evaluation_files=[Path(p) for p in evaluation_files],
-                              audit_reports=[Path(p) for p in audit_reports], artifact_location=artifact_location)
+                              audit_reports=[Path(p) for p in audit_reports], artifact_location=artifact_location,
+                              license_links=license_links)

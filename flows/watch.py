@@ -20,28 +20,40 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
 from prefect import flow, get_run_logger
 
+from flows.config import CONFIG_NAME, WatchEntry, load_config
 from flows.errors import WatchConfigError
 from flows.pipeline import merge_pipeline, model_name, parent_dirs
 from flows.settings import get_settings
 from flows.versions import baseline, find_same, parent_ids
+from merge.errors import MergeopsError
 from merge.manifest import content_id
 
 PARENT_UPDATED = "mergeops.parent.updated"
 DEFAULT_CRON = "*/30 * * * *"
 
 
-def watched_recipes(recipes: list[str] | None = None, params: Path = Path("params.yaml")) -> list[str]:
-    """``recipes`` if given, else the ``watch:`` list of params.yaml (paths relative to it)."""
+def watched(recipes: list[str] | None = None, *, policy: str | None = None, suite: str | None = None,
+            zoo: str | None = None, requested_by: str | None = None) -> list[WatchEntry]:
+    """What a pass watches, each recipe with its settings resolved: an option given here wins, then
+    the recipe's entry in mergeops.yaml, then the config's defaults. ``recipes`` replaces the
+    config's list (each then with the config's defaults)."""
+    settings = get_settings()
     if recipes:
-        return [str(Path(r).resolve()) for r in recipes]
-    if params.is_file():
-        listed = (yaml.safe_load(params.read_text()) or {}).get("watch") or []
-        if listed:
-            return [str((params.parent / r).resolve()) for r in listed]
-    raise WatchConfigError(f"nothing to watch: pass --recipe RECIPE.yaml or list recipes under `watch:` in {params}")
+        entries = [WatchEntry(recipe=str(Path(r).resolve())) for r in recipes]
+    else:
+        entries = load_config(settings.config_file).watched() if settings.config_file else []
+    if not entries:
+        where = settings.config_file or f"no {CONFIG_NAME} in {Path.cwd()} or above"
+        raise WatchConfigError(f"nothing to watch: pass --recipe RECIPE.yaml or list recipes under `watch:` "
+                               f"in {CONFIG_NAME} ({where})")
+    for entry in entries:
+        if not Path(entry.recipe).is_file():
+            raise WatchConfigError(f"watched recipe {entry.recipe} not found ({settings.config_file or 'option'})")
+    return [WatchEntry(recipe=e.recipe, policy=policy or e.policy, suite=suite or e.suite or settings.suite,
+                       zoo=zoo or e.zoo or settings.zoo,
+                       requested_by=requested_by or e.requested_by or "mergeops-watch") for e in entries]
 
 
 def plan(recipe_path: str, tracking_uri: str) -> dict:
@@ -79,18 +91,18 @@ def recipe_lock(home: Path, name: str) -> Iterator[None]:
 
 
 @flow(name="mergeops-watch", log_prints=True)
-def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None, suite: str = "zoo",
-               zoo_dir: str | None = None, requested_by: str = "mergeops-watch") -> list[dict]:
+def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None, suite: str | None = None,
+               zoo_dir: str | None = None, requested_by: str | None = None) -> list[dict]:
     """One pass over the watched recipes; returns what was done for each."""
     from registry.audit_log import AuditLog
 
     log = get_run_logger()
     settings = get_settings()
     outcomes = []
-    for recipe_path in watched_recipes(recipes):
-        first = plan(recipe_path, settings.tracking_uri)
+    for entry in watched(recipes, policy=policy_path, suite=suite, zoo=zoo_dir, requested_by=requested_by):
+        first = plan(entry.recipe, settings.tracking_uri)
         with recipe_lock(settings.home_dir, first["name"]):
-            decision = plan(recipe_path, settings.tracking_uri)  # again, under the lock
+            decision = plan(entry.recipe, settings.tracking_uri)  # again, under the lock
             if not decision["run"]:
                 log.info("%s: no re-merge (%s)", decision["name"], decision["reason"])
                 outcomes.append({**decision, "status": "unchanged"})
@@ -101,22 +113,27 @@ def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None,
                 parents=sorted(decision["parents"].values()))
             log.info("%s: re-merging (%s)", decision["name"], decision["reason"])
             # Never waits for a reviewer and never promotes: the new version stays a candidate.
-            state = merge_pipeline(recipe_path, policy_path=policy_path, requested_by=requested_by, suite=suite, zoo_dir=zoo_dir,
-                                   wait_for_approval=False, return_state=True)
+            state = merge_pipeline(entry.recipe, policy_path=entry.policy, requested_by=entry.requested_by,
+                                   suite=entry.suite, zoo_dir=entry.zoo, wait_for_approval=False, return_state=True)
             if state.is_completed():
                 outcomes.append({**decision, **state.result()})
             else:
-                log.warning("%s: re-merge stopped: %s", decision["name"], state.message)
-                outcomes.append({**decision, "status": "failed", "message": state.message})
+                error = state.result(raise_on_failure=False)
+                message = str(error) if isinstance(error, MergeopsError) else state.message
+                log.warning("%s: re-merge stopped: %s", decision["name"], message)
+                outcomes.append({**decision, "status": "failed", "message": message})
     return outcomes
 
 
 def deployment(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON, *,
-               suite: str = "zoo", zoo_dir: str | None = None):
-    """The watch as a deployment: a cron schedule plus a trigger on ``mergeops.parent.updated``."""
+               suite: str | None = None, zoo_dir: str | None = None):
+    """The watch as a deployment: a cron schedule plus a trigger on ``mergeops.parent.updated``.
+    Settings not given here are read from mergeops.yaml at each run, so editing it needs no restart."""
     from prefect.events import DeploymentEventTrigger
 
-    params = {"recipes": watched_recipes(recipes), "policy_path": policy_path, "suite": suite, "zoo_dir": zoo_dir}
+    watched(recipes, policy=policy_path, suite=suite, zoo=zoo_dir)  # refuse to serve nothing
+    params = {"recipes": [str(Path(r).resolve()) for r in recipes] if recipes else None,
+              "policy_path": policy_path, "suite": suite, "zoo_dir": zoo_dir}
     trigger = DeploymentEventTrigger(expect={PARENT_UPDATED}, match={"prefect.resource.id": "mergeops.model.*"},
                                      parameters=params)
     return watch_flow.to_deployment(name="mergeops-watch", cron=cron, triggers=[trigger], parameters=params,
@@ -124,7 +141,7 @@ def deployment(recipes: list[str] | None, policy_path: str | None, cron: str = D
 
 
 def serve(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON, *,
-          suite: str = "zoo", zoo_dir: str | None = None) -> None:
+          suite: str | None = None, zoo_dir: str | None = None) -> None:
     """Serve the watch deployment until interrupted (a Prefect server runs the event trigger)."""
     from prefect import serve as serve_deployments
 

@@ -27,8 +27,9 @@ from registry.errors import LineageError
 SCHEMA_VERSION = 1
 # Packages whose versions change what a merge or an evaluation produces.
 _KEY_PACKAGES = ("torch", "safetensors", "transformers", "lm-eval", "mlflow", "numpy", "pydantic")
-# Leakage verdicts that mean "nothing leaked"; anything else counts as a failure.
-_CLEAN_VERDICTS = {"pass", "ok", "clean", "none"}
+# Leakage verdicts that mean "nothing leaked"; anything else counts as a failure. "not_checked" (a
+# parent declared no training data) is no leak; a policy that requires the check fails its gate.
+_CLEAN_VERDICTS = {"pass", "ok", "clean", "none", "not_checked"}
 
 
 class _Frozen(BaseModel):
@@ -69,6 +70,7 @@ class EvaluationSummary(_Frozen):
     scores: dict[str, float] = Field(default_factory=dict)  # domain -> merged model's score
     retention: dict[str, float] = Field(default_factory=dict)
     normalized_average: float | None = None
+    metrics: dict[str, str] = Field(default_factory=dict)  # domain -> the primary metric its score is
 
 
 class LeakageResult(_Frozen):
@@ -101,6 +103,16 @@ class AuditSummary(_Frozen):
     obligations: list[str] = Field(default_factory=list)
 
 
+class SettingsRecord(_Frozen):
+    """The suite or gate policy a version was judged by (evaluation/provenance.py ``SettingsFile``)."""
+
+    name: str
+    source: str  # the file it was read from, or "shipped with mergeops"
+    text: str
+    sha256: str  # of ``text``
+    digest: str  # suite: hash of task configs and data files; policy: sha256 of the effective policy
+
+
 class MergedRecord(_Frozen):
     content_id: str
     files: list[FileEntry]
@@ -122,6 +134,11 @@ class LineageRecord(_Frozen):
     gates: list[GateRecord] = Field(default_factory=list)
     approvals: list[ApprovalRecord] = Field(default_factory=list)
     merged: MergedRecord
+    suite: SettingsRecord | None = None
+    policy: SettingsRecord | None = None
+    # The model card, LICENSE and NOTICE registered beside the weights: written from this record,
+    # so outside the merged content id (which a replay reproduces), and checked by their own hashes.
+    release_files: list[FileEntry] = Field(default_factory=list)
 
     @property
     def gate_verdict(self) -> str:
@@ -207,6 +224,8 @@ def build_lineage(
     dvc_revision: str | None = None,
     dvc_md5s: dict[str, str] | None = None,
     code: CodeVersion | None = None,
+    suite: dict | Any | None = None,
+    policy: dict | Any | None = None,
 ) -> LineageRecord:
     """Assemble a record from the pipeline's reports.
 
@@ -256,10 +275,13 @@ def build_lineage(
             # retention is undefined (None) where every parent scored 0; keep numbers only
             retention={d: float(v) for d, v in (evaluation.get("retention") or {}).items() if v is not None},
             normalized_average=evaluation.get("normalized_average"),
+            metrics={d: m for d, m in primary.items() if m},
         ),
         leakage=[LeakageResult(**{k: r.get(k) for k in ("check", "model", "value", "threshold", "verdict")},
                                detail=r.get("detail") or {}) for r in evaluation.get("leakage", [])],
         gates=[GateRecord(**{k: g.get(k) for k in ("gate", "observed", "threshold", "passed")},
                           reason=g.get("reason") or "") for g in evaluation.get("gates", [])],
         merged=MergedRecord(content_id=merged_id, files=[FileEntry(**f) for f in manifest["files"]]),
+        suite=SettingsRecord(**_plain(suite)) if suite is not None else None,
+        policy=SettingsRecord(**_plain(policy)) if policy is not None else None,
     )

@@ -43,7 +43,8 @@ from registry.mlflow_versions import (  # noqa: F401  (re-exported: the registry
     set_tags,
 )
 from registry.model_card import render_model_card
-from registry.model_files import check_model_dir, diff_files  # noqa: F401
+from registry.model_files import check_model_dir, diff_files, stage_release  # noqa: F401
+from registry.release_files import write_release_files
 
 EXPERIMENT = "mergeops"
 _LOG_TAG = TAG + "log."
@@ -80,6 +81,10 @@ def _version_tags(lineage: LineageRecord, lineage_sha: str, audit_log: Path) -> 
         "lineage_sha256": lineage_sha,
         "audit_log": str(Path(audit_log).resolve()),
     }
+    for kind, record in (("suite", lineage.suite), ("policy", lineage.policy)):
+        if record is not None:
+            tags |= {kind: record.name, f"{kind}_source": record.source, f"{kind}_sha256": record.sha256,
+                     f"{kind}_digest": record.digest}
     for i, parent in enumerate(lineage.parents):
         tags[f"parent.{i}.reference"] = parent.reference
         tags[f"parent.{i}.content_id"] = parent.content_id
@@ -119,17 +124,31 @@ def register_candidate(
     evaluation_files: list[Path] = (),
     audit_reports: list[Path] = (),
     artifact_location: str | None = None,
+    license_links: dict[str, str] | None = None,
 ) -> VersionInfo:
     """Log one run and one model version for a merged model that passed every step before this.
 
-    ``evaluation_files`` (the evaluation JSON, results table, plots) go under ``evaluation/``,
-    ``audit_reports`` under ``audit/``. ``artifact_location`` is the experiment's artifact root
-    when it is first created (the embedded sqlite default needs one; a server decides its own).
+    The ``model/`` artifact is the merged directory plus its model card, LICENSE and NOTICE
+    (registry/release_files.py), whose hashes the lineage records. ``evaluation_files`` (the
+    evaluation JSON, plots) go under ``evaluation/``, ``audit_reports`` under ``audit/``, the suite
+    and policy under ``settings/``. ``artifact_location`` is the experiment's artifact root when it
+    is first created (the embedded sqlite default needs one; a server decides its own).
+    ``license_links``: parent content id -> the licence link its card declares.
     """
     manifest = check_model_dir(model_dir)
     if manifest["content_id"] != lineage.merged.content_id:
         raise LineageError(f"{model_dir}: content id {manifest['content_id'][:12]} is not the lineage's "
                            f"merged content id {lineage.merged.content_id[:12]}; rebuild the lineage")
+    with tempfile.TemporaryDirectory(prefix=".register-", dir=Path(model_dir).parent) as stage:
+        release_dir = stage_release(Path(model_dir), [f["path"] for f in manifest["files"]], Path(stage) / "model")
+        lineage = lineage.model_copy(update={"release_files": write_release_files(
+            lineage, release_dir, name=name, license_links=license_links)})
+        return _register(tracking_uri, name, release_dir, lineage, audit_log_path, evaluation_files, audit_reports,
+                         artifact_location)
+
+
+def _register(tracking_uri: str, name: str, model_dir: Path, lineage: LineageRecord, audit_log_path: Path,
+              evaluation_files, audit_reports, artifact_location: str | None) -> VersionInfo:
     c = client(tracking_uri)
     lineage_bytes = lineage.to_json_bytes()
     lineage_sha = hashlib.sha256(lineage_bytes).hexdigest()
@@ -151,6 +170,13 @@ def register_candidate(
             card.parent.mkdir()
             card.write_text(render_model_card(lineage, name=name))
             c.log_artifacts(run_id, str(card.parent), "model_card")
+            settings = Path(tmp) / "settings"
+            settings.mkdir()
+            for kind, record in (("suite", lineage.suite), ("policy", lineage.policy)):
+                if record is not None:
+                    (settings / f"{kind}.yaml").write_text(record.text, encoding="utf-8")
+            if any(settings.iterdir()):
+                c.log_artifacts(run_id, str(settings), "settings")
         for path in evaluation_files:
             c.log_artifact(run_id, str(path), "evaluation")
         for path in audit_reports:

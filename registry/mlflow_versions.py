@@ -129,8 +129,10 @@ def check_model_artifact(tracking_uri: str, info: VersionInfo, lineage: LineageR
     with tempfile.TemporaryDirectory() as tmp:
         model = download(tracking_uri, info, "model", Path(tmp))
         where = f"{info.name} v{info.version} model artifact"
-        diff_files(lineage.merged.files, file_entries(model), where=where)
-        if content_id_of(file_entries(model)) != info.tag("content_id"):
+        found = file_entries(model)
+        diff_files([*lineage.merged.files, *lineage.release_files], found, where=where)
+        release = {e.path for e in lineage.release_files}  # the card, LICENSE, NOTICE: outside the content id
+        if content_id_of([e for e in found if e.path not in release]) != info.tag("content_id"):
             raise ArtifactMismatch(f"{where}: content id differs from the registered one")
 
 

@@ -18,19 +18,32 @@ def _front_matter(record: LineageRecord, name: str) -> dict:
         {
             "task": {"type": "text-generation", "name": domain},
             "dataset": {"type": domain, "name": domain},
-            "metrics": [{"type": "exact_match", "value": round(score, 6), "name": "exact match"}],
+            "metrics": [{"type": _metric(record, domain), "value": round(score, 6),
+                         "name": _metric(record, domain).replace("_", " ")}],
         }
         for domain, score in sorted(record.evaluation.scores.items())
     ]
     meta = {
         "base_model": [p.reference for p in record.parents],
         "base_model_relation": "merge",
-        "license": record.audit.effective_license or "other",
+        **_license_meta(record.audit.effective_license),
         "tags": ["merge", "mergeops"],
     }
     if results:
         meta["model-index"] = [{"name": name, "results": results}]
     return meta
+
+
+def _license_meta(effective: str | None) -> dict:
+    """The Hub takes one licence id; a compound (``a AND b``) or unknown one is ``other``, named in
+    ``license_name`` and spelled out in the LICENSE file beside the card."""
+    if effective and " " not in effective:
+        return {"license": effective}
+    return {"license": "other", "license_name": effective or "unknown", "license_link": "LICENSE"}
+
+
+def _metric(record: LineageRecord, domain: str) -> str:
+    return record.evaluation.metrics.get(domain, "exact_match")
 
 
 def render_model_card(record: LineageRecord, *, name: str) -> str:
@@ -54,9 +67,12 @@ def render_model_card(record: LineageRecord, *, name: str) -> str:
     lines += [f"- {o}" for o in record.audit.obligations] or ["- none recorded"]
     lines += ["", f"Effective licence: {record.audit.effective_license or 'unknown'} "
               f"(audit verdict: {record.audit.verdict}).", "", "## Evaluation", ""]
+    for kind, judged in (("Suite", record.suite), ("Gate policy", record.policy)):
+        if judged is not None:
+            lines += [f"{kind}: `{judged.name}` ({judged.source}; sha256 `{judged.sha256[:16]}`).", ""]
     if record.evaluation.scores:
-        lines += ["| domain | exact match | retention |", "| --- | --- | --- |"]
-        lines += [f"| {d} | {s:.3f} | {_fmt(record.evaluation.retention.get(d))} |"
+        lines += ["| domain | metric | score | retention |", "| --- | --- | --- | --- |"]
+        lines += [f"| {d} | {_metric(record, d)} | {s:.3f} | {_fmt(record.evaluation.retention.get(d))} |"
                   for d, s in sorted(record.evaluation.scores.items())]
     else:
         lines.append("No evaluation recorded.")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id_of, file_entries
 from registry.errors import ArtifactMismatch, RegistryError
+from registry.release_files import RELEASE_NAMES
 
 
 def check_model_dir(model_dir: Path) -> dict:
@@ -30,3 +33,22 @@ def diff_files(expected: list[FileEntry], actual: list[FileEntry], *, where: str
              (("changed", changed), ("missing", missing), ("unexpected", extra)) if paths]
     if parts:
         raise ArtifactMismatch(f"{where} does not match its manifest ({'; '.join(parts)})")
+
+
+
+def stage_release(model_dir: Path, files: list[str], stage: Path) -> Path:
+    """``stage`` holding ``files`` of ``model_dir`` and its manifest, as hard links where the file
+    system allows (else copies), ready for the release files beside them. Refuses a model dir that
+    already holds a file the registry writes itself."""
+    clash = [n for n in RELEASE_NAMES if n in files]
+    if clash:
+        raise RegistryError(f"{model_dir}: already holds {', '.join(clash)}; the registry writes these from the "
+                            "lineage, so a merged model dir must not carry them")
+    for rel in [*files, MANIFEST_NAME]:
+        src, dst = Path(model_dir) / rel, stage / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    return stage

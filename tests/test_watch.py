@@ -9,19 +9,36 @@ from pathlib import Path
 import pytest
 
 from flows.errors import WatchConfigError
-from flows.watch import PARENT_UPDATED, deployment, recipe_lock, watched_recipes
+from flows.watch import PARENT_UPDATED, deployment, recipe_lock, watched
 
 
-def test_watched_recipes_come_from_options_or_params_yaml(tmp_path: Path) -> None:
+def test_watched_recipes_come_from_options_or_mergeops_yaml(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "a.yaml").write_text("merge_method: linear\n")
-    params = tmp_path / "params.yaml"
-    params.write_text("watch:\n  - recipes/a.yaml\n")
-    assert watched_recipes(None, params) == [str(tmp_path / "recipes" / "a.yaml")]
-    assert watched_recipes(["x.yaml"], params) == [str(Path("x.yaml").resolve())]
-    params.write_text("zoo: {profile: demo}\n")
+    (tmp_path / "recipes" / "b.yaml").write_text("merge_method: linear\n")
+    (tmp_path / "p.yaml").write_text("retention_minimums: {default: 0.4}\n")
+    (tmp_path / "strict.yaml").write_text("retention_minimums: {default: 0.9}\n")
+    (tmp_path / "mergeops.yaml").write_text(
+        "suite: suite.yaml\npolicy: p.yaml\nwatch:\n  - recipes/a.yaml\n"
+        "  - {recipe: recipes/b.yaml, policy: strict.yaml, requested_by: bot}\n")
+    sub = tmp_path / "recipes"
+    monkeypatch.chdir(sub)  # found upward, as git finds .git; paths resolve against the config's folder
+    monkeypatch.delenv("MERGEOPS_CONFIG", raising=False)
+    monkeypatch.delenv("MERGEOPS_HOME", raising=False)
+    a, b = watched()
+    assert (a.recipe, a.policy, a.suite, a.requested_by) == (
+        str(tmp_path / "recipes" / "a.yaml"), str(tmp_path / "p.yaml"), str(tmp_path / "suite.yaml"), "mergeops-watch")
+    assert (b.recipe, b.policy, b.requested_by) == (str(tmp_path / "recipes" / "b.yaml"), str(tmp_path / "strict.yaml"),
+                                                   "bot")
+    # an option wins over the config, for every recipe
+    (only,) = watched(["a.yaml"], policy="/x/policy.yaml")
+    assert (only.recipe, only.policy, only.suite) == (str(sub / "a.yaml"), "/x/policy.yaml", str(tmp_path / "suite.yaml"))
+    (tmp_path / "mergeops.yaml").write_text("suite: zoo\n")
     with pytest.raises(WatchConfigError, match="--recipe"):
-        watched_recipes(None, params)
+        watched()
+    (tmp_path / "mergeops.yaml").write_text("watch: [recipes/gone.yaml]\n")
+    with pytest.raises(WatchConfigError, match="gone.yaml not found"):
+        watched()
 
 
 def test_the_served_watch_has_a_cron_schedule_and_a_parent_updated_trigger(tmp_path: Path) -> None:
@@ -31,7 +48,7 @@ def test_the_served_watch_has_a_cron_schedule_and_a_parent_updated_trigger(tmp_p
     assert [s.schedule.cron for s in dep.schedules] == ["*/5 * * * *"]
     (trigger,) = dep.triggers
     assert trigger.expect == {PARENT_UPDATED}
-    assert trigger.parameters == {"recipes": [str(recipe)], "policy_path": None, "suite": "zoo", "zoo_dir": None}
+    assert trigger.parameters == {"recipes": [str(recipe)], "policy_path": None, "suite": None, "zoo_dir": None}
 
 
 def test_the_recipe_lock_admits_one_watch_at_a_time(tmp_path: Path) -> None:
