@@ -8,10 +8,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 export PATH="$PWD/$BIN:$PATH"
 export MERGEOPS_HOME=${MERGEOPS_HOME:-.mergeops}
-export PREFECT_SERVER_ANALYTICS_ENABLED=false
-# The CLI prints each run's summary and one line per refusal; PREFECT_LOGGING_LEVEL=INFO shows every task.
-export PREFECT_LOGGING_LEVEL=${PREFECT_LOGGING_LEVEL:-CRITICAL}
-export TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 TRANSFORMERS_VERBOSITY=error
+# Settings (the suite, the zoo, the watched recipe) come from mergeops.yaml at the repository root.
 RECIPE=recipes/demo.yaml
 LEAKY=recipes/demo-leaky.yaml
 NAME=demo-merge
@@ -69,11 +66,15 @@ mergeops promote "$NAME" 1 --by bob
 
 step "6. a parent publishes a new revision; the watch re-merges it to exactly one new candidate"
 python -m flows.demo update-parent "$SPECIALIST"
-mergeops watch --once --recipe "$RECIPE" "${POLICY[@]}"
+mergeops watch --once "${POLICY[@]}"   # the recipes listed under `watch:` in mergeops.yaml
 step "   ...and a second pass finds nothing new"
-mergeops watch --once --recipe "$RECIPE" "${POLICY[@]}"
-mergeops lineage "$NAME@candidate" --json | python -c \
-  'import json,sys; r=json.load(sys.stdin); print("candidate parents:", ", ".join(p["reference"] + " " + p["content_id"][:12] for p in r["parents"]))'
+mergeops watch --once "${POLICY[@]}"
+mergeops lineage "$NAME@candidate" --json | python -c '
+import json, sys
+r = json.load(sys.stdin)
+print("candidate parents:", ", ".join(p["reference"] + " " + p["content_id"][:12] for p in r["parents"]))
+print("judged by suite", r["suite"]["name"], r["suite"]["sha256"][:12], "and policy", r["policy"]["name"],
+      r["policy"]["sha256"][:12])'
 
 step "7. the audit log's hash chain"
 mergeops log verify

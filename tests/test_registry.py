@@ -57,11 +57,40 @@ def test_register_logs_run_version_tags_and_alias(store, tmp_path):
     top = {a.path for a in c.list_artifacts(info.run_id)}
     assert top == {"model", "lineage.json", "model_card", "evaluation"}
     assert {a.path for a in c.list_artifacts(info.run_id, "model")} == {
-        "model/config.json", "model/model.safetensors", "model/mergeops.manifest.json"}
+        "model/config.json", "model/model.safetensors", "model/mergeops.manifest.json",
+        "model/README.md", "model/LICENSE", "model/NOTICE"}
     last = AuditLog(store["log"]).entries()[-1]
     assert (last["event"], last["data"]["model"]) == ("registered", info.name)
     assert info.tag(f"log.{last['seq']}") == f"registered:{last['hash']}"
-    assert reg.load_lineage(store["uri"], info) == record
+    loaded = reg.load_lineage(store["uri"], info)
+    assert [f.path for f in loaded.release_files] == ["README.md", "LICENSE", "NOTICE"]
+    assert loaded.model_copy(update={"release_files": []}) == record
+    model = reg.download(store["uri"], info, "model", tmp_path / "dl")
+    card = (model / "README.md").read_text()
+    front = __import__("yaml").safe_load(card.split("---")[1])
+    assert front["base_model_relation"] == "merge" and front["tags"] == ["merge", "mergeops"]
+    assert front["base_model"] == [p.reference for p in record.parents]
+    assert front["license"] == record.audit.effective_license == "apache-2.0"
+    assert front["model-index"][0]["results"][0]["metrics"][0]["type"] == "exact_match"
+    assert f"Effective licence: {record.audit.effective_license}" in (model / "LICENSE").read_text()
+    for obligation in record.audit.obligations:
+        assert obligation in (model / "NOTICE").read_text()
+
+
+def test_a_compound_licence_is_other_on_the_hub_and_named_in_the_card():
+    from registry.model_card import _license_meta
+
+    assert _license_meta("apache-2.0") == {"license": "apache-2.0"}
+    assert _license_meta("cc-by-nc-4.0 AND apache-2.0") == {
+        "license": "other", "license_name": "cc-by-nc-4.0 AND apache-2.0", "license_link": "LICENSE"}
+
+
+def test_an_edited_model_card_in_the_artifact_store_is_caught(store, tmp_path):
+    info, record = _register(store, tmp_path)
+    card = Path(urlparse(info.source).path) / "README.md"
+    card.write_text(card.read_text().replace("base_model_relation: merge", "base_model_relation: finetune"))
+    with pytest.raises(ArtifactMismatch, match="changed: README.md"):
+        reg.check_model_artifact(store["uri"], info, reg.load_lineage(store["uri"], info))
 
 
 def test_register_refuses_a_dir_edited_after_its_manifest(store, tmp_path):
@@ -136,7 +165,7 @@ def test_cli_lineage_approve_promote_and_exit_codes(store, tmp_path):
     name, v = info.name, info.version
     out = _run(store, "lineage", f"{name}@candidate", "--json")
     assert out.exit_code == 0, out.output
-    assert out.output.encode() == record.to_json_bytes() + b"\n"
+    assert out.output.encode() == reg.load_lineage(store["uri"], info).to_json_bytes() + b"\n"
     tree = _run(store, "lineage", f"{name}@{v}")
     assert tree.exit_code == 0 and f"{name} v{v}  [candidate]" in tree.output
 
