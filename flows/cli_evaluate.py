@@ -45,9 +45,11 @@ def _champion(path: str | None) -> dict[str, float] | None:
 @click.option("--merged", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="The merged model (candidate); MODEL_DIRs are then its parents.")
 @click.option("--suite", default="zoo", show_default=True, metavar="NAME|FILE",
-              help="A shipped suite (zoo, zoo-full) or a suite YAML file with your own lm-eval tasks.")
+              help="A suite YAML file with your own domains (see README, Evaluation and gates), or a "
+                   "shipped zoo suite (zoo, zoo-full; these need --zoo).")
 @click.option("--zoo", "zoo_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
-              envvar="MERGEOPS_ZOO", help="The zoo whose domains the suite covers [env MERGEOPS_ZOO].")
+              envvar="MERGEOPS_ZOO", help="The demo zoo, for suites asking for zoo domains and cards naming "
+                                          "zoo domains as training data [env MERGEOPS_ZOO].")
 @click.option("--policy", default=None, metavar="FILE|default",
               help="Apply gates: a policy YAML laid over the shipped default, or 'default' itself.")
 @click.option("--audit", "audit_json", default=None, type=click.Path(dir_okay=False), metavar="FILE",
@@ -71,6 +73,9 @@ def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None
     mergeops.manifest.json (its manifest's parents are evaluated too when no parent is given);
     else a single MODEL_DIR is evaluated alone as the candidate. Results are cached by model
     content id, suite hash and lm-eval version: a re-run with nothing changed runs nothing.
+    Contamination is measured against the training data each parent's model card declares
+    (`training_data:` manifest, local `datasets:`); a parent declaring none is reported
+    not_checked.
 
     Exit status: 0 done (and every gate passed), 1 a gate failed, 2 bad input.
 
@@ -81,6 +86,8 @@ def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None
       mergeops evaluate --zoo /tmp/zoo /tmp/zoo/models/proprietary --policy default --json /tmp/eval/report.json
       # after `mergeops merge recipe.yaml --out /tmp/merged`, its manifest names the parents:
       # mergeops evaluate --zoo /tmp/zoo /tmp/merged --policy default
+      # your own models and suite file, no zoo (README, "Evaluation and gates"):
+      # mergeops evaluate /tmp/merged --suite suite.yaml --policy policy.yaml --audit audit.json
     """
     from evaluation.report import format_table, write_report
     from evaluation.roles import resolve_models

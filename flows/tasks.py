@@ -92,8 +92,17 @@ def merge_recipe(recipe, key: str, cache_dir: str) -> MergeOutcome:
     return MergeOutcome(key, result.content_id, str(target), cached=False)
 
 
+@task(name="prepare-suite", cache_policy=NONE)
+def prepare_suite(suite: str, zoo_dir: str | None, cache_dir: str) -> str:
+    """Check and materialise the suite (files, columns, zoo) before any audit or merge, so a bad
+    suite fails in a second (SuiteError); returns the suite hash."""
+    from evaluation.suites import prepare_suite as prepare
+
+    return prepare(suite, zoo_dir=Path(zoo_dir) if zoo_dir else None, cache_dir=Path(cache_dir)).suite_hash
+
+
 @task(name="evaluate", **_IO_RETRIES)
-def evaluate(models: list[tuple[str, str, str]], suite: str, zoo_dir: str, cache_dir: str, policy: str | None,
+def evaluate(models: list[tuple[str, str, str]], suite: str, zoo_dir: str | None, cache_dir: str, policy: str | None,
              audit_verdict: str, champion_scores: dict[str, float] | None):
     """Evaluate the merged model and every parent (each cached by content id and suite hash).
 
@@ -101,7 +110,8 @@ def evaluate(models: list[tuple[str, str, str]], suite: str, zoo_dir: str, cache
     from evaluation.run import ModelRef, evaluate_models
 
     refs = [ModelRef(path=Path(p), role=role, name=name) for p, role, name in models]
-    report = evaluate_models(refs, suite=suite, zoo_dir=Path(zoo_dir), cache_dir=Path(cache_dir), policy=policy or "default",
+    report = evaluate_models(refs, suite=suite, zoo_dir=Path(zoo_dir) if zoo_dir else None, cache_dir=Path(cache_dir),
+                             policy=policy or "default",
                              audit_verdict=audit_verdict, license_verdict=audit_verdict,
                              champion_scores=champion_scores)
     return report.to_json()

@@ -88,6 +88,7 @@ def test_results_have_every_domain_for_every_model(first_report, tiny_zoo):
     assert set(df["n"]) == {16}  # the tiny zoo's full eval split, no limit
     assert set(df[df["model"] == "avg"]["role"]) == {"merged"}
     assert report.specialists == {"reverse": "reverse", "sort": "sort"}
+    assert report.to_json()["specialists_source"] == "zoo"
 
 
 def test_second_run_is_a_cache_hit(first_report, tiny_zoo, averaged, eval_cache):
