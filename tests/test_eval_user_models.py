@@ -80,11 +80,27 @@ def test_fixture_is_a_user_project_without_a_zoo(project):
     assert len(set(weights.values())) == 3  # the fine-tunes differ from the base and from each other
 
 
-def test_fixture_is_byte_identical_on_every_build(project, tmp_path):
+def test_fixture_is_byte_identical_on_every_build_and_takes_another_architecture(project, tmp_path):
     from merge.manifest import content_id
 
     again = build_user_project(tmp_path / "again")
     assert [content_id(p) for p in again.parents] == [content_id(p) for p in project.parents]
+    llama = build_user_project(tmp_path / "llama", arch="llama")
+    assert json.loads((llama.base / "config.json").read_text())["model_type"] == "llama"
+    with pytest.raises(ValueError, match="arch 'gpt9'"):
+        build_user_project(tmp_path / "bad", arch="gpt9")
+
+
+def test_a_prepared_suite_is_evaluated_as_is(project):
+    from evaluation.run import ModelRef, evaluate_models
+    from evaluation.suites import prepare_suite
+
+    cache = project.root.parent / "cache"
+    suite = prepare_suite(project.suite, cache_dir=cache)  # what a pipeline checks before audit and merge
+    report = evaluate_models([ModelRef(project.finetune_manifest, "merged")], suite=suite, cache_dir=cache, threads=1)
+    assert report.suite_hash == suite.suite_hash and sorted(report.scores.index) == ["capitals", "plurals"]
+    assert {r.detail["eval_domain"]: r.value for r in report.leakage if r.check == "contamination"} == {
+        "capitals": CONTAMINATED / 20, "plurals": 0.0}  # evaluated alone, its own card is read
 
 
 def test_evaluate_own_suite_with_no_zoo(project, merged, audit_json, tmp_path):
