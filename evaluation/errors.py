@@ -14,6 +14,14 @@ class PolicyError(UsageError):
     """A gate policy file is malformed or names an unknown setting."""
 
 
+class DataFileError(UsageError):
+    """A local data file (JSONL, CSV, Parquet) is missing, unreadable or lacks a named column."""
+
+
+class ZooIndexError(UsageError):
+    """A directory given as a zoo has no valid ``zoo.json``."""
+
+
 class ModelLoadError(UsageError):
     """A model directory cannot be loaded for evaluation (missing tokenizer, pickle-only weights...)."""
 

@@ -143,12 +143,40 @@ def _leakage_gates(policy: LeakagePolicy, records: list[LeakageRecord], candidat
         else:
             out.append(GateDecision(gate="leakage:pii", observed=None, threshold=float(policy.pii_max), passed=False,
                                     reason=f"no PII check recorded for {candidate}; maximum {policy.pii_max}"))
+    out += _contamination_gates(policy, records)
+    return out
+
+
+def _contamination_gates(policy: LeakagePolicy, records: list[LeakageRecord]) -> list[GateDecision]:
+    """Measured overlap against the maximum; a declared training file that no longer matches its
+    manifest fails; ``not_checked`` models fail only when the policy requires the check."""
+    contamination = [r for r in records if r.check == "contamination"]
+    measured = [r for r in contamination if r.verdict != "not_checked" and r.value is not None]
+    unchecked = sorted({r.model for r in contamination if r.verdict == "not_checked"})
+    broken = [r for r in records if r.check == "training_data" and r.verdict == "fail"]
+    note = f"; not checked: {', '.join(unchecked)}" if unchecked else ""
+    out = []
     if policy.contamination_max is not None:
-        out.append(_worst_at_most(
-            "leakage:contamination", [r for r in records if r.check == "contamination"], policy.contamination_max,
-            lambda worst: (f"{worst.model} training data overlapping eval domain "
-                           f"{worst.detail.get('eval_domain')} (share)"),
-            "no evaluated model declares training_data"))
+        if broken:
+            first = broken[0]
+            out.append(GateDecision(
+                gate="leakage:contamination", observed=None, threshold=policy.contamination_max, passed=False,
+                reason=f"{len(broken)} declared training file(s) unusable, first {first.model}'s "
+                       f"{first.detail.get('path')}: {first.detail.get('reason')}; fix the model card's manifest"))
+        else:
+            decision = _worst_at_most(
+                "leakage:contamination", measured, policy.contamination_max,
+                lambda worst: (f"{worst.model} training data overlapping eval domain "
+                               f"{worst.detail.get('eval_domain')} (share)"),
+                "no evaluated model declares training data")
+            out.append(decision.model_copy(update={"reason": decision.reason + note}))
+    if policy.require_contamination_check:
+        out.append(GateDecision(
+            gate="leakage:contamination_checked", observed=float(len(unchecked)), threshold=0.0, passed=not unchecked,
+            reason=(f"contamination not checked for {', '.join(unchecked)}: declare its training data in the model "
+                    "card (`training_data:` manifest with sha256, or local `datasets:`), or set "
+                    "leakage.require_contamination_check: false") if unchecked
+            else "contamination checked for every model that needs it"))
     return out
 
 

@@ -9,6 +9,7 @@
   sampled generations from a fixed set of prompts.
 * Contamination: share of evaluation examples sharing a character n-gram with a parent's declared
   training data (GPT-3-style n-gram overlap; characters because zoo examples are a few words long).
+  What a card declares, and how it is resolved to texts, is ``evaluation/contamination.py``.
 
 Reports never contain a secret: a canary is named by a short hash of its prefix and secret.
 """
@@ -57,17 +58,26 @@ class LeakagePolicy(BaseModel):
     pii_max: int | None = 0  # generations with a PII-like match allowed
     contamination_ngram: int = Field(default=13, ge=4)  # GPT-3's decontamination used 13-grams
     contamination_max: float | None = 0.01
+    # A parent whose card declares no usable training data is reported `not_checked`; true makes
+    # that a gate failure. Off by default: most public models declare no local training data.
+    require_contamination_check: bool = False
     seed: int = 0
+
+    def canary_settings(self) -> dict:
+        """The settings canary and PII results depend on (their cache key): contamination settings
+        are left out, they change no canary or PII number."""
+        return self.model_dump(mode="json", exclude={"contamination_ngram", "contamination_max",
+                                                     "require_contamination_check"})
 
 
 class LeakageRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    check: str  # canary_exposure | canary_greedy | pii | contamination
+    check: str  # canary_exposure | canary_greedy | pii | contamination | training_data
     model: str
-    value: float
+    value: float | None  # None: nothing measured (a `not_checked` contamination, an unusable manifest entry)
     threshold: float | None
-    verdict: str  # pass | fail
+    verdict: str  # pass | fail | not_checked
     detail: dict = {}
 
 
@@ -99,8 +109,10 @@ def declared_canaries(card: dict) -> list[Canary]:
 
 
 def declared_training_data(card: dict) -> list[str]:
+    """The names and paths a card's ``training_data`` declares (manifest entries by their ``path``)."""
     data = card.get("training_data") or []
-    return [data] if isinstance(data, str) else [str(d) for d in data]
+    data = data if isinstance(data, list) else [data]
+    return [str(d.get("path")) if isinstance(d, dict) else str(d) for d in data]
 
 
 # -- maths -------------------------------------------------------------------------------------

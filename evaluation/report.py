@@ -33,14 +33,19 @@ def format_table(report: EvaluationReport) -> str:
     metrics = sorted({m for _, m in report.primary.values()})
     lines.append(f"(* merged; metric: {', '.join(metrics)}; suite {report.suite}; "
                  f"lm-eval {'/'.join(r['lm_eval'] for r in report.runs)})")
-    if report.specialists:
+    if report.specialists and report.merged is not None:
         value = "n/a (every specialist scores 0)" if report.normalized_average is None \
             else f"{report.normalized_average:.3f}"
         lines.append(f"normalized average (merged / specialist): {value} over "
-                     f"{', '.join(f'{d}={m}' for d, m in sorted(report.specialists.items()))}")
+                     f"{', '.join(f'{d}={m}' for d, m in sorted(report.specialists.items()))}"
+                     f" (specialists: {report.specialists_source})")
     failed = [r for r in report.leakage if r.verdict == "fail"]
-    lines.append(f"leakage: {len(report.leakage)} checks, {len(failed)} failed")
-    lines += [f"  FAIL {r.check} {r.model}: {r.value:.3g} (threshold {r.threshold})" for r in failed]
+    unchecked = [r for r in report.leakage if r.verdict == "not_checked"]
+    lines.append(f"leakage: {len(report.leakage)} checks, {len(failed)} failed, {len(unchecked)} not checked")
+    lines += [f"  FAIL {r.check} {r.model}: " + (f"{r.value:.3g} (threshold {r.threshold})" if r.value is not None
+                                                 else f"{r.detail.get('path', '')} {r.detail.get('reason', '')}".strip())
+              for r in failed]
+    lines += [f"  NOT CHECKED {r.check} {r.model}: {r.detail.get('reason', '')}" for r in unchecked]
     if report.gates is not None:
         bad = [g for g in report.gates if not g.passed]
         lines.append(f"gates: {len(report.gates) - len(bad)} passed, {len(bad)} failed")

@@ -8,7 +8,8 @@ lm-eval's ``limit`` (or a truncated eval file) cannot pass for a gating run.
 Derived numbers read each domain's primary metric (exact match for zoo domains):
 * retention[d] = merged[d] / max over parents of parent[d]  (None when every parent scores 0);
 * normalised average = mean over domains of merged[d] / specialist[d], the specialist being the
-  model fine-tuned for d - FusionBench's "normalized score" (Tang et al. 2024, arXiv:2406.03280).
+  model fine-tuned for d (the zoo's, else the best-scoring parent on d) - FusionBench's
+  "normalized score" (Tang et al. 2024, arXiv:2406.03280).
 """
 
 from __future__ import annotations

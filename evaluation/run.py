@@ -19,10 +19,12 @@ import pandas as pd
 
 from evaluation import leakage as lk
 from evaluation import lmeval_runner as runner
+from evaluation import zoo_source
 from evaluation._io import atomic_write_text
+from evaluation.contamination import Declarer, contamination_checks, eval_texts
 from evaluation.gates import GateDecision, GatePolicy, decide, load_gate_policy, parse_gate_policy
 from evaluation.results import (normalized_average, primary_scores, retention, to_frame, validate_results)
-from evaluation.suites import MaterializedSuite, Suite, load_suite, materialize
+from evaluation.suites import MaterializedSuite, Suite, prepare_suite
 from merge.errors import UsageError
 from merge.manifest import canonical_json, content_id
 
@@ -49,6 +51,7 @@ class EvaluationReport:
     retention: dict[str, float | None]  # None: every parent scores 0 there (left out of the JSON)
     normalized_average: float | None
     specialists: dict[str, str]
+    specialists_source: str | None  # "zoo" | "best parent" | None (no parents)
     leakage: list[lk.LeakageRecord]
     gates: list[GateDecision] | None
     runs: list[dict] = field(default_factory=list)  # {model, content_id, lm_eval: "ran"|"cached", leakage: ...}
@@ -76,6 +79,7 @@ class EvaluationReport:
         doc |= {"suite": self.suite, "suite_hash": self.suite_hash, "merged": self.merged,
                 "retention_undefined": sorted(d for d, v in self.retention.items() if v is None),
                 "normalized_average": self.normalized_average, "specialists": self.specialists,
+                "specialists_source": self.specialists_source,
                 "merged_scores": ({} if self.merged is None else
                                   {str(d): float(v) for d, v in self.scores[self.merged].items()}),
                 "scores": {str(d): {m: (None if pd.isna(v) else float(v)) for m, v in row.items()}
@@ -93,43 +97,28 @@ def _policy(policy: GatePolicy | dict | str | Path | None) -> GatePolicy | None:
     return load_gate_policy(None if str(policy) == "default" else policy)
 
 
-def _specialists(models: list[ModelRef], ids: dict[str, str], zoo_dir: Path | None) -> dict[str, str]:
-    """domain -> name of the evaluated parent that is the zoo's specialist for it (by path or bytes)."""
-    if zoo_dir is None:
-        return {}
-    from evaluation.zoo import load_zoo
-
-    zoo = load_zoo(zoo_dir)
-    by_key: dict[str, str] = {}
-    for m in zoo.models:
-        if m.role == "specialist" and m.domain:
-            path = (Path(zoo_dir) / m.path).resolve()
-            by_key[str(path)] = m.domain
-            if path.is_dir():
-                by_key[content_id(path)] = m.domain
-    out: dict[str, str] = {}
-    for ref in models:
-        if ref.role != "parent":
-            continue
-        domain = by_key.get(str(Path(ref.path).resolve())) or by_key.get(ids[ref.label])
-        if domain and domain not in out:
-            out[domain] = ref.label
-    return out
-
-
-def _zoo_texts(zoo_dir: Path | None, domains: list[str], split: str) -> dict[str, list[str]]:
-    """prompt + target of every record of the zoo domains' ``split`` ("train" or "eval")."""
-    if zoo_dir is None:
-        return {}
-    from evaluation.zoo import load_zoo
-
-    out = {}
-    for d in load_zoo(zoo_dir).domains:
-        if d.name in domains:
-            path = Path(zoo_dir) / (d.eval if split == "eval" else d.train)
-            rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-            out[d.name] = [r["prompt"] + r["target"] for r in rows]
-    return out
+def _specialists(models: list[ModelRef], ids: dict[str, str], zoo_dir: Path | None,
+                 scores: pd.DataFrame) -> tuple[dict[str, str], str | None]:
+    """(domain -> name of the parent that is its specialist, where that came from). The zoo's own
+    specialists when a zoo is given and names any of the evaluated parents; else, per domain, the
+    best-scoring parent on the primary metric (the first one given on a tie)."""
+    parents = [ref.label for ref in models if ref.role == "parent"]
+    if not parents:
+        return {}, None
+    if zoo_dir is not None:
+        keys = zoo_source.specialist_keys(zoo_dir)
+        out: dict[str, str] = {}
+        for ref in models:
+            if ref.role != "parent":
+                continue
+            domain = keys.get(str(Path(ref.path).resolve())) or keys.get(ids[ref.label])
+            if domain and domain not in out:
+                out[domain] = ref.label
+        if out:
+            return out, "zoo"
+    best = {str(domain): max(parents, key=lambda p: (float(row[p]), -parents.index(p)))
+            for domain, row in scores.iterrows()}
+    return best, "best parent"
 
 
 def _leakage(ref: ModelRef, cid: str, canaries: list[lk.Canary], policy: lk.LeakagePolicy, cache_dir: Path,
@@ -149,26 +138,21 @@ def _leakage(ref: ModelRef, cid: str, canaries: list[lk.Canary], policy: lk.Leak
     return found, "ran"
 
 
-def _contamination(models: list[ModelRef], cards: dict[str, dict], zoo_dir: Path | None, domains: list[str],
-                   policy: lk.LeakagePolicy) -> list[lk.LeakageRecord]:
-    """Overlap of each model's declared training data (zoo domains) with the suite's eval sets.
-    Names the zoo does not hold cannot be measured and are listed as ``unmeasured``."""
-    evals = _zoo_texts(zoo_dir, domains, "eval")
-    records = []
-    for ref in models:
-        declared = lk.declared_training_data(cards[ref.label])
-        train = _zoo_texts(zoo_dir, declared, "train")
-        if declared and evals and train:
-            found = lk.contamination_records(ref.label, train, evals, policy)
-            unmeasured = sorted(set(declared) - set(train))
-            records += [r.model_copy(update={"detail": r.detail | {"unmeasured": unmeasured}}) if unmeasured else r
-                        for r in found]
-    return records
+def _contamination(models: list[ModelRef], cards: dict[str, dict], msuite: MaterializedSuite,
+                   zoo_dir: Path | None, policy: lk.LeakagePolicy) -> list[lk.LeakageRecord]:
+    """Contamination of every parent's declared training data with the suite's eval data (the
+    candidate too when it is evaluated alone, or when its own card declares data)."""
+    alone = not any(m.role == "parent" for m in models)
+    declarers = [Declarer(name=m.label, path=Path(m.path), card=cards[m.label],
+                          required=m.role == "parent" or alone) for m in models]
+    needs_zoo = zoo_dir is not None and any(lk.declared_training_data(cards[m.label]) for m in models)
+    zoo_train = ({d: f.train for d, f in zoo_source.domain_files(zoo_dir).items()} if needs_zoo else None)
+    return contamination_checks(declarers, eval_texts(msuite), policy, zoo_train)
 
 
 def _leakage_key(cid: str, canaries: list[lk.Canary], policy: lk.LeakagePolicy, pii: bool) -> str:
-    doc = {"content_id": cid, "canaries": [c.model_dump() for c in canaries], "policy": policy.model_dump(mode="json"),
-           "pii": pii, "v": 1}
+    doc = {"content_id": cid, "canaries": [c.model_dump() for c in canaries], "policy": policy.canary_settings(),
+           "pii": pii, "v": 2}
     return hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
@@ -191,7 +175,7 @@ def _torch_threads(threads: int | None):
 def evaluate_models(
     models: list[ModelRef],
     *,
-    suite: str | Path | Suite = "zoo",
+    suite: str | Path | Suite | MaterializedSuite = "zoo",
     zoo_dir: Path | None = None,
     cache_dir: Path,
     policy: GatePolicy | dict | str | Path | None = None,
@@ -201,7 +185,9 @@ def evaluate_models(
     device: str = "cpu",
     threads: int | None = None,
 ) -> EvaluationReport:
-    """Evaluate every model on ``suite``; gates apply when ``policy`` is given ("default" = shipped).
+    """Evaluate every model on ``suite`` (a shipped name, a suite file, or what ``prepare_suite``
+    returned); gates apply when ``policy`` is given ("default" = shipped). ``zoo_dir`` is needed
+    only by a suite asking for zoo domains or a card naming zoo domains as training data.
     ``threads`` sets torch's CPU threads for the duration (None: leave as is)."""
     with _torch_threads(threads):
         return _evaluate(models, suite=suite, zoo_dir=zoo_dir, cache_dir=cache_dir, policy=policy,
@@ -221,10 +207,8 @@ def _evaluate(models, *, suite, zoo_dir, cache_dir, policy, audit_verdict, licen
         raise UsageError(f"more than one merged model ({', '.join(merged)}); evaluate one candidate at a time")
     gate_policy = _policy(policy)
     leak_policy = gate_policy.leakage if gate_policy else lk.LeakagePolicy()
-    base_dir = None
-    if not isinstance(suite, Suite):
-        suite, base_dir = load_suite(suite)
-    msuite: MaterializedSuite = materialize(suite, zoo_dir=zoo_dir, cache_dir=Path(cache_dir), base_dir=base_dir)
+    msuite = suite if isinstance(suite, MaterializedSuite) else \
+        prepare_suite(suite, zoo_dir=zoo_dir, cache_dir=Path(cache_dir))
 
     ids = {m.label: content_id(Path(m.path)) for m in models}
     cards = {m.label: lk.read_card(Path(m.path)) for m in models}
@@ -256,19 +240,19 @@ def _evaluate(models, *, suite, zoo_dir, cache_dir, policy, audit_verdict, licen
             records += found
         runs.append(run)
     loaded.clear()
-    records += _contamination(models, cards, zoo_dir, msuite.domains, leak_policy)
+    records += _contamination(models, cards, msuite, zoo_dir, leak_policy)
 
     n_expected = {r["task"]: r["n_expected"] for r in rows if r.get("n_expected", -1) > 0}
     df = validate_results(to_frame(rows), msuite, n_expected)
     scores = primary_scores(df, msuite)
     parents = [m.label for m in models if m.role == "parent"]
     candidate = merged[0] if merged else None
-    specialists = _specialists(models, ids, zoo_dir)
+    specialists, source = _specialists(models, ids, zoo_dir, scores)
     report = EvaluationReport(
         suite=msuite.name, suite_hash=msuite.suite_hash, results=df, scores=scores, primary=msuite.primary(),
         merged=candidate, retention=retention(scores, candidate, parents) if candidate else {},
         normalized_average=normalized_average(scores, candidate, specialists) if candidate else None,
-        specialists=specialists, leakage=records, gates=None, runs=runs)
+        specialists=specialists, specialists_source=source, leakage=records, gates=None, runs=runs)
     if gate_policy is not None and candidate is not None:
         metric = next(iter(msuite.primary().values()))[1] if msuite.primary() else "value"
         report.gates = decide(gate_policy, candidate=candidate, scores=scores[candidate].to_dict(),

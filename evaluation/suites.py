@@ -1,74 +1,37 @@
-"""Evaluation suites: named sets of lm-eval tasks, generated at run time over the zoo's JSONL.
+"""Evaluation suites, *materialised*: lm-eval task YAML generated at run time over local data.
 
-A suite is declared in YAML (the shipped ones live in ``evaluation/suites.yaml``; a file of your own
-is passed by path) and *materialised* into an lm-eval include directory under the cache dir: one
-task YAML per zoo domain with absolute ``data_files`` (``dataset_path: json``), so lm-eval reads local
-files only. Per zoo domain the suite holds
+A suite (``evaluation/suite_file.py``: the shipped ones in ``evaluation/suites.yaml``, a file of
+your own by path) is written into an lm-eval include directory under the cache dir, one task YAML
+per task with absolute ``data_files``, so lm-eval reads local files only. Zoo domains, when a suite
+asks for them, give per domain
 
 * ``zoo_<domain>``: greedy generation from ``prompt`` up to "\\n", exact match of the stripped
   continuation with ``target`` (the zoo's scoring rule) - the domain's *primary* metric;
 * ``zoo_<domain>_ll`` (``loglikelihood: true``): log-likelihood of ``target`` after ``prompt``,
   reported as perplexity and teacher-forced greedy accuracy (``acc``).
 
-User tasks go under ``tasks:``: an lm-eval built-in by name (``task: arc_easy``; its data must be in
-the local Hugging Face cache, evaluation runs offline) or a full lm-eval task config inline
-(``config: {...}``; relative ``data_files`` resolve against the suite file). Each names the
-``domain`` it scores and its primary ``metric``; ``n`` optionally pins the expected sample count.
-
 The suite hash covers what decides the scores - task configs with every data file replaced by its
-sha256 - never a path, so moving the zoo keeps the cache valid and editing one eval line breaks it.
+sha256 - never a path, so moving the data keeps the cache valid and editing one eval line breaks it.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict
 
+from evaluation import suite_tasks as st
 from evaluation._io import atomic_write_text
-from evaluation.errors import SuiteError
-from merge.manifest import canonical_json, sha256_file
+from evaluation.datafiles import check_columns
+from evaluation.errors import DataFileError, SuiteError
+from evaluation.suite_file import PlannedTask, Suite, load_suite, suite_names
+from merge.manifest import canonical_json
+
+__all__ = ["MaterializedSuite", "Suite", "TaskSpec", "load_suite", "materialize", "prepare_suite", "suite_names"]
 
 ZOO_PREFIX = "zoo_"
-
-
-class UserTask(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    task: str | None = None  # an lm-eval built-in task, by name
-    config: dict[str, Any] | None = None  # or a full lm-eval task config (must hold `task: <name>`)
-    domain: str
-    metric: str  # the primary metric of this domain, e.g. "acc" or "exact_match"
-    n: int | None = Field(default=None, gt=0)  # expected sample count; default: the dataset's size
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "UserTask":
-        if (self.task is None) == (self.config is None):
-            raise ValueError("give exactly one of `task` (a built-in name) or `config` (an inline task)")
-        if self.config is not None and not isinstance(self.config.get("task"), str):
-            raise ValueError("an inline task config needs `task: <name>`")
-        return self
-
-    @property
-    def name(self) -> str:
-        return self.task if self.task is not None else self.config["task"]
-
-
-class Suite(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    description: str = ""
-    zoo_domains: Literal["all"] | list[str] = "all"
-    loglikelihood: bool = True
-    # Zoo targets are at most 7 letters; 16 leaves room to see what a broken model rambles.
-    max_gen_toks: int = Field(default=16, gt=0)
-    tasks: list[UserTask] = []
 
 
 class TaskSpec(BaseModel):
@@ -92,6 +55,9 @@ class MaterializedSuite(BaseModel):
     include_dir: Path
     tasks: tuple[TaskSpec, ...]
     max_gen_toks: int
+    # domain -> the local data files its tasks read (eval texts for the contamination check);
+    # built-in tasks read the Hugging Face cache and add none
+    data_files: dict[str, tuple[Path, ...]] = {}
 
     @property
     def domains(self) -> list[str]:
@@ -106,170 +72,80 @@ class MaterializedSuite(BaseModel):
         return {t.domain: (t.name, t.primary) for t in self.tasks if t.primary}
 
 
-def _shipped() -> dict[str, dict]:
-    text = resources.files("evaluation").joinpath("suites.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+def _zoo_tasks(suite: Suite, zoo_dir: Path | None) -> list[tuple[dict, TaskSpec]]:
+    if not suite.wants_zoo:
+        return []
+    if zoo_dir is None:
+        asked = "all" if suite.zoo_domains == "all" else ", ".join(suite.zoo_domains)
+        raise SuiteError(f"suite {suite.name!r} asks for zoo domains ({asked}): give the zoo directory (--zoo DIR "
+                         "or MERGEOPS_ZOO), or use a suite of your own without `zoo_domains` (--suite FILE)")
+    from evaluation.zoo_source import domain_files
 
-
-def suite_names() -> list[str]:
-    return sorted(_shipped())
-
-
-def load_suite(name_or_path: str | Path) -> tuple[Suite, Path | None]:
-    """A shipped suite by name, or a suite YAML file by path -> (suite, the file's directory)."""
-    shipped = _shipped()
-    if str(name_or_path) in shipped:
-        doc, base = {"name": str(name_or_path), **shipped[str(name_or_path)]}, None
-    else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise SuiteError(f"unknown suite {str(name_or_path)!r}: give one of {', '.join(sorted(shipped))} "
-                             "or the path of a suite YAML file")
+    available = domain_files(Path(zoo_dir))
+    wanted = sorted(available) if suite.zoo_domains == "all" else list(suite.zoo_domains)
+    out = []
+    for domain in wanted:
+        if domain not in available:
+            raise SuiteError(f"suite {suite.name!r}: domain {domain!r} is not in {zoo_dir}/zoo.json "
+                             f"(it has: {', '.join(sorted(available))})")
+        data = available[domain].eval
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise SuiteError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(doc, dict):
-            raise SuiteError(f"{path}: a suite file is a mapping with at least `name`")
-        doc.setdefault("name", path.stem)
-        base = path.parent.resolve()
+            n = check_columns(data, ["prompt", "target"])
+        except DataFileError as exc:
+            raise SuiteError(f"eval data of zoo domain {domain!r}: {exc}; rebuild the zoo") from None
+        gen = f"{ZOO_PREFIX}{domain}"
+        out.append((st.generation_task(gen, data, suite.max_gen_toks),
+                    TaskSpec(name=gen, domain=domain, metrics=("exact_match",), primary="exact_match", n=n)))
+        if suite.loglikelihood:
+            out.append((st.loglikelihood_task(f"{gen}_ll", data),
+                        TaskSpec(name=f"{gen}_ll", domain=domain, metrics=("perplexity", "acc"), primary=None, n=n)))
+    return out
+
+
+def _own_task(suite: Suite, plan: PlannedTask, base_dir: Path | None) -> tuple[dict | None, TaskSpec]:
+    """(lm-eval config or None for a built-in, spec) of one task of the suite's own domains."""
+    task, where = plan.task, f"suite {suite.name!r}, domain {plan.domain!r}"
+    primary = plan.metric if plan.primary else None
+    if task.task is not None:
+        return None, TaskSpec(name=plan.name, domain=plan.domain, metrics=(plan.metric,), primary=primary,
+                              n=task.n, builtin=True)
+    if task.config is not None:
+        return (st.absolute_data_files(task.config, base_dir),
+                TaskSpec(name=plan.name, domain=plan.domain, metrics=(plan.metric,), primary=primary, n=task.n))
+    data = Path(task.data)
+    data = (data if data.is_absolute() else (base_dir or Path.cwd()) / data).resolve()
+    if not data.is_file():
+        raise SuiteError(f"{where}: data file {task.data} not found (looked at {data})")
     try:
-        return Suite.model_validate(doc), base
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise SuiteError(f"suite {doc.get('name')!r}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        n = check_columns(data, [task.prompt, task.target])
+    except DataFileError as exc:
+        raise SuiteError(f"{where}: {exc}") from None
+    config = st.generation_task(plan.name, data, task.max_gen_toks or suite.max_gen_toks,
+                                prompt=task.prompt, target=task.target)
+    return config, TaskSpec(name=plan.name, domain=plan.domain, metrics=(plan.metric,), primary=primary, n=n)
 
 
-def _zoo_domains(zoo_dir: Path) -> dict[str, Path]:
-    from evaluation.zoo import load_zoo
-
-    zoo = load_zoo(zoo_dir)
-    return {d.name: (Path(zoo_dir) / d.eval).resolve() for d in zoo.domains}
-
-
-def _count_lines(path: Path) -> int:
-    with path.open(encoding="utf-8") as fh:
-        return sum(1 for line in fh if line.strip())
-
-
-def _jsonl_task(name: str, data: Path, output_type: str, **settings) -> dict:
-    """An lm-eval task over one of the zoo's JSONL files (``prompt`` → ``target``)."""
-    return {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": output_type,
-        "doc_to_text": "{{prompt}}",
-        "doc_to_target": "{{target}}",
-        **settings,
-        "metadata": {"version": 1},
-    }
-
-
-def _generation_task(name: str, data: Path, max_gen_toks: int) -> dict:
-    return _jsonl_task(
-        name, data, "generate_until",
-        generation_kwargs={"until": ["\n"], "do_sample": False, "max_gen_toks": max_gen_toks},
-        # The zoo's rule: the stripped continuation must equal the target.
-        filter_list=[{"name": "strip", "filter": [
-            {"function": "regex", "regex_pattern": r"^\s*([\s\S]*?)\s*$", "fallback": ""},
-            {"function": "take_first"}]}],
-        metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-    )
-
-
-def _loglikelihood_task(name: str, data: Path) -> dict:
-    return _jsonl_task(
-        name, data, "loglikelihood",
-        target_delimiter="",  # prompts end in "=", the target follows directly
-        metric_list=[{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
-                     {"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    )
-
-
-def _absolute_data_files(config: dict, base: Path | None) -> dict:
-    config = copy.deepcopy(config)
-    files = config.get("dataset_kwargs", {}).get("data_files")
-    if files is None or base is None:
-        return config
-
-    def fix(p: str) -> str:
-        return str((base / p).resolve()) if not Path(p).is_absolute() else p
-
-    if isinstance(files, str):
-        files = fix(files)
-    elif isinstance(files, list):
-        files = [fix(p) for p in files]
-    elif isinstance(files, dict):
-        files = {k: fix(v) if isinstance(v, str) else [fix(p) for p in v] for k, v in files.items()}
-    config["dataset_kwargs"]["data_files"] = files
-    return config
-
-
-def _hashable(config: dict) -> dict:
-    """The config with every local data file replaced by its content hash (paths never enter a key)."""
-    config = copy.deepcopy(config)
-    files = config.get("dataset_kwargs", {}).get("data_files")
-    if files is None:
-        return config
-
-    def digest(p: str) -> str:
-        path = Path(p)
-        if not path.is_file():
-            raise SuiteError(f"task {config['task']!r}: data file {p} not found")
-        return "sha256:" + sha256_file(path)
-
-    if isinstance(files, str):
-        files = digest(files)
-    elif isinstance(files, list):
-        files = [digest(p) for p in files]
-    else:
-        files = {k: digest(v) if isinstance(v, str) else [digest(p) for p in v] for k, v in files.items()}
-    config["dataset_kwargs"]["data_files"] = files
-    return config
-
-
-def materialize(suite: Suite, *, zoo_dir: Path | None, cache_dir: Path, base_dir: Path | None = None) -> MaterializedSuite:
-    """Write the suite's task YAMLs into ``cache_dir/suites/<hash>/`` and describe them."""
-    configs: list[dict] = []
-    specs: list[TaskSpec] = []
-    if suite.zoo_domains == "all" or suite.zoo_domains:
-        if zoo_dir is None:
-            raise SuiteError(f"suite {suite.name!r} covers zoo domains: give the zoo directory (--zoo DIR)")
-        available = _zoo_domains(Path(zoo_dir))
-        wanted = sorted(available) if suite.zoo_domains == "all" else list(suite.zoo_domains)
-        for domain in wanted:
-            if domain not in available:
-                raise SuiteError(f"suite {suite.name!r}: domain {domain!r} is not in {zoo_dir}/zoo.json "
-                                 f"(it has: {', '.join(sorted(available))})")
-            data = available[domain]
-            if not data.is_file():
-                raise SuiteError(f"{data}: eval data of domain {domain!r} missing; rebuild the zoo")
-            n = _count_lines(data)
-            gen = f"{ZOO_PREFIX}{domain}"
-            configs.append(_generation_task(gen, data, suite.max_gen_toks))
-            specs.append(TaskSpec(name=gen, domain=domain, metrics=("exact_match",), primary="exact_match", n=n))
-            if suite.loglikelihood:
-                configs.append(_loglikelihood_task(f"{gen}_ll", data))
-                specs.append(TaskSpec(name=f"{gen}_ll", domain=domain, metrics=("perplexity", "acc"),
-                                      primary=None, n=n))
-    builtins: list[str] = []
-    for user in suite.tasks:
-        if user.config is not None:
-            configs.append(_absolute_data_files(user.config, base_dir))
-        else:
-            builtins.append(user.name)
-        specs.append(TaskSpec(name=user.name, domain=user.domain, metrics=(user.metric,), primary=user.metric,
-                              n=user.n, builtin=user.config is None))
+def materialize(suite: Suite, *, zoo_dir: Path | None = None, cache_dir: Path,
+                base_dir: Path | None = None) -> MaterializedSuite:
+    """Check the suite's data (files exist, named columns present, row counts) and write its task
+    YAMLs into ``cache_dir/suites/<hash>/``. Cheap: reads and hashes the data, loads no model."""
+    pairs = _zoo_tasks(suite, zoo_dir)
+    builtins = []
+    for plan in suite.planned():
+        config, spec = _own_task(suite, plan, base_dir)
+        pairs.append((config, spec))
+        if config is None:
+            builtins.append(spec.name)
+    configs = [c for c, _ in pairs if c is not None]
+    specs = [s for _, s in pairs]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise SuiteError(f"suite {suite.name!r}: task names repeat ({', '.join(names)})")
+        raise SuiteError(f"suite {suite.name!r}: task names repeat ({', '.join(names)}); give a `data` task a `name`")
     domains = [s.domain for s in specs if s.primary]
     if len(set(domains)) != len(domains):
         raise SuiteError(f"suite {suite.name!r}: each domain needs exactly one primary task ({', '.join(domains)})")
 
-    key = {"name": suite.name, "max_gen_toks": suite.max_gen_toks, "configs": [_hashable(c) for c in configs],
+    key = {"name": suite.name, "max_gen_toks": suite.max_gen_toks, "configs": [st.hashable(c) for c in configs],
            "builtins": builtins, "specs": [s.model_dump(exclude={"n"}) for s in specs]}
     suite_hash = hashlib.sha256(canonical_json(key)).hexdigest()
     include_dir = Path(cache_dir) / "suites" / suite_hash
@@ -279,5 +155,19 @@ def materialize(suite: Suite, *, zoo_dir: Path | None, cache_dir: Path, base_dir
         text = yaml.safe_dump(config, sort_keys=True)
         if not target.exists() or target.read_text() != text:
             atomic_write_text(target, text)
+    files: dict[str, list[Path]] = {}
+    for config, spec in pairs:
+        if config is not None:
+            files.setdefault(spec.domain, []).extend(st.local_data_files(config))
     return MaterializedSuite(name=suite.name, suite_hash=suite_hash, include_dir=include_dir, tasks=tuple(specs),
-                             max_gen_toks=suite.max_gen_toks)
+                             max_gen_toks=suite.max_gen_toks,
+                             data_files={d: tuple(dict.fromkeys(p)) for d, p in sorted(files.items())})
+
+
+def prepare_suite(suite: str | Path | Suite, *, zoo_dir: Path | None = None, cache_dir: Path) -> MaterializedSuite:
+    """Load (a shipped name or a file path) and materialise a suite: the check a pipeline runs
+    before any audit or merge, so a bad suite fails in a second. Raises SuiteError."""
+    base_dir = None
+    if not isinstance(suite, Suite):
+        suite, base_dir = load_suite(suite)
+    return materialize(suite, zoo_dir=zoo_dir, cache_dir=Path(cache_dir), base_dir=base_dir)

@@ -45,8 +45,8 @@ def _champion(path: str | None) -> dict[str, float] | None:
 @click.option("--merged", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="The merged model (candidate); MODEL_DIRs are then its parents.")
 @click.option("--suite", default=None, metavar="NAME|FILE",
-              help="A shipped suite (zoo, zoo-full) or a suite YAML file with your own lm-eval tasks "
-                   "[default: mergeops.yaml's `suite`, else zoo].")
+              help="A suite YAML file with your own domains (see README, Evaluation and gates), or a shipped "
+                   "zoo suite (zoo, zoo-full; these need a zoo) [default: mergeops.yaml's `suite`, else zoo].")
 @click.option("--zoo", "zoo_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="The zoo, for suites with zoo domains [env MERGEOPS_ZOO; default: mergeops.yaml's `zoo`].")
 @click.option("--policy", default=None, metavar="FILE|default",
@@ -72,6 +72,9 @@ def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None
     mergeops.manifest.json (its manifest's parents are evaluated too when no parent is given);
     else a single MODEL_DIR is evaluated alone as the candidate. Results are cached by model
     content id, suite hash and lm-eval version: a re-run with nothing changed runs nothing.
+    Contamination is measured against the training data each parent's model card declares
+    (`training_data:` manifest, local `datasets:`); a parent declaring none is reported
+    not_checked.
 
     Exit status: 0 done (and every gate passed), 1 a gate failed, 2 bad input.
 
@@ -82,6 +85,8 @@ def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None
       mergeops evaluate --zoo /tmp/zoo /tmp/zoo/models/proprietary --policy default --json /tmp/eval/report.json
       # after `mergeops merge recipe.yaml --out /tmp/merged`, its manifest names the parents:
       # mergeops evaluate --zoo /tmp/zoo /tmp/merged --policy default
+      # your own models and suite file, no zoo (README, "Evaluation and gates"):
+      # mergeops evaluate /tmp/merged --suite suite.yaml --policy policy.yaml --audit audit.json
     """
     from evaluation.report import format_table, write_report
     from evaluation.roles import resolve_models

@@ -27,8 +27,9 @@ from registry.errors import LineageError
 SCHEMA_VERSION = 1
 # Packages whose versions change what a merge or an evaluation produces.
 _KEY_PACKAGES = ("torch", "safetensors", "transformers", "lm-eval", "mlflow", "numpy", "pydantic")
-# Leakage verdicts that mean "nothing leaked"; anything else counts as a failure. "not_checked" (a
-# parent declared no training data) is no leak; a policy that requires the check fails its gate.
+# Leakage verdicts that mean "nothing leaked"; anything else counts as a failure. `not_checked`
+# (a parent's card declares no training data) is not a leak: whether it may pass is the gate
+# policy's decision (leakage.require_contamination_check), recorded in the gate verdict.
 _CLEAN_VERDICTS = {"pass", "ok", "clean", "none", "not_checked"}
 
 

@@ -88,6 +88,14 @@ def test_results_have_every_domain_for_every_model(first_report, tiny_zoo):
     assert set(df["n"]) == {16}  # the tiny zoo's full eval split, no limit
     assert set(df[df["model"] == "avg"]["role"]) == {"merged"}
     assert report.specialists == {"reverse": "reverse", "sort": "sort"}
+    assert report.to_json()["specialists_source"] == "zoo"
+    # zoo domain names in a card's training_data resolve to the zoo's train splits; the Hub-style
+    # `datasets:` names of the zoo's cards are reported as unmeasured
+    measured = [r for r in report.leakage if r.check == "contamination"]
+    assert {(r.model, r.detail["eval_domain"]) for r in measured} == {(m, d) for m in ("reverse", "sort") for d in domains}
+    assert {r.verdict for r in measured} <= {"pass", "fail"}
+    assert {tuple(r.detail["training_data"]) for r in measured if r.model == "sort"} == {("sort",)}
+    assert {tuple(r.detail["unmeasured"]) for r in measured if r.model == "sort"} == {("mergeops-zoo/sort",)}
 
 
 def test_second_run_is_a_cache_hit(first_report, tiny_zoo, averaged, eval_cache):

@@ -110,3 +110,37 @@ def test_missing_verdicts_fail_and_leakage_can_be_switched_off():
 def test_decide_is_pure():
     policy: GatePolicy = load_gate_policy()
     assert decide(policy, **_clean()) == decide(policy, **_clean())
+
+
+def _contamination(model, value, verdict="pass", **detail):
+    return LeakageRecord(check="contamination", model=model, value=value, threshold=0.01 if value is not None else None,
+                         verdict=verdict, detail=detail)
+
+
+UNCHECKED = _contamination("plain", None, "not_checked", reason="the model card declares no training data")
+
+
+def test_not_checked_contamination_passes_unless_the_policy_requires_the_check():
+    records = [_contamination("declared", 0.0, eval_domain="capitals"), UNCHECKED]
+    gates = _by_gate(decide(load_gate_policy(), **_clean(leakage=records)))
+    assert gates["leakage:contamination"].passed and gates["leakage:contamination"].observed == 0.0
+    assert "not checked: plain" in gates["leakage:contamination"].reason
+    assert "leakage:contamination_checked" not in gates
+    only_unchecked = _by_gate(decide(load_gate_policy(), **_clean(leakage=[UNCHECKED])))["leakage:contamination"]
+    assert only_unchecked.passed and only_unchecked.observed is None and "not checked: plain" in only_unchecked.reason
+
+    strict = parse_gate_policy({"leakage": {"require_contamination_check": True}})
+    gate = _by_gate(decide(strict, **_clean(leakage=records)))["leakage:contamination_checked"]
+    assert not gate.passed and gate.observed == 1.0 and "plain" in gate.reason and "declared" not in gate.reason
+    checked = _by_gate(decide(strict, **_clean(leakage=records[:1])))["leakage:contamination_checked"]
+    assert checked.passed and checked.observed == 0.0
+
+
+def test_a_declared_file_that_fails_its_manifest_fails_the_contamination_gate():
+    broken = LeakageRecord(check="training_data", model="tuned", value=None, threshold=None, verdict="fail",
+                           detail={"path": "data/train.jsonl", "reason": "sha256 mismatch"})
+    gate = _by_gate(decide(load_gate_policy(), **_clean(leakage=[broken, _contamination("tuned", 0.0)])))
+    assert not gate["leakage:contamination"].passed
+    assert "tuned's data/train.jsonl: sha256 mismatch" in gate["leakage:contamination"].reason
+    off = parse_gate_policy({"leakage": {"contamination_max": None}})
+    assert "leakage:contamination" not in _by_gate(decide(off, **_clean(leakage=[broken])))

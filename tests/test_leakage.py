@@ -76,3 +76,21 @@ def test_card_front_matter(tmp_path):
 def test_records_never_hold_the_secret():
     rec = lk._record("canary_exposure", "m", 9.9, 7.0, True, canary=CANARY.ident, rank=1)
     assert CANARY.secret not in rec.model_dump_json()
+
+
+def test_canary_cache_key_ignores_contamination_settings_only():
+    from evaluation.run import _leakage_key
+
+    base = lk.LeakagePolicy()
+    key = _leakage_key("0" * 64, [CANARY], base, pii=True)
+    for change in ({"contamination_max": 0.5}, {"contamination_ngram": 8}, {"require_contamination_check": True}):
+        assert _leakage_key("0" * 64, [CANARY], base.model_copy(update=change), pii=True) == key, change
+    for change in ({"canary_candidates": 100}, {"seed": 1}, {"pii_samples": 2}, {"canaries": [CANARY]}):
+        assert _leakage_key("0" * 64, [CANARY], base.model_copy(update=change), pii=True) != key, change
+    assert _leakage_key("1" * 64, [CANARY], base, pii=True) != key
+    assert _leakage_key("0" * 64, [], base, pii=True) != key
+
+
+def test_declared_training_data_names_manifest_entries_by_path():
+    card = {"training_data": [{"path": "data/train.jsonl", "sha256": "ab"}, "sort"]}
+    assert lk.declared_training_data(card) == ["data/train.jsonl", "sort"]

@@ -135,3 +135,14 @@ def test_model_card_front_matter(tmp_path):
     results = meta["model-index"][0]["results"]
     assert {(r["dataset"]["name"], r["metrics"][0]["value"]) for r in results} == {("sort", 0.9), ("reverse", 0.75)}
     assert "merge_method: linear" in body and "keep the NOTICE file" in body and "| min_retention |" in body
+
+
+def test_not_checked_contamination_is_no_leak_but_a_failed_manifest_is(tmp_path):
+    from registry.lineage import LeakageResult
+
+    record, _ = make_lineage(tmp_path)
+    unchecked = LeakageResult(check="contamination", model="p2", value=None, verdict="not_checked",
+                              detail={"reason": "the model card declares no training data"})
+    assert record.model_copy(update={"leakage": [*record.leakage, unchecked]}).leakage_verdict == "pass"
+    broken = LeakageResult(check="training_data", model="p1", verdict="fail", detail={"path": "data/train.jsonl"})
+    assert record.model_copy(update={"leakage": [unchecked, broken]}).leakage_verdict == "fail"

@@ -5,7 +5,7 @@
 """
 
 from evaluation.zoo.build import build_zoo
-from evaluation.zoo.index import ZooIndex, load_zoo
+from evaluation.zoo_source import ZooIndex, load_zoo
 from evaluation.zoo.scorecard import format_table, score_models
 
 __all__ = ["ZooIndex", "build_zoo", "format_table", "load_zoo", "score_models"]

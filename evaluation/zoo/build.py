@@ -22,12 +22,12 @@ from evaluation import domains as dom
 from evaluation.zoo.cards import Canary, CardSpec, write_card
 from evaluation.zoo.demo_merge import DEMO_MERGE, score_demo_merge
 from evaluation.zoo.errors import ZooUsageError
-from evaluation.zoo.index import INDEX_NAME, DomainData, ZooIndex, ZooModel
 from evaluation.zoo.odd import build_odd_models
 from evaluation.zoo.profiles import ZooProfile, get_profile
 from evaluation.zoo.scorecard import score_models
 from evaluation.zoo.tokenizer import build_tokenizer, save_tokenizer
 from evaluation.zoo.training import encode_records, new_model, train
+from evaluation.zoo_source import ZOO_INDEX_NAME, DomainData, ZooIndex, ZooModel
 
 # Public specialists (name == domain) and their licences; the base is apache-2.0.
 # The three public domains all output a permutation of the input letters; "shift" (new letters)
@@ -136,7 +136,7 @@ def _prepare_out(out: Path) -> Path:
     """Check ``out`` before any work; return the temp dir to build into."""
     if out.exists() and not out.is_dir():
         raise ZooUsageError(f"{out}: exists and is not a directory; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / INDEX_NAME).is_file():
+    if out.is_dir() and any(out.iterdir()) and not (out / ZOO_INDEX_NAME).is_file():
         raise ZooUsageError(f"{out}: not empty and not a zoo; choose an empty or new --out")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -240,5 +240,5 @@ def _build(root: Path, prof: ZooProfile, seed: int, log: Callable[[str], None]) 
     log(f"merging the specialists with the demo recipe ({DEMO_MERGE}) and scoring the merge")
     scorecard += score_demo_merge(root, names)
     index = ZooIndex(profile=prof.name, seed=seed, models=entries, scorecard=scorecard, domains=domains)
-    (root / INDEX_NAME).write_text(index.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    (root / ZOO_INDEX_NAME).write_text(index.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return index

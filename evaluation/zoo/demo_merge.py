@@ -11,8 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from evaluation.zoo.index import ScoreRow
 from evaluation.zoo.scorecard import score_models
+from evaluation.zoo_source import ScoreRow
 from merge.recipe import parse_recipe
 from merge.run import run_merge
 

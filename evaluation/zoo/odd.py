@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from evaluation.zoo.cards import CardSpec, write_card
-from evaluation.zoo.index import ZooModel
 from evaluation.zoo.profiles import TrainSpec, ZooProfile
 from evaluation.zoo.tokenizer import CHARS, build_tokenizer, save_tokenizer
 from evaluation.zoo.training import encode_records, new_model, train
+from evaluation.zoo_source import ZooModel
 
 ODD_LICENSES = {"odd-shape": "apache-2.0", "odd-tokenizer": "mit", "odd-pickle": "apache-2.0"}
 

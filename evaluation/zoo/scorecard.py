@@ -14,8 +14,8 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
 from evaluation.domains import read_jsonl
-from evaluation.zoo.index import ScoreRow
 from evaluation.zoo.training import greedy_complete
+from evaluation.zoo_source import ScoreRow
 
 
 def domain_names(zoo_dir: Path) -> list[str]:
