@@ -67,6 +67,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
                    approval_timeout_s: int = 3600) -> dict:
     """Run one recipe through every gate to a registered candidate (or a refusal, with its reason)."""
     from merge.errors import UsageError
+    from merge.hub import display_name
     from merge.recipe import load_recipe
     from registry.lineage import build_lineage
 
@@ -96,7 +97,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
 
     champion = baseline(settings.tracking_uri, name)
     champion_scores = _champion_scores(settings.tracking_uri, champion)
-    models = [(merged.out_dir, "merged", name)] + [(p, "parent", Path(p).name) for p in parents]
+    models = [(merged.out_dir, "merged", name)] + [(p, "parent", display_name(p)) for p in parents]
     evaluation = tasks.evaluate(models, suite, str(zoo), str(settings.cache_dir / "evaluations"), policy_path,
                                 audit.verdict, champion_scores)
     gates = evaluation.get("gates", [])
