@@ -59,7 +59,8 @@ def _cache_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / "evaluation" / f"{key}.json"
 
 
-def read_cache(cache_dir: Path, content_id: str, suite: MaterializedSuite, *, step: str | None = None) -> list[dict] | None:
+def read_cache(cache_dir: Path, content_id: str, suite: MaterializedSuite, *,
+               step: str | None = None) -> list[dict] | None:
     """The cached rows, or None; ``step`` (e.g. "evaluate: base (2/3 models)") reports a hit."""
     path = _cache_path(cache_dir, cache_key(content_id, suite.suite_hash))
     if not path.is_file():

@@ -98,14 +98,14 @@ def resolve_model(reference: str, base_dir: Path | None = None) -> ModelSource:
     repo_id, at, revision = ref.partition("@")
     revision = revision if at else DEFAULT_REVISION
     if ref.startswith(("/", ".", "~")) or not _is_repo_id(repo_id) or not revision:
-        raise SourceNotFound(f"{ref}: model directory not found ({local})")
+        raise SourceNotFound(f"{ref}: model directory not found ({local.absolute()})")
     cache = hub_cache_dir()
     repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
     hint = (f"mirror it into the cache (e.g. `hf download {repo_id} --revision {revision}` where the Hub "
             f"is reachable, then copy the cache here, or set HF_HUB_CACHE) or give a local model directory")
     if not repo_dir.is_dir():
-        raise SourceNotFound(f"{ref}: model not found: no directory {local}, and no {repo_id} in the Hugging Face cache "
-                             f"{cache}; {hint}")
+        raise SourceNotFound(f"{ref}: model not found: no directory {local}, and no {repo_id} in the "
+                             f"Hugging Face cache {cache}; {hint}")
     commits = _commits(repo_dir, revision)
     if len(commits) > 1:
         raise SourceNotFound(f"{ref}: commit prefix {revision!r} matches {len(commits)} snapshots of {repo_id} "
@@ -113,8 +113,8 @@ def resolve_model(reference: str, base_dir: Path | None = None) -> ModelSource:
     if not commits:
         known = sorted(p.relative_to(repo_dir / "refs").as_posix()
                        for p in (repo_dir / "refs").rglob("*") if p.is_file())
-        raise SourceNotFound(f"{ref}: model not found: the Hugging Face cache {cache} has {repo_id} but no revision {revision!r} "
-                             f"(refs: {', '.join(known) or 'none'}); {hint}")
+        raise SourceNotFound(f"{ref}: model not found: the Hugging Face cache {cache} has {repo_id} but no "
+                             f"revision {revision!r} (refs: {', '.join(known) or 'none'}); {hint}")
     commit = commits[0]
     snapshot = repo_dir / "snapshots" / commit
     if not snapshot.is_dir():
@@ -132,7 +132,8 @@ def _commits(repo_dir: Path, revision: str) -> list[str]:
         return [commit] if _COMMIT.match(commit) else []
     if not _COMMIT_PREFIX.match(revision) or not (repo_dir / "snapshots").is_dir():
         return []
-    return sorted(p.name for p in (repo_dir / "snapshots").iterdir() if _COMMIT.match(p.name) and p.name.startswith(revision))
+    return sorted(p.name for p in (repo_dir / "snapshots").iterdir()
+                  if _COMMIT.match(p.name) and p.name.startswith(revision))
 
 
 def display_name(model_dir: Path) -> str:

@@ -4,9 +4,9 @@ First the registered model artifact is downloaded and re-hashed against the line
 The parents are identified by content id, not by path: before merging, each parent is re-hashed
 where it is now (a Hugging Face parent at its recorded commit in this machine's Hub cache, any
 other at its recorded path), a parent whose bytes changed is named and refused (the merge would
-otherwise "verify" against different inputs), and the re-merge reads exactly those directories. The recipe is the lineage's full text, parsed
-against its recorded base dir, with the recorded seed. Every outcome writes a ``verified``
-audit-log entry.
+otherwise "verify" against different inputs), and the re-merge reads exactly those directories.
+The recipe is the lineage's full text, parsed against its recorded base dir, with the recorded
+seed. Every outcome writes a ``verified`` audit-log entry.
 """
 
 from __future__ import annotations

@@ -215,7 +215,8 @@ def _build(root: Path, prof: ZooProfile, seed: int, log: Callable[[str], None]) 
         spec = (prof.proprietary_finetune or prof.finetune) if proprietary else prof.finetune
         log(f"fine-tuning {model_name} on {name} ({spec.steps} steps)")
         base.load_state_dict(base_state)
-        with Progress(f"zoo: training {model_name}", min(spec.steps, spec.stop_after or spec.steps), unit="steps") as bar:
+        ft_steps = min(spec.steps, spec.stop_after or spec.steps)
+        with Progress(f"zoo: training {model_name}", ft_steps, unit="steps") as bar:
             train(base, *encode_records(tok, records), spec, derive_seed(seed, f"ft-{name}"), bar)
         description = f"Fine-tuned from `base` on the `{name}` domain: {dom.DOMAINS[name].description}."
         if proprietary:
