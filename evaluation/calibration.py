@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from evaluation.quiet import quiet_libraries
 from merge.errors import UsageError
 
 
@@ -47,8 +48,9 @@ def compute_statistics(model_dir: Path, data: Path, *, kind: str, out: Path, sam
     if kind not in ("fisher", "gram"):
         raise UsageError(f"unknown statistics kind {kind!r}; use fisher or gram")
     examples = _examples(data, samples)
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    with quiet_libraries():  # no "Loading weights" bar in a log
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     model.eval()
     stats = _fisher(model, tok, examples) if kind == "fisher" else _gram(model, tok, examples)
     out = Path(out)

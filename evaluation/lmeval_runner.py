@@ -13,14 +13,15 @@ import json
 import logging
 import math
 import os
-import sys
 from importlib.metadata import version
 from pathlib import Path
 
 from evaluation._io import atomic_write_text
 from evaluation.errors import ModelLoadError, SuiteError
+from evaluation.quiet import quiet_libraries, quiet_lm_eval
 from evaluation.suites import MaterializedSuite
 from merge.manifest import canonical_json
+from merge.progress import Progress, say
 
 LM_EVAL_VERSION = version("lm_eval")
 # Real lm-eval calls made by this process (a test proves a cache hit by seeing it not move).
@@ -39,8 +40,9 @@ def load_model(model_dir: Path, device: str = "cpu"):
     if not any(model_dir.glob("*.safetensors")):
         raise ModelLoadError(f"{model_dir}: no *.safetensors weights; evaluation loads safetensors only")
     try:
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
+        with quiet_libraries():
+            tok = AutoTokenizer.from_pretrained(model_dir)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{model_dir}: cannot be loaded for evaluation ({str(exc).splitlines()[0]})") from None
     if tok.pad_token is None:
@@ -57,14 +59,19 @@ def _cache_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / "evaluation" / f"{key}.json"
 
 
-def read_cache(cache_dir: Path, content_id: str, suite: MaterializedSuite) -> list[dict] | None:
+def read_cache(cache_dir: Path, content_id: str, suite: MaterializedSuite, *,
+               step: str | None = None) -> list[dict] | None:
+    """The cached rows, or None; ``step`` (e.g. "evaluate: base (2/3 models)") reports a hit."""
     path = _cache_path(cache_dir, cache_key(content_id, suite.suite_hash))
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))["rows"]
+        rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
     except (json.JSONDecodeError, KeyError):
         return None  # a damaged entry is re-computed, never trusted
+    if step:
+        say(f"{step}: {len(suite.tasks)} lm-eval task(s) from the cache")
+    return rows
 
 
 def write_cache(cache_dir: Path, content_id: str, suite: MaterializedSuite, rows: list[dict]) -> None:
@@ -130,28 +137,50 @@ def parse_results(out: dict, suite: MaterializedSuite) -> list[dict]:
     return rows
 
 
-def _quiet(hflm: type) -> type:
-    """HFLM without its per-request progress bars when stderr is not a terminal (logs, CI, the
-    demo): they pass ``disable=False`` explicitly, so TQDM_DISABLE cannot turn them off."""
-    if sys.stderr.isatty():
-        return hflm
+def _reporting(hflm: type, step: str) -> type:
+    """HFLM reporting its requests through ``merge.progress`` (one line per tenth in a log, a bar
+    on a terminal) instead of its own per-request tqdm bars, which pass ``disable=False``
+    explicitly and so write carriage-return bars into logs whatever TQDM_DISABLE says."""
 
-    class QuietHFLM(hflm):
+    class ReportingHFLM(hflm):
+        _mergeops_bar: Progress | None = None
+
+        def _tracked(self, kind: str, call, requests, **kwargs):
+            with Progress(f"{step}: lm-eval {kind}", len(requests), unit="requests") as bar:
+                self._mergeops_bar = bar
+                try:
+                    return call(requests, disable_tqdm=True, **kwargs)
+                finally:
+                    self._mergeops_bar = None
+
         def generate_until(self, requests, disable_tqdm: bool = False):
-            return super().generate_until(requests, disable_tqdm=True)
+            return self._tracked("generate_until", super().generate_until, requests)
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
-            return super().loglikelihood(requests, disable_tqdm=True)
+            return self._tracked("loglikelihood", super().loglikelihood, requests)
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+            return self._tracked("loglikelihood_rolling", super().loglikelihood_rolling, requests)
 
-    return QuietHFLM
+        # One batch through the model: [batch, tokens] in, so its rows are requests done.
+        def _model_generate(self, context, *args, **kwargs):
+            out = super()._model_generate(context, *args, **kwargs)
+            if self._mergeops_bar is not None:
+                self._mergeops_bar.advance(int(context.shape[0]))
+            return out
+
+        def _model_call(self, inps, *args, **kwargs):
+            out = super()._model_call(inps, *args, **kwargs)
+            if self._mergeops_bar is not None:
+                self._mergeops_bar.advance(int(inps.shape[0]))
+            return out
+
+    return ReportingHFLM
 
 
-def run_suite(loaded: tuple, suite: MaterializedSuite, *, batch_size: int = 32) -> list[dict]:
+def run_suite(loaded: tuple, suite: MaterializedSuite, *, batch_size: int = 32, step: str = "evaluate") -> list[dict]:
     """Evaluate one loaded (model, tokenizer) on every task of ``suite``, in memory, on the full
-    datasets (never a ``limit``)."""
+    datasets (never a ``limit``); progress lines start with ``step``."""
     global LM_EVAL_CALLS
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -161,14 +190,16 @@ def run_suite(loaded: tuple, suite: MaterializedSuite, *, batch_size: int = 32) 
     log = logging.getLogger("lm_eval")
     level = log.level
     log.setLevel(logging.ERROR)  # its warnings about an in-memory model are expected here
+    say(f"{step}: lm-eval on {len(suite.tasks)} task(s): {', '.join(t.name for t in suite.tasks)}")
     try:
-        lm = _quiet(HFLM)(pretrained=model, tokenizer=tok, batch_size=batch_size)
-        manager = TaskManager(include_path=str(suite.include_dir), include_defaults=suite.needs_builtin)
-        LM_EVAL_CALLS += 1
-        out = lm_eval.simple_evaluate(
-            model=lm, tasks=[t.name for t in suite.tasks], task_manager=manager,
-            bootstrap_iters=0, log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
-            fewshot_random_seed=0)
+        with quiet_libraries(), quiet_lm_eval():
+            lm = _reporting(HFLM, step)(pretrained=model, tokenizer=tok, batch_size=batch_size)
+            manager = TaskManager(include_path=str(suite.include_dir), include_defaults=suite.needs_builtin)
+            LM_EVAL_CALLS += 1
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=[t.name for t in suite.tasks], task_manager=manager,
+                bootstrap_iters=0, log_samples=True, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                fewshot_random_seed=0)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise SuiteError(f"suite {suite.name!r} could not run: {str(exc).splitlines()[0]}") from None
     finally:

@@ -222,13 +222,14 @@ def _evaluate(models, *, suite, zoo_dir, cache_dir, policy, audit_verdict, licen
         return loaded[ref.label]
 
     rows, records, runs = [], [], []
-    for ref in models:
+    for i, ref in enumerate(models, 1):
         cid = ids[ref.label]
         run = {"model": ref.label, "content_id": cid}
-        cached = runner.read_cache(Path(cache_dir), cid, msuite)
+        step = f"evaluate: {ref.label} ({i}/{len(models)} models)"  # progress lines start with it
+        cached = runner.read_cache(Path(cache_dir), cid, msuite, step=step)
         run["lm_eval"] = "cached" if cached is not None else "ran"
         if cached is None:
-            cached = runner.run_suite(model_of(ref), msuite, batch_size=32)
+            cached = runner.run_suite(model_of(ref), msuite, batch_size=32, step=step)
             runner.write_cache(Path(cache_dir), cid, msuite, cached)
         rows += [{"content_id": cid, "model": ref.label, "role": ref.role, **r} for r in cached]
         # Canaries: the policy's, the model's own, and for the merged model every parent's.

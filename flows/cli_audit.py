@@ -28,6 +28,8 @@ def format_report(report) -> str:
     for p in report.parents:
         mark = " (base)" if p.is_base else ""
         lines.append(f"{p.path:<{width}}  {p.license or '-':<24}  {_short(p.content_id):<12}  {p.verdict}{mark}")
+        if p.repo_id:  # read from the Hugging Face cache: which commit was audited
+            lines.append(f"{'':<{width}}  {p.repo_id} at commit {p.revision}")
     if report.findings:
         lines += ["", f"{'severity':<8}  {'parent':<{width}}  {'check':<22}  message"]
         order = {"error": 0, "warning": 1, "info": 2}
@@ -59,6 +61,9 @@ def audit(ctx: click.Context, model_dirs: tuple[str, ...], intended_use: str, po
     """Audit model directories before they are merged: format safety (safetensors only, pickles
     refused unopened), sha256 manifest and content id, licence and obligations, architecture and
     tokenizer compatibility, base-model ancestry, weight sanity.
+
+    A MODEL_DIR may also be a Hugging Face repo id, ORG/NAME[@REVISION] (a branch, tag or commit;
+    main by default), read offline from the local Hugging Face cache (HF_HUB_CACHE or HF_HOME).
 
     Exit status: 0 pass, 1 a finding of error severity, 2 bad input.
 

@@ -17,6 +17,8 @@ def merge(recipe: Path, out: Path, device: str) -> None:
 
     The whole recipe and every parent's headers are checked before any weight is read; the output
     is written to a temp dir and renamed into place with mergeops.manifest.json (content id).
+    A parent is a directory or a Hugging Face repo id, ORG/NAME[@REVISION], read offline from the
+    local Hugging Face cache (HF_HUB_CACHE or HF_HOME).
 
     \b
     Example:

@@ -70,6 +70,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     Unset settings come from mergeops.yaml: ``suite`` (else the shipped ``zoo``), ``policy_path``
     (the recipe's own ``policy:`` first, else the shipped default) and ``zoo_dir`` (else the zoo the
     parents live in, if any: only suites with zoo domains need one)."""
+    from merge.hub import display_name
     from merge.recipe import load_recipe
     from registry.lineage import build_lineage
 
@@ -102,7 +103,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
 
     champion = baseline(settings.tracking_uri, name)
     champion_scores = _champion_scores(settings.tracking_uri, champion)
-    models = [(merged.out_dir, "merged", name)] + [(p, "parent", Path(p).name) for p in parents]
+    models = [(merged.out_dir, "merged", name)] + [(p, "parent", display_name(p)) for p in parents]
     evaluation = tasks.evaluate(models, suite, zoo, str(settings.cache_dir / "evaluations"), policy_path,
                                 audit.verdict, champion_scores)
     gates = evaluation.get("gates", [])

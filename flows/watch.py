@@ -58,6 +58,7 @@ def watched(recipes: list[str] | None = None, *, policy: str | None = None, suit
 
 def plan(recipe_path: str, tracking_uri: str) -> dict:
     """What a pass would do for one recipe, from the bytes on disk and the registry (no side effects)."""
+    from merge.hub import display_name
     from merge.recipe import load_recipe
 
     path = Path(recipe_path)
@@ -66,7 +67,7 @@ def plan(recipe_path: str, tracking_uri: str) -> dict:
     current = {d: content_id(Path(d)) for d in parent_dirs(recipe)}
     base = baseline(tracking_uri, name)
     previous = parent_ids(base) if base else []
-    changed = sorted(Path(d).name for d, cid in current.items() if cid not in previous)
+    changed = sorted(display_name(Path(d)) for d, cid in current.items() if cid not in previous)
     same = find_same(tracking_uri, name, recipe_sha256=recipe.sha256, parent_content_ids=list(current.values()))
     if same is not None:
         reason = f"{name} v{same.version} already has these parents"

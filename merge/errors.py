@@ -39,6 +39,10 @@ class FormatError(UsageError):
     """A checkpoint file is malformed, unsafe or truncated."""
 
 
+class SourceNotFound(UsageError):
+    """A model reference is neither an existing directory nor a snapshot in the local Hugging Face cache."""
+
+
 class PinMismatch(UsageError):
     """A parent's content id differs from the one the recipe pins (the audited bytes changed)."""
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from merge.errors import UsageError
+from merge.hub import is_blob_link
 
 MANIFEST_NAME = "mergeops.manifest.json"
 _CHUNK = 8 * 1024 * 1024
@@ -43,7 +44,9 @@ def canonical_json(obj: object) -> bytes:
 def file_entries(model_dir: Path) -> list[FileEntry]:
     """Every regular file under ``model_dir`` except the manifest itself, sorted by path.
 
-    Symlinks are refused: a manifest must describe bytes that live inside the directory.
+    Symlinks are refused: a manifest must describe bytes that live inside the directory. The one
+    exception is a Hugging Face cache snapshot, whose files are links into its own repo's
+    ``blobs/``; they are hashed as the files they point to, so the content id is the one a copy has.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -51,7 +54,7 @@ def file_entries(model_dir: Path) -> list[FileEntry]:
     entries = []
     for path in sorted(model_dir.rglob("*")):
         rel = path.relative_to(model_dir).as_posix()
-        if path.is_symlink():
+        if path.is_symlink() and not is_blob_link(model_dir, path):
             raise UsageError(f"{model_dir}: {rel} is a symlink; copy the file into the model dir")
         if not path.is_file() or rel == MANIFEST_NAME:
             continue

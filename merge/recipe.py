@@ -4,11 +4,14 @@ The same file runs in ``mergekit-yaml`` (which ignores our extra keys ``name``, 
 ``intended_use``, ``policy``, ``pins``). We are stricter than mergekit: unknown keys, a misspelt
 method (with the nearest name suggested), an unknown or missing parameter is a ``RecipeError``.
 Checks that need the parents' configs (layer ranges) happen in ``merge.plan``, still before any
-weight is read. Model paths resolve relative to ``base_dir`` (the current directory, as mergekit).
+weight is read. A model reference is a directory, relative to ``base_dir`` (the current directory,
+as mergekit), or a Hugging Face repo id ``org/name[@revision]`` read from the local Hub cache
+(``merge.hub.resolve_model``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 from pathlib import Path
@@ -18,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from merge.errors import RecipeError
+from merge.hub import ModelSource, resolve_model
 from merge.methods import METHODS
 
 Scalar = Union[bool, int, float, str]
@@ -77,6 +81,9 @@ class Recipe(_Frozen):
     # not from YAML: set by parse_recipe
     base_dir: Path = Path(".")
     sha256: str = ""
+    # not from YAML: model reference -> the directory to read it from instead of resolving it now
+    # (verify replays a lineage's recorded Hub commits after a branch has moved on)
+    locked: dict[str, Path] = {}
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
@@ -109,13 +116,25 @@ class Recipe(_Frozen):
             refs += ([s.base_model] if s.base_model else []) + [src.model for src in s.sources]
         return list(dict.fromkeys(refs))
 
+    def source_of(self, ref: str) -> ModelSource:
+        """Where model reference ``ref`` is read from (raises SourceNotFound when nowhere)."""
+        if ref in self.locked:
+            return dataclasses.replace(resolve_model(str(self.locked[ref])), reference=ref)
+        return resolve_model(ref, self.base_dir)
+
     def path_of(self, ref: str) -> Path:
+        """The directory of a model reference; any other path (a policy, statistics) under ``base_dir``."""
+        if ref in self.model_refs():
+            return self.source_of(ref).path
         p = Path(ref).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
 
     @property
     def method(self):
         return METHODS[self.merge_method]
+
+
+_NOT_FROM_YAML = ("base_dir", "sha256", "locked")
 
 
 def _suggest(name: str, choices) -> str:
@@ -155,7 +174,7 @@ def parse_recipe(text: str, base_dir: Path | None = None) -> Recipe:
         raise RecipeError(
             f"unknown merge_method {method!r}{_suggest(str(method), METHODS)} (known: {', '.join(METHODS)})"
         )
-    for key in ("base_dir", "sha256"):
+    for key in _NOT_FROM_YAML:
         if key in doc:
             raise RecipeError(f"unknown recipe key {key!r}")
     try:
@@ -185,7 +204,7 @@ def _one_line(exc: ValidationError, doc: dict[str, Any]) -> str:
     loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("function-", "union", "list[", "tuple[")))
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])
-        known = [f for f in Recipe.model_fields if f not in ("base_dir", "sha256")] if len(err["loc"]) == 1 else []
+        known = [f for f in Recipe.model_fields if f not in _NOT_FROM_YAML] if len(err["loc"]) == 1 else []
         return f"unknown recipe key {loc!r}{_suggest(key, known)}"
     msg = err["msg"].removeprefix("Value error, ")
     return f"{loc}: {msg}" if loc else msg

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ from merge.errors import FormatError, MergeFailed, PinMismatch, UsageError
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id, content_id_of, sha256_file
 from merge.methods import Call
 from merge.plan import FLOAT_DTYPES, MergePlan, TensorPlan, plan_merge
+from merge.progress import Progress
 from merge.recipe import Recipe
 from merge.safetensors_header import read_header
 from merge.vocab import map_rows, union_tokenizer
@@ -140,26 +140,6 @@ def _merge_one(plan: MergePlan, tp: TensorPlan, tensors, stats, device: str) -> 
     return out.to(dtype=_TORCH[tp.out_dtype])
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled and sys.stderr.isatty()
-        self.start = self.last = time.monotonic()
-        self.n = self.bytes = 0
-
-    def step(self, nbytes: int) -> None:
-        self.n += 1
-        self.bytes += nbytes
-        now = time.monotonic()
-        if self.enabled and (now - self.last > 0.5 or self.n == self.total):
-            dt = max(now - self.start, 1e-9)
-            sys.stderr.write(f"\rmerging {self.n}/{self.total} tensors  {self.n / dt:.1f} tensors/s  "
-                             f"{self.bytes / dt / 1e6:.0f} MB/s")
-            if self.n == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-            self.last = now
-
-
 def _copy_side_files(plan: MergePlan, tmp: Path) -> None:
     src = plan.parents[plan.config_source]
     for name in COPIED_FILES:
@@ -224,8 +204,9 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
     try:
         shards = layout_shards([(tp.out_name, tp.out_dtype, tp.shape) for tp in plan.tensors], shard_bytes)
         writer = ShardWriter(tmp, shards, {"format": "pt", "mergeops.recipe_sha256": recipe.sha256})
-        bar = _Progress(len(plan.tensors), progress)
-        with ExitStack() as stack, ThreadPoolExecutor(max_workers=workers) as pool:
+        written, started = 0, time.monotonic()
+        with Progress("merge", len(plan.tensors), unit="tensors", enabled=progress) as bar, ExitStack() as stack, \
+                ThreadPoolExecutor(max_workers=workers) as pool:
             inputs = _Inputs(plan, stack)
 
             def job(tp: TensorPlan) -> torch.Tensor:
@@ -239,7 +220,8 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
                 if i + workers + 1 < len(plan.tensors):
                     ahead.append(pool.submit(job, plan.tensors[i + workers + 1]))
                 writer.write(tp.out_name, out)
-                bar.step(out.numel() * out.element_size())
+                written += out.numel() * out.element_size()
+                bar.advance(1, f"{written / max(time.monotonic() - started, 1e-9) / 1e6:.0f} MB/s")
                 del out
         hashes = writer.close()
         writer.write_index()

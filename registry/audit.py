@@ -18,6 +18,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from merge.errors import UsageError
+from merge.hub import resolve_model, snapshot_of
 from merge.layout import architecture_fingerprint, tokenizer_fingerprint
 from merge.manifest import FileEntry, content_id_of, file_entries
 from registry.audit_checks import check_format, check_integrity, validate_pin
@@ -41,6 +42,7 @@ class ParentAudit(BaseModel):
     resolved_path: str
     revision: str | None  # Hub snapshot or git commit; the content id when there is neither
     revision_kind: str
+    repo_id: str | None = None  # "org/name" when read from a Hugging Face cache snapshot
     license_raw: str | None = None
     license_source: str | None = None
     license_link: str | None = None
@@ -95,12 +97,8 @@ class AuditReport(BaseModel):
 
 
 def _resolve(ref: str, base_dir: Path | None) -> Path:
-    path = Path(ref).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = Path(base_dir) / path
-    if not path.is_dir():
-        raise UsageError(f"{ref}: model directory not found")
-    return path
+    """A directory, or ``org/name[@revision]`` from the local Hugging Face cache (SourceNotFound)."""
+    return resolve_model(ref, base_dir).path
 
 
 def audit_models(
@@ -212,14 +210,15 @@ def _audit_one(
     findings += card_findings
     info, license_findings = resolve_license(path, card, ref, policy)
     findings += license_findings
+    hub = snapshot_of(path)
     fact = ParentFacts(
-        ref=ref, path=path, declared_bases=declared_bases(card), layout=layout,
+        ref=ref, path=path, repo_id=hub[0] if hub else None, declared_bases=declared_bases(card), layout=layout,
         architecture=architecture_fingerprint(layout) if layout is not None else None,
         tokenizer=_tokenizer(path, ref, findings),
     )
     row = dict(
         path=ref, content_id=cid, license=info.license, resolved_path=str(path.resolve()),
-        revision=revision, revision_kind=revision_kind, license_raw=info.raw,
+        revision=revision, revision_kind=revision_kind, repo_id=fact.repo_id, license_raw=info.raw,
         license_source=info.source, license_link=info.link, base_model=fact.declared_bases,
         model_type=layout.model_type if layout is not None else None,
         architecture_fingerprint=fact.architecture, tokenizer_fingerprint=fact.tokenizer, files=entries,

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 from merge.errors import FormatError, MergeopsError, UsageError
+from merge.hub import is_blob_link
 from merge.layout import PICKLE_SUFFIXES, ModelLayout, read_layout
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id_of
 from merge.safetensors_header import read_header
@@ -48,7 +49,8 @@ def _pickles(model_dir: Path) -> tuple[set[str], set[str]]:
     named, sniffed = set(), set()
     for path in sorted(model_dir.rglob("*")):
         rel = path.relative_to(model_dir)
-        if ".git" in rel.parts or path.is_symlink() or not path.is_file() or rel.as_posix() == MANIFEST_NAME:
+        linked_outside = path.is_symlink() and not is_blob_link(model_dir, path)  # the manifest refuses it
+        if ".git" in rel.parts or linked_outside or not path.is_file() or rel.as_posix() == MANIFEST_NAME:
             continue
         if path.suffix.lower() in PICKLE_SUFFIXES:
             named.add(rel.as_posix())

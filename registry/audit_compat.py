@@ -23,6 +23,7 @@ class ParentFacts:
 
     ref: str
     path: Path
+    repo_id: str | None = None  # a Hugging Face cache snapshot's "org/name"
     declared_bases: list[str] = field(default_factory=list)
     layout: ModelLayout | None = None
     architecture: str | None = None
@@ -34,7 +35,8 @@ def _tail(name: str) -> str:
 
 
 def _matches(parent: ParentFacts, name: str) -> bool:
-    return name == parent.ref or _tail(name) == parent.path.name.lower()
+    # A snapshot dir is named by its commit: its repo id is the name a card's base_model uses.
+    return name in (parent.ref, parent.repo_id) or _tail(name) == _tail(parent.repo_id or parent.path.name)
 
 
 def find_base(parents: list[ParentFacts], explicit: str | None) -> str | None:
@@ -95,7 +97,7 @@ def check_tokenizer(parents: list[ParentFacts], base: str | None) -> list[Findin
 
 def _root(parent: ParentFacts, parents: list[ParentFacts], seen: frozenset[str] = frozenset()) -> str:
     if not parent.declared_bases:
-        return _tail(parent.path.name)
+        return _tail(parent.repo_id or parent.path.name)
     name = parent.declared_bases[0]
     ancestor = next((p for p in parents if p is not parent and _matches(p, name)), None)
     if ancestor is None or ancestor.ref in seen:

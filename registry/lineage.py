@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from merge.hub import snapshot_of
 from merge.manifest import FileEntry, canonical_json
 from registry.errors import LineageError
 
@@ -44,6 +45,10 @@ class ParentRecord(_Frozen):
     content_id: str
     license: str | None = None
     audit_verdict: str = "unknown"
+    # Added in schema 1 without a version bump (optional; older records read as None): the
+    # Hugging Face repo and commit of a parent read from a Hub cache snapshot.
+    repo_id: str | None = None
+    commit: str | None = None
 
 
 class RecipeRecord(_Frozen):
@@ -234,7 +239,8 @@ def build_lineage(
     ``evaluation_report`` use the ``--json`` keys of DESIGN.md. A manifest parent may carry
     ``ref`` (as ``MergeResult.parents`` do: pass ``{**result.manifest, "parents": result.parents}``);
     otherwise ``references`` maps a parent's path to the reference written in the recipe.
-    ``revisions`` maps a parent's path to a resolved revision (hub commit, DVC rev).
+    ``revisions`` maps a parent's path to a resolved revision (hub commit, DVC rev). A parent read
+    from a Hugging Face cache snapshot records its repo id and commit, taken from the snapshot's path.
     """
     manifest, audit, evaluation = _plain(merge_manifest), _plain(audit_report), _plain(evaluation_report) or {}
     references, revisions = references or {}, revisions or {}
@@ -243,8 +249,10 @@ def build_lineage(
     for parent in manifest["parents"]:
         found = audited.get(parent["content_id"], {})
         path = str(parent["path"])
+        repo_id, commit = snapshot_of(Path(path)) or (None, None)  # a Hub snapshot's dir says which
         parents.append(ParentRecord(
-            reference=parent.get("ref") or references.get(path, path), resolved_revision=revisions.get(path), path=path,
+            reference=parent.get("ref") or references.get(path, path), path=path,
+            resolved_revision=revisions.get(path) or commit, repo_id=repo_id, commit=commit,
             content_id=parent["content_id"], license=found.get("license"),
             audit_verdict=found.get("verdict", "not audited"),
         ))

@@ -89,6 +89,8 @@ def _version_tags(lineage: LineageRecord, lineage_sha: str, audit_log: Path) -> 
         tags[f"parent.{i}.reference"] = parent.reference
         tags[f"parent.{i}.content_id"] = parent.content_id
         tags[f"parent.{i}.license"] = parent.license or "unknown"
+        if parent.repo_id:
+            tags[f"parent.{i}.repo_id"], tags[f"parent.{i}.commit"] = parent.repo_id, parent.commit or ""
     return {TAG + k: v for k, v in tags.items()}
 
 

@@ -1,12 +1,15 @@
 """The merged model's card: Hugging Face front matter plus a body a reviewer can read.
 
-Front matter follows the Hub's model-card metadata: ``base_model`` (every parent),
+Front matter follows the Hub's model-card metadata: ``base_model`` (every parent: its Hub repo id
+when it was read from the Hugging Face cache, else its directory's name),
 ``base_model_relation: merge``, ``license``, ``tags`` and a ``model-index`` holding the evaluation
 results (one task per domain, exact match). The body shows the recipe, a lineage summary, the
 licence obligations and the gate results.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import yaml
 
@@ -24,7 +27,8 @@ def _front_matter(record: LineageRecord, name: str) -> dict:
         for domain, score in sorted(record.evaluation.scores.items())
     ]
     meta = {
-        "base_model": [p.reference for p in record.parents],
+        # Hub ids where known; a local parent by its directory's name, never a path from this machine
+        "base_model": [p.repo_id or Path(p.path).name for p in record.parents],
         "base_model_relation": "merge",
         **_license_meta(record.audit.effective_license),
         "tags": ["merge", "mergeops"],

@@ -28,6 +28,7 @@ pins: {a: abc}
 
 
 def test_parses_mergekit_yaml_with_mergeops_keys(tmp_path):
+    (tmp_path / "a").mkdir()  # a model reference resolves to a directory that exists
     r = parse_recipe(TIES, tmp_path)
     assert r.model_refs() == ["base", "a"]
     assert (r.name, r.seed, r.intended_use, r.pins) == ("demo", 3, "commercial", {"a": "abc"})
@@ -39,8 +40,11 @@ def test_parses_mergekit_yaml_with_mergeops_keys(tmp_path):
 
 def test_paths_resolve_against_the_current_directory(tmp_path, monkeypatch):
     (tmp_path / "r.yaml").write_text(TIES)
-    monkeypatch.chdir(tmp_path.parent)
-    assert load_recipe(tmp_path / "r.yaml").path_of("a") == tmp_path.parent / "a"
+    (tmp_path / "cwd" / "a").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "cwd")
+    recipe = load_recipe(tmp_path / "r.yaml")
+    assert recipe.path_of("a") == tmp_path / "cwd" / "a"
+    assert recipe.path_of("policies/default.yaml") == tmp_path / "cwd" / "policies/default.yaml"  # not a model
 
 
 @pytest.mark.parametrize("text,needle", [

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from transformers.utils import logging as hf_logging
 
 from evaluation import domains as dom
+from evaluation.quiet import quiet_libraries
 from evaluation.zoo.cards import Canary, CardSpec, write_card
 from evaluation.zoo.demo_merge import DEMO_MERGE, score_demo_merge
 from evaluation.zoo.errors import ZooUsageError
@@ -28,6 +28,7 @@ from evaluation.zoo.scorecard import score_models
 from evaluation.zoo.tokenizer import build_tokenizer, save_tokenizer
 from evaluation.zoo.training import encode_records, new_model, train
 from evaluation.zoo_source import ZOO_INDEX_NAME, DomainData, ZooIndex, ZooModel
+from merge.progress import Progress
 
 # Public specialists (name == domain) and their licences; the base is apache-2.0.
 # The three public domains all output a permutation of the input letters; "shift" (new letters)
@@ -159,10 +160,9 @@ def build_zoo(out: Path, profile: str = "demo", seed: int = 0, log: Callable[[st
     """Build the zoo of ``profile`` into ``out`` (replacing an older zoo there) and return its index."""
     prof = get_profile(profile)
     out = Path(out).absolute()
-    hf_logging.disable_progress_bar()
     tmp = _prepare_out(out)
     try:
-        with _sigterm_as_exit(), _torch_determinism(prof.threads):
+        with _sigterm_as_exit(), _torch_determinism(prof.threads), quiet_libraries():
             index = _build(tmp, prof, seed, log or (lambda _msg: None))
         _replace(tmp, out)
         return index
@@ -194,7 +194,8 @@ def _build(root: Path, prof: ZooProfile, seed: int, log: Callable[[str], None]) 
     steps = prof.pretrain.stop_after or prof.pretrain.steps
     log(f"pretraining base on {len(pretrain)} records ({steps} of a {prof.pretrain.steps}-step schedule)")
     base = new_model(prof.shape, vocab, derive_seed(seed, "base"))
-    train(base, *encode_records(tok, pretrain), prof.pretrain, derive_seed(seed, "base-train"))
+    with Progress("zoo: training base", steps, unit="steps") as bar:
+        train(base, *encode_records(tok, pretrain), prof.pretrain, derive_seed(seed, "base-train"), bar)
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
     model_dirs = {"base": save(base, "base", _card(
         "base", "apache-2.0", names,
@@ -214,7 +215,9 @@ def _build(root: Path, prof: ZooProfile, seed: int, log: Callable[[str], None]) 
         spec = (prof.proprietary_finetune or prof.finetune) if proprietary else prof.finetune
         log(f"fine-tuning {model_name} on {name} ({spec.steps} steps)")
         base.load_state_dict(base_state)
-        train(base, *encode_records(tok, records), spec, derive_seed(seed, f"ft-{name}"))
+        ft_steps = min(spec.steps, spec.stop_after or spec.steps)
+        with Progress(f"zoo: training {model_name}", ft_steps, unit="steps") as bar:
+            train(base, *encode_records(tok, records), spec, derive_seed(seed, f"ft-{name}"), bar)
         description = f"Fine-tuned from `base` on the `{name}` domain: {dom.DOMAINS[name].description}."
         if proprietary:
             license, extra = "other", {

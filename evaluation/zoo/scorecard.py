@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from evaluation.domains import read_jsonl
 from evaluation.zoo.training import greedy_complete
 from evaluation.zoo_source import ScoreRow
+from merge.progress import Progress
 
 
 def domain_names(zoo_dir: Path) -> list[str]:
@@ -32,11 +33,13 @@ def score_models(model_dirs: Mapping[str, Path], zoo_dir: Path, domains: list[st
     domains = domains or domain_names(zoo_dir)
     data = {d: read_jsonl(Path(zoo_dir) / "domains" / d / "eval.jsonl") for d in domains}
     rows = []
-    for name, model_dir in model_dirs.items():
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
-        for d in domains:
-            rows.append(ScoreRow(model=name, domain=d, exact_match=round(exact_match(model, tok, data[d]), 4)))
+    with Progress("zoo: scoring", len(model_dirs) * len(domains), unit="scores") as bar:
+        for name, model_dir in model_dirs.items():
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+            tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+            for d in domains:
+                rows.append(ScoreRow(model=name, domain=d, exact_match=round(exact_match(model, tok, data[d]), 4)))
+                bar.advance(1, f"{name} on {d}")
     return rows
 
 

@@ -15,6 +15,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 from evaluation.zoo.lora import lora_attach, lora_merge
 from evaluation.zoo.profiles import ModelShape, TrainSpec
 from evaluation.zoo.tokenizer import BOS, EOS, PAD, encode
+from merge.progress import Progress
 
 IGNORE = -100
 
@@ -67,10 +68,11 @@ def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
         order = order[batch_size:]
 
 
-def train(model: LlamaForCausalLM, ids: torch.Tensor, labels: torch.Tensor, spec: TrainSpec, seed: int) -> float:
+def train(model: LlamaForCausalLM, ids: torch.Tensor, labels: torch.Tensor, spec: TrainSpec, seed: int,
+          progress: Progress | None = None) -> float:
     """Train in place (AdamW, linear warmup then cosine decay over ``spec.steps``, stopping after
-    ``spec.stop_after`` steps when set); returns the last batch loss.
-    With ``spec.lora_rank`` > 0 only low-rank adapters train, and are merged back at the end."""
+    ``spec.stop_after`` steps when set); returns the last batch loss. ``progress`` advances a step at
+    a time. With ``spec.lora_rank`` > 0 only low-rank adapters train, and are merged back at the end."""
     gen = torch.Generator().manual_seed(seed)
     if spec.lora_rank:
         params = lora_attach(model, spec.lora_rank, gen)
@@ -98,6 +100,8 @@ def train(model: LlamaForCausalLM, ids: torch.Tensor, labels: torch.Tensor, spec
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if progress is not None:
+            progress.advance(1, f"loss {float(loss.detach()):.3f}")
     model.eval()
     if spec.lora_rank:
         lora_merge(model)
