@@ -38,6 +38,9 @@ _QUIET_ENV = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
 }
 _FLOWS_DIR = str(Path(__file__).resolve().parent)
+# `log.warning(..., extra=UI_ONLY)`: for the Prefect UI's run log, not the console, where the CLI
+# prints the same fact itself (as its one `error:` line).
+UI_ONLY = {"mergeops_console": False}
 
 
 def quiet_environment() -> None:
@@ -50,7 +53,7 @@ class _ConsoleFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, MergeopsError):
+        if isinstance(exc, MergeopsError) or getattr(record, "mergeops_console", True) is False:
             return False  # the CLI prints it once, as `error: ...`
         if record.levelno >= logging.WARNING:
             return not _repeats_refusal(record)

@@ -24,6 +24,7 @@ from prefect import flow, get_run_logger
 
 from flows.config import CONFIG_NAME, WatchEntry, load_config
 from flows.errors import WatchConfigError
+from flows.runtime import UI_ONLY
 from flows.pipeline import merge_pipeline, model_name, parent_dirs
 from flows.settings import get_settings
 from flows.versions import baseline, find_same, parent_ids
@@ -121,7 +122,7 @@ def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None,
             else:
                 error = state.result(raise_on_failure=False)
                 message = str(error) if isinstance(error, MergeopsError) else state.message
-                log.warning("%s: re-merge stopped: %s", decision["name"], message)
+                log.warning("%s: re-merge stopped: %s", decision["name"], message, extra=UI_ONLY)
                 outcomes.append({**decision, "status": "failed", "message": message})
     return outcomes
 

@@ -60,6 +60,12 @@ def test_own_models_run_to_an_approved_champion_and_replay(project) -> None:
     assert not list(proj.root.rglob("zoo.json"))
     name = yaml.safe_load(proj.recipe.read_text())["name"]
 
+    bad = mergeops("run", str(proj.recipe), "--suite", "missing.yaml")  # read before anything is merged
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [line for line in bad.stderr.strip().splitlines()
+                                               if line.startswith("error:")] and "missing.yaml" in bad.stderr
+    assert not (proj.root / ".mergeops" / "mlflow.db").exists()
+
     run = mergeops("run", str(proj.recipe), "--requested-by", "alice")
     assert run.returncode == 0, run.stderr
     _clean(run)
@@ -129,6 +135,7 @@ def test_a_parent_update_makes_exactly_one_candidate_and_a_stopped_remerge_exits
     stopped = mergeops("watch", "--once")
     assert stopped.returncode == 1
     errors = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "re-merge stopped" in errors[0] and "domain_minimum" in errors[0], stopped.stderr
+    assert len(errors) == 1 and "re-merge stopped" in errors[0] and "< minimum 1.01" in errors[0], stopped.stderr
+    assert stopped.stderr.count("re-merge stopped") == 1, stopped.stderr  # said once, not again by Prefect
     _clean(stopped)
     assert [v.version for v in reg.list_versions(uri, name)] == ["1", "2"]
