@@ -18,16 +18,18 @@ def merge(recipe: Path, out: Path, device: str) -> None:
     The whole recipe and every parent's headers are checked before any weight is read; the output
     is written to a temp dir and renamed into place with mergeops.manifest.json (content id).
     A parent is a directory or a Hugging Face repo id, ORG/NAME[@REVISION], read offline from the
-    local Hugging Face cache (HF_HUB_CACHE or HF_HOME).
+    local Hugging Face cache (HF_HUB_CACHE or HF_HOME). Relative directories start at the project
+    root (the folder of mergeops.yaml), else at the working directory.
 
     \b
     Example:
       mergeops merge recipes/demo.yaml --out /tmp/merged
     """
+    from flows.settings import get_settings
     from merge.recipe import load_recipe
     from merge.run import run_merge
 
-    result = run_merge(load_recipe(recipe), out, device=device)
+    result = run_merge(load_recipe(recipe, get_settings().recipe_base_dir), out, device=device)
     click.echo(f"merged {out}  content_id {result.content_id}")
 
 

@@ -78,7 +78,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     settings = get_settings()
     requested_by = requested_by or getpass.getuser()
     path = Path(recipe_path).resolve()
-    recipe = load_recipe(path)
+    recipe = load_recipe(path, settings.recipe_base_dir)
     name = model_name(recipe, path)
     parents = parent_dirs(recipe)
     if policy_path is None:

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     def audit_log_path(self) -> Path:
         return self.home_dir / "audit-log.jsonl"
 
+    @property
+    def recipe_base_dir(self) -> Path | None:
+        """Where a recipe's relative model paths start: the project root (the folder of mergeops.yaml),
+        so every command reads the same parents from any subfolder; without a config, the working
+        directory (as mergekit reads them)."""
+        return self.config_file.parent if self.config_file else None
+
     def require_store(self) -> "Settings":
         """Commands that read the registry need one: reading must never create an empty store."""
         uri = self.tracking_uri

@@ -63,7 +63,7 @@ def plan(recipe_path: str, tracking_uri: str) -> dict:
     from merge.recipe import load_recipe
 
     path = Path(recipe_path)
-    recipe = load_recipe(path)
+    recipe = load_recipe(path, get_settings().recipe_base_dir)
     name = model_name(recipe, path)
     current = {d: content_id(Path(d)) for d in parent_dirs(recipe)}
     base = baseline(tracking_uri, name)

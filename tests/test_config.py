@@ -33,6 +33,7 @@ def test_the_config_is_found_upward_and_its_paths_resolve_against_its_folder(tmp
     assert s.tracking_uri == f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}"
     assert (s.suite, s.policy, s.zoo) == (str(tmp_path / "suites/acme.yaml"), str(tmp_path / "p.yaml"),
                                           str(tmp_path / "data/zoo"))
+    assert s.recipe_base_dir == tmp_path  # a recipe's relative model paths start at the project root
 
 
 def test_without_home_the_store_sits_beside_the_config_and_shipped_suite_names_stay_names(

@@ -35,6 +35,8 @@ def _nudge(model_dir: Path) -> None:
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("acme")
     proj = build_user_project(root / "project")
+    # Relative paths in the recipe start at the project root, whichever subfolder a command runs in.
+    proj.recipe.write_text(proj.recipe.read_text().replace(f"{proj.root}/", ""))
     (proj.root / "mergeops.yaml").write_text(
         "home: .mergeops\nsuite: suite.yaml\npolicy: policy.yaml\nwatch:\n  - recipe: recipe.yaml\n")
     env = {k: v for k, v in os.environ.items()
