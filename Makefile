@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench bench-pipeline clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# The pipeline's own cost beyond merging and evaluating (see benchmarks/pipeline_overhead.py).
+bench-pipeline: $(STAMP)
+	$(BIN)/python benchmarks/pipeline_overhead.py
 
 clean:
 	rm -rf .mergeops data bench-out

@@ -135,7 +135,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
                   f"reports/{merged.content_id}/audit.json": str(audit_json)}
         md5s, revision = tasks.version_artifacts(str(settings.home_dir / "store"), settings.dvc_remote_url,
                                                  items, f"{name}: {merged.content_id[:12]} by {requested_by}")
-        for stage_outs in lock_md5s(Path.cwd()).values():
+        for stage_outs in lock_md5s(settings.recipe_base_dir or Path.cwd()).values():
             md5s = {**stage_outs, **md5s}
         lineage = build_lineage(
             name=name, recipe_text=path.read_text(), recipe_sha256=recipe.sha256, recipe_base_dir=recipe.base_dir,
