@@ -59,6 +59,9 @@ def render_tree(record: LineageRecord, *, title: str, aliases: tuple[str, ...] =
         f"mergeops {code.mergeops or 'unknown'}" + (f"\n  {pkgs}" if pkgs else ""),
         f"dvc  rev {record.dvc.revision or 'none'}"
         + "".join(f"\n  {path}  md5 {md5}" for path, md5 in sorted(record.dvc.md5s.items())),
+        _section("judged by", [f"{kind}  {j.name}  sha256 {j.sha256[:_ID]}  ({j.source})"
+                               for kind, j in (("suite", record.suite), ("policy", record.policy)) if j]
+                 or ["suite and policy not recorded"]),
         _section(f"evaluation  digest {(record.evaluation.digest or 'none')[:_ID]}", evaluation),
         _section(f"leakage  {record.leakage_verdict if leakage else 'none recorded'}", leakage),
         _section(f"gates  {record.gate_verdict if gates else 'none recorded'}", gates),

@@ -34,10 +34,12 @@ def mirror(model_dir: Path, cache: Path, repo_id: str, commit: str, refs: tuple[
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
     (repo / "blobs").mkdir(exist_ok=True)
-    for src in sorted(model_dir.iterdir()):
+    for src in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        rel = src.relative_to(model_dir)
         blob = hashlib.sha256(src.read_bytes()).hexdigest()
         shutil.copyfile(src, repo / "blobs" / blob)
-        (snapshot / src.name).symlink_to(Path("..", "..", "blobs", blob))
+        (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / rel).symlink_to(Path(*[".."] * (len(rel.parts) + 1), "blobs", blob))
     for ref in refs:
         (repo / "refs").mkdir(exist_ok=True)
         (repo / "refs" / ref).write_text(commit)

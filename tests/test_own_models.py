@@ -1,5 +1,6 @@
 """A user's own models, suite and settings through the whole governed pipeline, as a user runs it:
-the `mergeops` command in a project folder with a mergeops.yaml and no zoo anywhere.
+the `mergeops` command in a project folder with a mergeops.yaml and no zoo anywhere, the base
+model named by repo id from a local Hugging Face cache.
 
 run → candidate; approve by another user → promote → lineage → verify → log verify; a parent is
 updated and `watch --once` (settings from mergeops.yaml) makes exactly one new candidate; a second
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_hub_refs import mirror
 from user_models import build_user_project
 
 from registry import mlflow_registry as reg
 
 REPO = Path(__file__).resolve().parents[1]
+BASE_REPO, BASE_COMMIT = "acme/qwen-base", "5eed" * 10
 
 
 def _nudge(model_dir: Path) -> None:
@@ -35,13 +38,16 @@ def _nudge(model_dir: Path) -> None:
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("acme")
     proj = build_user_project(root / "project")
-    # Relative paths in the recipe start at the project root, whichever subfolder a command runs in.
-    proj.recipe.write_text(proj.recipe.read_text().replace(f"{proj.root}/", ""))
+    # The base comes from the local Hugging Face cache, by repo id; the fine-tunes by relative path,
+    # which starts at the project root whichever subfolder a command runs in.
+    mirror(proj.base, root / "hf-cache", BASE_REPO, BASE_COMMIT)
+    proj.recipe.write_text(proj.recipe.read_text().replace(f"{proj.base}", f"{BASE_REPO}@main")
+                           .replace(f"{proj.root}/", ""))
     (proj.root / "mergeops.yaml").write_text(
         "home: .mergeops\nsuite: suite.yaml\npolicy: policy.yaml\nwatch:\n  - recipe: recipe.yaml\n")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MERGEOPS_", "MLFLOW_", "PREFECT_API_URL"))}
-    env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(root / "prefect")}
+    env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(root / "prefect"), "HF_HUB_CACHE": str(root / "hf-cache")}
 
     def mergeops(*args: str, cwd: Path = proj.root / "models") -> subprocess.CompletedProcess:
         # from a subfolder: the config is found upward, as git finds .git
@@ -87,9 +93,12 @@ def test_own_models_run_to_an_approved_champion_and_replay(project) -> None:
     assert record["suite"]["source"] == str(proj.suite) and record["policy"]["source"] == str(proj.policy)
     assert sorted(record["evaluation"]["scores"]) == sorted(proj.eval_data)
     assert [f["path"] for f in record["release_files"]] == ["README.md", "LICENSE", "NOTICE"]
+    (base,) = [p for p in record["parents"] if p.get("repo_id")]
+    assert (base["reference"], base["repo_id"], base["commit"]) == (f"{BASE_REPO}@main", BASE_REPO, BASE_COMMIT)
 
     tree = mergeops("lineage", name)
     assert tree.returncode == 0 and "qwen-capitals" in tree.stdout
+    assert f"policy  policy.yaml  sha256 {record['policy']['sha256'][:16]}" in tree.stdout
 
     verified = mergeops("verify", f"{name}@1")
     assert verified.returncode == 0, verified.stderr
@@ -110,7 +119,7 @@ def test_own_models_run_to_an_approved_champion_and_replay(project) -> None:
     card = reg.download(uri, info, "model", proj.root / "downloaded")
     front = yaml.safe_load((card / "README.md").read_text().split("---")[1])
     assert front["license"] == "apache-2.0" and front["base_model_relation"] == "merge"
-    assert not any(str(proj.root) in b for b in front["base_model"])  # no local paths on a card
+    assert front["base_model"] == [BASE_REPO, "qwen-capitals", "qwen-plurals"]  # no local paths on a card
     assert "Effective licence: apache-2.0" in (card / "LICENSE").read_text()
 
 
