@@ -34,7 +34,7 @@ def await_approval(name: str, version: str, requested_by: str, *, timeout_s: int
 
     log = get_run_logger()
     settings = get_settings()
-    if not settings.prefect_api_url:
+    if not settings.prefect_server:
         log.info("%s v%s awaits approval: mergeops approve %s %s --reviewer WHO", name, version, name, version)
         return "awaiting_approval"
     while True:  # each pause gets a fresh key: a refused answer must not be replayed

@@ -22,17 +22,18 @@ def _print_result(result: dict) -> None:
 
 
 def _prefect_ready():
-    """Quiet Prefect's console, start its local API in the background while the heavy libraries
-    import, and return once both are ready (the flows import nothing slow after this)."""
-    from flows.runtime import PrefectStart, quiet_prefect_console
+    """Start Prefect's local API (unless PREFECT_API_URL names a server) before Prefect is imported,
+    quiet its console, import the heavy libraries while the server boots, and return once both are
+    ready (the flows import nothing slow after this)."""
+    from flows.runtime import LocalPrefectApi, quiet_prefect_console
 
+    api = LocalPrefectApi().begin()
     quiet_prefect_console()
-    start = PrefectStart().begin()
     import mlflow  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
-    start.wait()
+    api.wait()
 
 
 def suite_option(fn):

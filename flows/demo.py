@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
         return 2
     before, after = update_parent(Path(argv[1]))
     print(f"{argv[1]}: content id {before[:12]} -> {after[:12]}")
-    if get_settings().prefect_api_url:  # a served `mergeops watch` reacts to the event
+    if get_settings().prefect_server:  # a served `mergeops watch` reacts to the event
         from flows.watch import emit_parent_updated
 
         emit_parent_updated(Path(argv[1]))

@@ -8,17 +8,23 @@
   The console drops those copies and Prefect's engine chatter ("Created task run", "Finished in
   state Completed()"); what mergeops itself logs from flows/ and every warning stay. The API
   handler is untouched: a Prefect server's UI still shows every log line and state.
-* ``start_ephemeral_prefect``: without ``PREFECT_API_URL`` Prefect starts a local API server in a
-  subprocess, which takes seconds on a busy machine. It starts in a background thread while the
-  command imports torch, transformers and MLflow, and its start-up timeout is raised from
-  Prefect's 20 s, which a loaded 2-core machine exceeds.
+* ``LocalPrefectApi``: without ``PREFECT_API_URL`` a flow needs Prefect's local API server, a
+  subprocess that takes seconds to boot. It starts first thing, while the command imports torch,
+  transformers and MLflow, and may take up to 300 s (Prefect's own 20 s start-up timeout fails on
+  a loaded 2-core machine).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
-import threading
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 from merge.errors import MergeopsError
@@ -81,39 +87,94 @@ def quiet_prefect_console() -> None:
             handler.addFilter(_ConsoleFilter())
 
 
-class PrefectStart:
-    """Start Prefect's ephemeral API server in the background; ``wait()`` before the first flow."""
+def _api_url_in_prefect_files() -> bool:
+    """Whether a Prefect settings file may name an API URL (a profile, prefect.toml, pyproject.toml,
+    .env). Prefect reads them only once imported; in any doubt the command leaves the choice to it."""
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    candidates = [(Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")), "PREFECT_API_URL"),
+                  (Path("prefect.toml"), ""), (Path(".env"), "PREFECT_API_URL"), (Path("pyproject.toml"), "tool.prefect")]
+    for path, needle in candidates:
+        try:
+            if path.is_file() and needle in path.read_text(encoding="utf-8", errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+class LocalPrefectApi:
+    """Prefect's local API server for a command run without ``PREFECT_API_URL``, started at once.
+
+    Prefect would start the same server (``uvicorn prefect.server.api.server:create_app`` with its
+    ephemeral settings) when the first flow runs, after importing the server app into this process
+    too; started here, the subprocess boots on the second core while this one imports torch,
+    transformers and MLflow. ``PREFECT_API_URL`` then points at it, and ``MERGEOPS_PREFECT_LOCAL``
+    says it is this command's own: nobody can answer an approval pause there, so runs do not wait
+    for one (flows/approval.py). The server stops when the command exits.
+    """
+
+    ENV = "MERGEOPS_PREFECT_LOCAL"
 
     def __init__(self) -> None:
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen | None = None
+        self._port = 0
+        self._stderr = tempfile.TemporaryFile()  # a file, not a pipe: a long-lived server never blocks on it
 
-    def begin(self) -> "PrefectStart":
-        from flows.settings import get_settings
-
-        if get_settings().prefect_api_url:
-            return self  # a real server: nothing to start
-        self._thread = threading.Thread(target=self._start, name="prefect-ephemeral-start", daemon=True)
-        self._thread.start()
+    def begin(self) -> "LocalPrefectApi":
+        if os.environ.get("PREFECT_API_URL") or _api_url_in_prefect_files():
+            return self  # a real server (or one started already): nothing to start
+        self._spawn()
+        url = f"http://127.0.0.1:{self._port}/api"
+        os.environ["PREFECT_API_URL"] = os.environ[self.ENV] = url
+        atexit.register(self.stop)
         return self
 
-    def _start(self) -> None:
-        try:
-            from prefect.server.api.server import SubprocessASGIServer
-
-            SubprocessASGIServer().start()
-        except BaseException as exc:  # re-raised by wait() in the command's thread
-            self._error = exc
+    def _spawn(self) -> None:
+        with socket.socket() as sock:  # a free port, as the OS hands them out
+            sock.bind(("127.0.0.1", 0))
+            self._port = sock.getsockname()[1]
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        env.pop("PREFECT_API_URL", None)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+             "--host", "127.0.0.1", "--port", str(self._port), "--log-level", "error", "--lifespan", "on"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr)
 
     def wait(self) -> None:
+        """Return once the server answers its health check; raise PrefectUnavailable if it cannot."""
         from flows.errors import PrefectUnavailable
 
-        if self._thread is None:
+        if self._proc is None:
             return
-        self._thread.join()
-        if self._error is not None:
-            timeout = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
-            raise PrefectUnavailable(
-                f"Prefect's local API server did not start ({str(self._error).splitlines()[0][:200]}); "
-                f"start-up timeout {timeout} s (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS), "
-                "or set PREFECT_API_URL to a running Prefect server") from None
+        timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300"))
+        deadline = time.monotonic() + timeout
+        health = f"http://127.0.0.1:{self._port}/api/health"
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                self._stderr.seek(0)
+                detail = self._stderr.read().decode(errors="replace").strip().splitlines()
+                raise PrefectUnavailable(f"Prefect's local API server exited with code {self._proc.returncode}"
+                                         + (f" ({detail[-1][:200]})" if detail else "")
+                                         + "; set PREFECT_API_URL to a running Prefect server")
+            try:
+                with urllib.request.urlopen(health, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise PrefectUnavailable(f"Prefect's local API server did not answer within {timeout:.0f} s "
+                                 "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); raise it, or set "
+                                 "PREFECT_API_URL to a running Prefect server")
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     )
     # None means Prefect runs ephemeral (no server); set to pause flows for approval in the UI.
     prefect_api_url: str | None = Field(default=None, validation_alias=AliasChoices("PREFECT_API_URL"))
+    # Set by flows/runtime.py when PREFECT_API_URL is the command's own local server (no UI, no reviewer).
+    prefect_local_url: str | None = Field(default=None, validation_alias=AliasChoices("MERGEOPS_PREFECT_LOCAL"))
     dvc_remote: str | None = None  # None means <home>/dvc-remote
     registered_model_prefix: str = ""
     # Defaults for run, watch and evaluate (a command's own option wins; a recipe's `policy:` too).
@@ -40,6 +42,11 @@ class Settings(BaseSettings):
     zoo: str | None = None
     # not from the environment: the project config these settings were read with
     config_file: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def prefect_server(self) -> str | None:
+        """The Prefect server people use (its UI answers approval pauses); None when runs are local."""
+        return None if self.prefect_api_url == self.prefect_local_url else self.prefect_api_url
 
     @property
     def home_dir(self) -> Path:

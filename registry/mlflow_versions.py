@@ -6,6 +6,8 @@ type leaves registry/. Every function takes the tracking URI explicitly.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import os
@@ -41,7 +43,9 @@ class VersionInfo:
         return self.tags.get(TAG + key, default)
 
 
+@functools.lru_cache(maxsize=8)
 def client(tracking_uri: str) -> MlflowClient:
+    """One client per store and process: opening a sqlite store checks its schema (~0.4 s each)."""
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

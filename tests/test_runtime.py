@@ -39,3 +39,44 @@ def test_quiet_environment_defaults_but_never_overrides(monkeypatch) -> None:
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true" and os.environ["DVC_NO_ANALYTICS"] == "1"
     assert int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]) > 20
+
+
+def test_a_prefect_server_named_anywhere_is_used_instead_of_a_local_one(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    for var in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH", runtime.LocalPrefectApi.ENV):
+        monkeypatch.setenv(var, "")  # recorded, so whatever the test sets is undone after it
+        monkeypatch.delenv(var)
+    assert not runtime._api_url_in_prefect_files()
+    (tmp_path / "prefect-home").mkdir()
+    (tmp_path / "prefect-home" / "profiles.toml").write_text(
+        'active = "team"\n[profiles.team]\nPREFECT_API_URL = "http://prefect.internal:4200/api"\n')
+    assert runtime._api_url_in_prefect_files()
+    api = runtime.LocalPrefectApi().begin()  # nothing started, nothing set: Prefect reads its profile
+    assert api._proc is None and "PREFECT_API_URL" not in os.environ
+    api.wait()
+
+
+def test_the_local_prefect_api_starts_answers_and_stops(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for var in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH", runtime.LocalPrefectApi.ENV):
+        monkeypatch.setenv(var, "")  # recorded, so whatever the test sets is undone after it
+        monkeypatch.delenv(var)
+    api = runtime.LocalPrefectApi().begin()
+    try:
+        url = os.environ["PREFECT_API_URL"]
+        assert url == os.environ[runtime.LocalPrefectApi.ENV] and url.startswith("http://127.0.0.1:")
+        from flows.settings import get_settings
+
+        assert get_settings().prefect_server is None  # the command's own server: no approval pause
+        api.wait()
+        import urllib.request
+
+        with urllib.request.urlopen(url + "/health", timeout=5) as response:
+            assert response.status == 200
+        proc = api._proc
+    finally:
+        api.stop()
+    assert proc.poll() is not None
