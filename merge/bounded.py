@@ -1,0 +1,133 @@
+"""Reading what a user hands us, within bounds: a size limit, regular files only, strict UTF-8,
+YAML whose aliases cannot expand into an exponential tree, JSON of bounded depth.
+
+Every reader of a recipe, policy, suite, project config, model card, tokenizer file, shard index or
+safetensors header goes through here, so a hostile file (``/dev/zero``, a FIFO, a 50 MB recipe, a
+YAML alias bomb, JSON nested ten thousand deep) costs a bounded amount of time and memory and ends
+in one ``UsageError`` line that names the file and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from merge.errors import UsageError
+
+KIB, MIB = 1 << 10, 1 << 20
+# A recipe, policy, suite or config is a few KiB; a model card with its prose tens of KiB.
+TEXT_LIMIT = 4 * MIB
+# Aliases may repeat a subtree; beyond this many nodes after expansion it is a bomb, not a recipe.
+YAML_MAX_NODES = 200_000
+JSON_MAX_DEPTH = 64
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def read_bytes(path: Path | str, *, limit: int = TEXT_LIMIT, what: str = "file",
+               inside: Path | None = None) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes. Refuses FIFOs, devices, sockets and
+    directories without opening them (a FIFO would block, ``/dev/zero`` never ends); with
+    ``inside``, also a symlink that resolves outside that directory."""
+    path = Path(path)
+    try:
+        info = path.stat()  # follows symlinks: what would be read
+    except FileNotFoundError:
+        raise UsageError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
+        raise UsageError(f"{path}: {what} is {kind}; give a regular file")
+    if inside is not None:
+        real, root = path.resolve(), Path(inside).resolve()
+        if real != root and root not in real.parents:
+            raise UsageError(f"{path}: {what} is a link to {real}, outside {root}; copy the file in")
+    if info.st_size > limit:
+        raise UsageError(f"{path}: {what} is {info.st_size:,} bytes, over the {limit:,}-byte limit; is it the right file?")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)  # a file swapped for a FIFO since stat() must not block
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise UsageError(f"{path}: {what} is over the {limit:,}-byte limit; is it the right file?")
+    return data
+
+
+def decode_text(data: bytes, *, what: str) -> str:
+    """Strict UTF-8 (a UTF-8 byte-order mark is allowed); anything else is one clear line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        hint = " (it looks like UTF-16; save it as UTF-8)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise UsageError(f"{what}: not UTF-8 text (byte {exc.start}){hint}") from None
+
+
+def read_text(path: Path | str, *, limit: int = TEXT_LIMIT, what: str = "file", inside: Path | None = None) -> str:
+    return decode_text(read_bytes(path, limit=limit, what=what, inside=inside), what=f"{path}: {what}")
+
+
+class _BudgetLoader(yaml.SafeLoader):
+    """SafeLoader that counts the nodes aliases would expand to and stops past a budget."""
+
+    max_nodes = YAML_MAX_NODES
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._expanded = 0
+        self._sizes: dict[int, int] = {}
+
+    def _size(self, node: yaml.Node) -> int:
+        key = id(node)
+        if key not in self._sizes:
+            self._sizes[key] = 1  # a recursive alias counts once; its expansion is caught by the budget
+            if isinstance(node, yaml.SequenceNode):
+                self._sizes[key] = 1 + sum(self._size(n) for n in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                self._sizes[key] = 1 + sum(self._size(k) + self._size(v) for k, v in node.value)
+        return self._sizes[key]
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            anchor = self.peek_event().anchor
+            if anchor in self.anchors:
+                self._expanded += self._size(self.anchors[anchor])
+                if self._expanded > self.max_nodes:
+                    raise yaml.YAMLError(f"aliases expand to more than {self.max_nodes:,} nodes "
+                                         f"(repeated anchor &{anchor})")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, *, what: str) -> Any:
+    """``yaml.safe_load`` with an alias-expansion budget; a YAML error is one UsageError line."""
+    try:
+        return yaml.load(text, Loader=_BudgetLoader)  # noqa: S506  (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()
+        raise UsageError(f"{what}: not valid YAML ({' '.join(first[:2]) if first else 'unreadable'})") from None
+    except RecursionError:
+        raise UsageError(f"{what}: YAML nested too deeply") from None
+
+
+def loads_json(data: bytes | str, *, what: str, max_depth: int = JSON_MAX_DEPTH) -> Any:
+    """``json.loads`` that refuses nesting deeper than ``max_depth`` and invalid UTF-8 on one line."""
+    if isinstance(data, bytes):
+        data = decode_text(data, what=what)
+    depth = 0
+    for match in _BRACKETS.finditer(_STRINGS.sub('""', data)):  # brackets outside strings; never recurses
+        depth += 1 if match.group() in "[{" else -1
+        if depth > max_depth:
+            raise UsageError(f"{what}: JSON nested deeper than {max_depth} levels")
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise UsageError(f"{what}: not valid JSON ({exc})") from None
