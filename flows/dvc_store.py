@@ -62,11 +62,14 @@ class DvcStore:
                 _run(["git", "init", "-q"], self.root)
             if not (self.root / ".dvc").exists():
                 _run([_dvc_exe(), "init", "-q"], self.root)
+            if "analytics = false" not in (self.root / ".dvc" / "config").read_text():
+                # Regulated networks: DVC reports usage unless told not to, repo by repo.
+                _run([_dvc_exe(), "config", "core.analytics", "false"], self.root)
             if self._configured_remote() != self.remote_url:
                 if "://" not in self.remote_url:
                     Path(self.remote_url).mkdir(parents=True, exist_ok=True)
                 _run([_dvc_exe(), "remote", "add", "-d", "-f", "local", self.remote_url], self.root)
-            self._commit("Set up the mergeops artifact store")
+            self._commit("Set up the mergeops artifact store", [".dvc", ".dvcignore"])
         return self
 
     def _configured_remote(self) -> str | None:
@@ -96,8 +99,14 @@ class DvcStore:
         with self._locked():
             for rel, src in items.items():
                 dest = self.root / rel
+                if dest.exists() and (self.root / f"{rel}.dvc").exists():
+                    continue  # versioned before (paths are content-addressed)
+                # A run killed between its copy and `dvc add` left raw files, which an older store
+                # may even have committed to git: drop both and version the item afresh.
+                if _run(["git", "ls-files", "--", rel], self.root).strip():
+                    _run(["git", "rm", "-r", "-q", "--cached", "--", rel], self.root)
                 if dest.exists():
-                    continue
+                    shutil.rmtree(dest) if dest.is_dir() and not dest.is_symlink() else dest.unlink()
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(f".{dest.name}.tmp")
                 if tmp.exists():
@@ -110,7 +119,9 @@ class DvcStore:
             if items:
                 _run([_dvc_exe(), "add", "-q", *sorted(items)], self.root)
             md5s = {rel: dvc_file_md5(self.root / f"{rel}.dvc") for rel in items}
-            revision = self._commit(message)
+            # Only .dvc files and the .gitignores `dvc add` wrote: never the data itself.
+            ignores = {str(Path(rel).parent / ".gitignore") for rel in items}
+            revision = self._commit(message, [f"{rel}.dvc" for rel in items] + sorted(ignores))
         return md5s, revision
 
     def push(self) -> None:
@@ -126,8 +137,10 @@ class DvcStore:
         except StoreError:
             return None  # a repo without commits yet
 
-    def _commit(self, message: str) -> str | None:
-        _run(["git", "add", "-A", "."], self.root)
+    def _commit(self, message: str, paths: list[str]) -> str | None:
+        present = [p for p in paths if (self.root / p).exists()]
+        if present:  # (`git add -A --` with no path would add everything)
+            _run(["git", "add", "-A", "--", *present], self.root)
         staged = subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=self.root, check=False)
         if staged.returncode != 0:
             _run(["git", *_GIT_IDENTITY, "commit", "-q", "-m", message], self.root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,30 @@ def test_a_failing_dvc_call_is_a_typed_one_line_error(tmp_path: Path, artifact: 
     (store.root / ".dvc" / "config").write_text("[core\nbroken")
     with pytest.raises(StoreError, match="dvc add"):
         store.track({"models/abc": artifact}, "v1")
+
+
+def test_raw_files_left_by_a_killed_run_are_versioned_afresh_never_committed_to_git(tmp_path: Path,
+                                                                                   artifact: Path) -> None:
+    store = DvcStore(tmp_path / "store", str(tmp_path / "remote")).ensure()
+    assert "analytics = false" in (store.root / ".dvc" / "config").read_text()
+    # a run killed after its copy, before `dvc add`: the raw model sits in the store, untracked
+    shutil.copytree(artifact, store.root / "models" / "abc")
+    (store.root / "models" / ".junk.tmp").mkdir()
+    md5s, rev = store.track({"reports/r1.json": artifact / "config.json"}, "another run")  # commits only its own
+    tracked = _git(store.root, "ls-files").split()
+    assert not any(p.startswith("models/") for p in tracked), tracked
+    # the next run of that model recovers: the leftover is replaced and versioned by DVC
+    md5s, rev = store.track({"models/abc": artifact}, "v1")
+    tracked = _git(store.root, "ls-files").split()
+    assert "models/abc.dvc" in tracked and not any(p.startswith("models/abc/") for p in tracked)
+
+
+def test_a_store_that_committed_raw_weights_to_git_recovers(tmp_path: Path, artifact: Path) -> None:
+    store = DvcStore(tmp_path / "store", str(tmp_path / "remote")).ensure()
+    shutil.copytree(artifact, store.root / "models" / "abc")  # as an older store's `git add -A` did
+    _git(store.root, "add", "-A")
+    _git(store.root, "-c", "user.name=x", "-c", "user.email=x@y", "commit", "-q", "-m", "wedged")
+    md5s, _ = store.track({"models/abc": artifact}, "v1")
+    tracked = _git(store.root, "ls-files").split()
+    assert "models/abc.dvc" in tracked and not any(p.startswith("models/abc/") for p in tracked)
+    assert md5s["models/abc"].endswith(".dir")
