@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from flows.errors import StoreError
+from merge.faults import crash_point
 
 _GIT_IDENTITY = ["-c", "user.name=mergeops", "-c", "user.email=mergeops@localhost"]
 
@@ -116,6 +117,7 @@ class DvcStore:
                 else:
                     shutil.copy2(src, tmp)
                 tmp.rename(dest)
+            crash_point("store.copied")  # a re-run recovers: see the leftover handling above
             if items:
                 _run([_dvc_exe(), "add", "-q", *sorted(items)], self.root)
             md5s = {rel: dvc_file_md5(self.root / f"{rel}.dvc") for rel in items}

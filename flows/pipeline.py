@@ -20,6 +20,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from flows import tasks
 from flows.approval import await_approval
 from flows.dvc_store import lock_md5s
+from flows.locks import model_lock
 from flows.settings import get_settings
 from flows.versions import baseline, find_same
 
@@ -72,7 +73,6 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     parents live in, if any: only suites with zoo domains need one)."""
     from merge.hub import display_name
     from merge.recipe import load_recipe
-    from registry.lineage import build_lineage
 
     log = get_run_logger()
     settings = get_settings()
@@ -115,14 +115,34 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
         raise
     log.info("gates passed: %d of %d", sum(g["passed"] for g in gates), len(gates))
 
-    same = find_same(settings.tracking_uri, name, recipe_sha256=recipe.sha256,
-                     parent_content_ids=list(parent_ids.values()), merged_content_id=merged.content_id)
-    if same is not None:
-        log.info("%s v%s already holds these bytes; nothing registered", name, same.version)
-        summary = _summary(name, same.version, merged, evaluation, status="unchanged (already registered)")
-        return PipelineResult(name, "unchanged", same.version, merged.content_id, merged.cached, gates,
-                              same.tag("dvc_rev"), summary).to_dict()
+    # One writer of this model's versions at a time (two runs of one recipe register one version).
+    with model_lock(settings.home_dir, name):
+        same = find_same(settings.tracking_uri, name, recipe_sha256=recipe.sha256,
+                         parent_content_ids=list(parent_ids.values()), merged_content_id=merged.content_id)
+        if same is not None:
+            if tasks.complete_registration(settings.tracking_uri, name, same.version, str(settings.audit_log_path)):
+                log.info("%s v%s: completed a registration an interrupted run left", name, same.version)
+            log.info("%s v%s already holds these bytes; nothing registered", name, same.version)
+            summary = _summary(name, same.version, merged, evaluation, status="unchanged (already registered)")
+            return PipelineResult(name, "unchanged", same.version, merged.content_id, merged.cached, gates,
+                                  same.tag("dvc_rev"), summary).to_dict()
+        info, revision = _version_and_register(name, path, recipe, merged, parent_ids, audit, evaluation,
+                                               judged_by, requested_by)
+    tasks.push_artifacts(str(settings.home_dir / "store"), settings.dvc_remote_url)
+    summary = _summary(name, info.version, merged, evaluation, status="registered with alias `candidate`")
+    _link(settings.tracking_uri, name, info.version)
+    status = "awaiting_approval"
+    if wait_for_approval:
+        status = await_approval(name, info.version, requested_by, timeout_s=approval_timeout_s)
+    return PipelineResult(name, status, info.version, merged.content_id, merged.cached, gates, revision,
+                          summary).to_dict()
 
+
+def _version_and_register(name, path, recipe, merged, parent_ids, audit, evaluation, judged_by, requested_by):
+    """Version the artifacts in DVC, build the lineage and register the candidate (under the lock)."""
+    from registry.lineage import build_lineage
+
+    settings = get_settings()
     with tempfile.TemporaryDirectory() as tmp:
         eval_json = Path(tmp) / "evaluation.json"
         eval_json.write_text(json.dumps(evaluation, indent=2, sort_keys=True))
@@ -151,14 +171,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
         info = tasks.register(settings.tracking_uri, name, merged.out_dir, lineage, str(settings.audit_log_path),
                               [str(eval_json), *plots], [str(audit_json)], settings.artifact_root,
                               {p.content_id: p.license_link for p in audit.parents if p.license_link})
-    tasks.push_artifacts(str(settings.home_dir / "store"), settings.dvc_remote_url)
-    summary = _summary(name, info.version, merged, evaluation, status="registered with alias `candidate`")
-    _link(settings.tracking_uri, name, info.version)
-    status = "awaiting_approval"
-    if wait_for_approval:
-        status = await_approval(name, info.version, requested_by, timeout_s=approval_timeout_s)
-    return PipelineResult(name, status, info.version, merged.content_id, merged.cached, gates, revision,
-                          summary).to_dict()
+    return info, revision
 
 
 def _references(recipe) -> dict[str, str]:

@@ -92,8 +92,10 @@ def audit_parents(refs: list[str], intended_use: str, base_dir: str, pins: dict[
 @task(name="merge", **_IO_RETRIES)
 def merge_recipe(recipe, key: str, cache_dir: str) -> MergeOutcome:
     """Run the merge into ``<cache>/merges/<key>``, or reuse the finished merge already there."""
+    from flows.cleanup import sweep_dead_temp_dirs
     from merge.run import run_merge
 
+    sweep_dead_temp_dirs(Path(cache_dir) / "merges")  # what killed merges and registrations left
     target = Path(cache_dir) / "merges" / key
     manifest = target / MANIFEST_NAME
     if manifest.is_file():
@@ -148,6 +150,14 @@ def push_artifacts(store_root: str, remote: str) -> None:
     from flows.dvc_store import DvcStore
 
     DvcStore(Path(store_root), remote).push()
+
+
+@task(name="complete-registration", cache_policy=NONE)
+def complete_registration(tracking_uri: str, name: str, version: str, audit_log_path: str) -> bool:
+    """Finish a registration that a killed run left without its audit-log entry or alias."""
+    from registry.mlflow_registry import complete_registration as complete, get_version
+
+    return complete(tracking_uri, get_version(tracking_uri, name, version), Path(audit_log_path))
 
 
 @task(name="register", cache_policy=NONE)

@@ -15,15 +15,13 @@ finds the first one's version and does nothing.
 
 from __future__ import annotations
 
-import fcntl
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from flows.config import CONFIG_NAME, WatchEntry, load_config
 from flows.errors import WatchConfigError
+from flows.locks import model_lock
 from flows.runtime import UI_ONLY
 from flows.pipeline import merge_pipeline, model_name, parent_dirs
 from flows.settings import get_settings
@@ -80,18 +78,6 @@ def plan(recipe_path: str, tracking_uri: str) -> dict:
             "baseline": base.version if base else None, "parents": current}
 
 
-@contextmanager
-def recipe_lock(home: Path, name: str) -> Iterator[None]:
-    lock_dir = home / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"watch-{name}.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 @flow(name="mergeops-watch", log_prints=True)
 def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None, suite: str | None = None,
                zoo_dir: str | None = None, requested_by: str | None = None) -> list[dict]:
@@ -103,7 +89,7 @@ def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None,
     outcomes = []
     for entry in watched(recipes, policy=policy_path, suite=suite, zoo=zoo_dir, requested_by=requested_by):
         first = plan(entry.recipe, settings.tracking_uri)
-        with recipe_lock(settings.home_dir, first["name"]):
+        with model_lock(settings.home_dir, first["name"]):
             decision = plan(entry.recipe, settings.tracking_uri)  # again, under the lock
             if not decision["run"]:
                 log.info("%s: no re-merge (%s)", decision["name"], decision["reason"])

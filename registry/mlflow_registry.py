@@ -14,6 +14,7 @@ facts (see ``_version_tags``) and the alias ``candidate``.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tempfile
 import time
@@ -23,8 +24,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
+from merge.faults import crash_point
 from registry.audit_log import AuditLog
-from registry.errors import LineageError
+from registry.errors import AuditLogTampered, LineageError, RegistryError
 from registry.lineage import LineageRecord
 from registry.mlflow_versions import (  # noqa: F401  (re-exported: the registry's one entry point)
     TAG,
@@ -141,7 +143,8 @@ def register_candidate(
     if manifest["content_id"] != lineage.merged.content_id:
         raise LineageError(f"{model_dir}: content id {manifest['content_id'][:12]} is not the lineage's "
                            f"merged content id {lineage.merged.content_id[:12]}; rebuild the lineage")
-    with tempfile.TemporaryDirectory(prefix=".register-", dir=Path(model_dir).parent) as stage:
+    # Named with the pid, so a killed run's stage is found and removed (flows/cleanup.py).
+    with tempfile.TemporaryDirectory(prefix=f".register-{os.getpid()}-", dir=Path(model_dir).parent) as stage:
         release_dir = stage_release(Path(model_dir), [f["path"] for f in manifest["files"]], Path(stage) / "model")
         lineage = lineage.model_copy(update={"release_files": write_release_files(
             lineage, release_dir, name=name, license_links=license_links)})
@@ -197,11 +200,34 @@ def _register(tracking_uri: str, name: str, model_dir: Path, lineage: LineageRec
     mv = c.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run_id,
                                 tags=_version_tags(lineage, lineage_sha, audit_log_path),
                                 description=_description(lineage, name))
+    crash_point("registry.version-created")  # a re-run completes the rest: complete_registration
     c.set_registered_model_alias(name, "candidate", mv.version)
     record_event(tracking_uri, name, mv.version, audit_log_path, "registered",
                  content_id=lineage.merged.content_id, run_id=run_id, requested_by=lineage.requested_by,
                  gate_verdict=lineage.gate_verdict)
     return get_version(tracking_uri, name, mv.version)
+
+
+def complete_registration(tracking_uri: str, info: VersionInfo, audit_log_path: Path) -> bool:
+    """Finish a registration a killed run left half done: the version exists, but its ``registered``
+    audit-log entry, the entry's MLflow copy or the ``candidate`` alias does not. True when
+    something was added."""
+    if any(k.startswith(_LOG_TAG) and v.startswith("registered:") for k, v in info.tags.items()):
+        return False
+    c = client(tracking_uri)
+    try:  # (a search of versions does not return their aliases; resolving one does)
+        resolve(tracking_uri, f"{info.name}@candidate")
+    except RegistryError:
+        c.set_registered_model_alias(info.name, "candidate", info.version)
+    logged = [e for e in AuditLog(audit_log_path).entries() if e["event"] == "registered"
+              and e["data"].get("model") == info.name and e["data"].get("version") == str(info.version)]
+    if logged:  # killed after the log entry, before its copy: mirror it, never log twice
+        c.set_model_version_tag(info.name, info.version, f"{_LOG_TAG}{logged[0]['seq']}", f"registered:{logged[0]['hash']}")
+    else:
+        record_event(tracking_uri, info.name, info.version, audit_log_path, "registered",
+                     content_id=info.tag("content_id"), run_id=info.run_id, requested_by=info.tag("requested_by"),
+                     gate_verdict=info.tag("gate_verdict"), completed_after_interruption=True)
+    return True
 
 
 def record_event(tracking_uri: str, name: str, version: str | None, audit_log_path: Path, event: str,
@@ -226,9 +252,10 @@ def record_event(tracking_uri: str, name: str, version: str | None, audit_log_pa
 
 
 def audit_anchors(tracking_uri: str, audit_log_path: Path) -> list[tuple[int, str, str]]:
-    """Every ``(seq, hash, "where")`` mirrored into MLflow for this audit log."""
+    """Every ``(seq, hash, "where")`` mirrored into MLflow for this audit log. A version of this log
+    without a ``registered`` entry (a registration cut short) is an AuditLogTampered naming it."""
     where = str(Path(audit_log_path).resolve())
-    c, anchors = client(tracking_uri), []
+    c, anchors, unlogged = client(tracking_uri), [], []
 
     def collect(tags: dict, label: str) -> None:
         for key, value in tags.items():
@@ -241,6 +268,11 @@ def audit_anchors(tracking_uri: str, audit_log_path: Path) -> list[tuple[int, st
     for mv in c.search_model_versions(max_results=10_000):
         if mv.tags.get(TAG + "audit_log") == where:
             collect(mv.tags, f"MLflow {mv.name} v{mv.version}")
+            if not any(k.startswith(_LOG_TAG) and v.startswith("registered:") for k, v in mv.tags.items()):
+                unlogged.append(f"{mv.name} v{mv.version}")
+    if unlogged:
+        raise AuditLogTampered(f"{', '.join(unlogged)}: in MLflow without a `registered` entry in {where} (a "
+                               "registration was cut short); run its recipe again to complete it")
     return sorted(anchors)
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from flows.errors import WatchConfigError
-from flows.watch import PARENT_UPDATED, deployment, recipe_lock, watched
+from flows.locks import model_lock
+from flows.watch import PARENT_UPDATED, deployment, watched
 
 
 def test_watched_recipes_come_from_options_or_mergeops_yaml(tmp_path: Path, monkeypatch) -> None:
@@ -55,7 +56,7 @@ def test_the_recipe_lock_admits_one_watch_at_a_time(tmp_path: Path) -> None:
     inside, overlaps = [], []
 
     def hold() -> None:
-        with recipe_lock(tmp_path, "demo"):
+        with model_lock(tmp_path, "demo"):
             if inside:
                 overlaps.append(True)
             inside.append(True)
@@ -69,3 +70,20 @@ def test_the_recipe_lock_admits_one_watch_at_a_time(tmp_path: Path) -> None:
         t.join()
     assert overlaps == []
     assert (tmp_path / "locks" / "watch-demo.lock").exists()
+
+
+def test_the_lock_is_reentrant_in_one_thread_and_exclusive_across_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    probe = ("import fcntl,sys; fh=open(sys.argv[1],'a')\n"
+             "try: fcntl.flock(fh, fcntl.LOCK_EX|fcntl.LOCK_NB); print('free')\n"
+             "except BlockingIOError: print('held')")
+    lock_file = tmp_path / "locks" / "watch-demo.lock"
+    with model_lock(tmp_path, "demo"):
+        with model_lock(tmp_path, "demo"):  # the pipeline inside a watch takes it again
+            pass
+        out = subprocess.run([sys.executable, "-c", probe, str(lock_file)], capture_output=True, text=True).stdout
+        assert out.strip() == "held"  # still held after the inner release
+    out = subprocess.run([sys.executable, "-c", probe, str(lock_file)], capture_output=True, text=True).stdout
+    assert out.strip() == "free"

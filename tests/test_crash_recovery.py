@@ -1,0 +1,89 @@
+"""Kills at named points, then a re-run: exactly one good version, a log that verifies, a usable
+store; two runs of one recipe at once register one version; temp dirs of dead runs are removed.
+Real processes (the `mergeops` CLI), killed with SIGKILL through MERGEOPS_CRASH_AT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from user_models import build_user_project
+
+from flows.cleanup import sweep_dead_temp_dirs
+from registry import mlflow_registry as reg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash")
+    proj = build_user_project(root / "project")
+    (proj.root / "mergeops.yaml").write_text("suite: suite.yaml\npolicy: policy.yaml\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MERGEOPS_", "MLFLOW_", "PREFECT_API_URL"))}
+    env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(root / "prefect")}
+
+    def mergeops(*args: str, crash: str | None = None) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=proj.root, text=True,
+                                env=env | ({"MERGEOPS_CRASH_AT": crash} if crash else {}),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def recipe(name: str) -> str:
+        path = proj.root / f"{name}.yaml"
+        path.write_text(proj.recipe.read_text().replace("name: acme-merge", f"name: {name}"))
+        return str(path)
+
+    return proj, mergeops, recipe, f"sqlite:///{proj.root / '.mergeops' / 'mlflow.db'}"
+
+
+def _done(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=900)
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("point", ["store.copied", "registry.version-created"])
+def test_a_run_killed_at_a_named_point_is_completed_by_the_next(project, point: str) -> None:
+    proj, mergeops, recipe, uri = project
+    name = f"crash-{point.replace('.', '-')}"
+    rc, _, _ = _done(mergeops("run", recipe(name), "--requested-by", "alice", crash=point))
+    assert rc == -signal.SIGKILL
+    if point == "registry.version-created":
+        assert [v.version for v in reg.list_versions(uri, name)] == ["1"]
+        rc, _, err = _done(mergeops("log", "verify"))  # the half-registered version is named
+        assert rc == 1 and f"{name} v1" in err and "cut short" in err
+
+    rc, out, err = _done(mergeops("run", recipe(name), "--requested-by", "alice"))
+    assert rc == 0, err
+    assert [v.version for v in reg.list_versions(uri, name)] == ["1"]
+    assert "candidate" in reg.get_version(uri, name, "1").aliases
+    rc, out, err = _done(mergeops("log", "verify"))
+    assert rc == 0 and "chain intact" in out, err
+    tracked = subprocess.run(["git", "ls-files"], cwd=proj.root / ".mergeops" / "store", capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert tracked and all(p.endswith((".dvc", ".gitignore")) or p.startswith(".dvc") for p in tracked), tracked
+    assert mergeops("approve", name, "1", "--reviewer", "bob").wait(timeout=300) == 0
+
+
+def test_two_runs_of_one_recipe_at_once_register_one_version(project) -> None:
+    proj, mergeops, recipe, uri = project
+    path = recipe("raced")
+    first, second = (mergeops("run", path, "--requested-by", "alice") for _ in range(2))
+    results = [_done(first), _done(second)]
+    assert [rc for rc, _, _ in results] == [0, 0], [err for _, _, err in results]
+    assert [v.version for v in reg.list_versions(uri, "raced")] == ["1"]
+    assert sum("raced v1: unchanged" in out for _, out, _ in results) == 1
+
+
+def test_temp_dirs_of_dead_runs_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [tmp_path / f".model.tmp-{dead.pid}", tmp_path / f".register-{dead.pid}-abc"]
+    live = [tmp_path / f".model.tmp-{os.getpid()}", tmp_path / "model"]
+    for d in stale + live:
+        (d / "sub").mkdir(parents=True)
+    assert sorted(sweep_dead_temp_dirs(tmp_path)) == sorted(stale)
+    assert all(d.exists() for d in live) and not any(d.exists() for d in stale)
