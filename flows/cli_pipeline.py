@@ -26,7 +26,9 @@ def _prefect_ready():
     quiet its console, import the heavy libraries while the server boots, and return once both are
     ready (the flows import nothing slow after this)."""
     from flows.runtime import LocalPrefectApi, quiet_prefect_console
+    from flows.settings import get_settings
 
+    get_settings().check_servers()  # an unreachable server is one line now, not a hang later
     api = LocalPrefectApi().begin()
     quiet_prefect_console()
     import mlflow  # noqa: F401

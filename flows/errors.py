@@ -36,3 +36,7 @@ class PrefectUnavailable(MergeopsError):
     """Prefect's API (the local ephemeral server or PREFECT_API_URL) cannot be reached."""
 
     exit_code = 2
+
+
+class ServerUnreachable(UsageError):
+    """A configured server (MLflow, Prefect) does not answer within the time limit."""

@@ -81,11 +81,24 @@ class Settings(BaseSettings):
         directory (as mergekit reads them)."""
         return self.config_file.parent if self.config_file else None
 
+    def check_servers(self) -> "Settings":
+        """The MLflow and Prefect servers these settings name answer (ServerUnreachable if not)."""
+        from flows.runtime import check_reachable
+
+        if self.tracking_uri.startswith(("http://", "https://")):
+            check_reachable(self.tracking_uri.rstrip("/") + "/health", "the MLflow server", "MLFLOW_TRACKING_URI")
+        if self.prefect_server:
+            check_reachable(self.prefect_server.rstrip("/") + "/health", "the Prefect server", "PREFECT_API_URL")
+        return self
+
     def require_store(self) -> "Settings":
-        """Commands that read the registry need one: reading must never create an empty store."""
+        """Commands that read the registry need one: reading must never create an empty store, and
+        an MLflow server that does not answer is one line within seconds, not minutes of retries."""
         uri = self.tracking_uri
+        if uri.startswith(("http://", "https://")):
+            return self.check_servers()
         if not uri.startswith("sqlite:///"):
-            return self  # an MLflow server holds the store; it answers for itself
+            return self  # another database URI: the store answers for itself
         db = Path(uri.removeprefix("sqlite:///"))
         if db.is_file():
             return self

@@ -104,3 +104,27 @@ def test_reading_the_registry_where_there_is_none_exits_2_and_creates_nothing(tm
     assert len(lines) == 1 and lines[0].startswith("error: no mergeops store at ")
     assert str(tmp_path / ".mergeops") in lines[0] and "no mergeops.yaml in" in lines[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, var", [(["log", "verify"], "MLFLOW_TRACKING_URI"),
+                                       (["run", "recipe.yaml"], "MLFLOW_TRACKING_URI"),
+                                       (["run", "recipe.yaml"], "PREFECT_API_URL")])
+def test_an_unreachable_server_is_one_line_within_seconds(tmp_path: Path, args: list[str], var: str) -> None:
+    import os
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "recipe.yaml").write_text("merge_method: linear\nmodels: [{model: a}, {model: b}]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MERGEOPS_", "MLFLOW_TRACKING", "PREFECT_API"))}
+    env |= {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), var: f"http://127.0.0.1:{port}"
+            + ("/api" if var == "PREFECT_API_URL" else "")}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: the ") and "does not answer" in line and var in line
