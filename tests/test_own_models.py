@@ -47,7 +47,10 @@ def project(tmp_path_factory):
         "home: .mergeops\nsuite: suite.yaml\npolicy: policy.yaml\nwatch:\n  - recipe: recipe.yaml\n")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MERGEOPS_", "MLFLOW_", "PREFECT_API_URL"))}
-    env |= {"PYTHONPATH": str(REPO), "PREFECT_HOME": str(root / "prefect"), "HF_HUB_CACHE": str(root / "hf-cache")}
+    # Every process (the CLI, Prefect's server, dvc) runs behind a guard that refuses and records any
+    # connection or name lookup beyond loopback: telemetry, analytics and hub calls included.
+    env |= {"PYTHONPATH": f"{REPO / 'tests' / 'netguard'}:{REPO}", "MERGEOPS_NETGUARD_LOG": str(root / "net.log"),
+            "PREFECT_HOME": str(root / "prefect"), "HF_HUB_CACHE": str(root / "hf-cache")}
 
     def mergeops(*args: str, cwd: Path = proj.root / "models") -> subprocess.CompletedProcess:
         # from a subfolder: the config is found upward, as git finds .git
@@ -150,3 +153,14 @@ def test_a_parent_update_makes_exactly_one_candidate_and_a_stopped_remerge_exits
     assert stopped.stderr.count("re-merge stopped") == 1, stopped.stderr  # said once, not again by Prefect
     _clean(stopped)
     assert [v.version for v in reg.list_versions(uri, name)] == ["1", "2"]
+
+
+def test_no_command_reached_beyond_loopback(project) -> None:
+    proj, _ = project
+    log = proj.root.parent / "net.log"
+    assert not log.exists(), f"connections beyond loopback:\n{log.read_text()}"
+    # and the guard does catch one: a lookup of a real host name from a guarded process
+    probe = subprocess.run([sys.executable, "-c", "import socket; socket.getaddrinfo('pypi.org', 443)"],
+                           env={**os.environ, "PYTHONPATH": str(REPO / "tests" / "netguard"),
+                                "MERGEOPS_NETGUARD_LOG": str(proj.root.parent / "probe.log")}, capture_output=True)
+    assert probe.returncode != 0 and "lookup pypi.org" in (proj.root.parent / "probe.log").read_text()
