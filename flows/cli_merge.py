@@ -8,9 +8,11 @@ import click
 
 
 @click.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output model directory (must not exist or be empty).")
+# Plain paths: the library checks them (a directory, FIFO or device as the recipe; a file or a
+# symbolic link as --out) and says what is wrong on one `error:` line, like every other bad input.
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Output model directory (must not exist or be empty; not a symbolic link).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N] for the arithmetic.")
 def merge(recipe: Path, out: Path, device: str) -> None:
     """Merge the parents of a mergekit-compatible RECIPE into --out.

@@ -209,6 +209,8 @@ def multislerp(tensors: Sequence[torch.Tensor], weights: Sequence[float], base: 
     """Barycentric SLERP on the hypersphere: tangent-space average at the weighted mean direction."""
     if len(tensors) == 1:
         return tensors[0]
+    if tensors[0].numel() == 0:  # no direction to average; view(n, -1) is ambiguous on 0 elements
+        return tensors[0].clone()
     x = torch.stack(list(tensors), dim=0)
     if base is not None:
         x -= base

@@ -11,14 +11,23 @@ flagged), the resolved parameters, per-parent random generators and calibration 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from merge import kernels as k
+from merge.errors import RecipeError
 
 REQUIRED = object()
+# A weight, lambda or scale multiplies a whole parent or task vector: recipes use |w| <= ~2
+# (negation included). 1000 leaves room for experiments, while a slipped exponent (1e308) is
+# refused here instead of overflowing every tensor of the output.
+_FACTOR = 1000.0
+# karcher's fixed-point iteration converges in a handful of steps (mergekit's default is 10); each
+# step is a pass over the tensor, so a bound keeps `max_iter: 1e12` from never ending.
+MAX_ITER = 1000
 
 
 @dataclass(frozen=True)
@@ -27,10 +36,63 @@ class Param:
     type: type  # float, bool, int or str
     scope: str  # "shared": one value; "input": per parent; "non_base": per non-base parent
     default: Any = REQUIRED
+    # accepted range of a number: [low, high], (low, high] when ``low_open``; None: unbounded
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
+
+    def cast(self, value: Any, where: str) -> Any:
+        """``value`` as this parameter's type, finite and in range; else one RecipeError line
+        naming ``where`` (the model or slice) and the key."""
+        if value is None and self.default is None:
+            return None
+        out = _as_type(self.type, value)
+        if out is None:
+            raise RecipeError(f"{where}: parameter {self.name!r} must be {self.type.__name__}, got {value!r}")
+        if self.type in (int, float):
+            if not math.isfinite(out):
+                raise RecipeError(f"{where}: parameter {self.name!r} must be a finite number, got {value!r}")
+            below = self.low is not None and (out <= self.low if self.low_open else out < self.low)
+            if below or (self.high is not None and out > self.high):
+                lo = "(" if self.low_open else "["
+                raise RecipeError(f"{where}: parameter {self.name!r} must be in {lo}{_num(self.low)}, "
+                                  f"{_num(self.high)}], got {value!r}")
+        return out
+
+
+def _factor(name: str, scope: str, default: Any = REQUIRED) -> Param:
+    """A weight, lambda or scale: any sign, magnitude at most ``_FACTOR``."""
+    return Param(name, float, scope, default, low=-_FACTOR, high=_FACTOR)
+
+
+def _num(x: float | None) -> str:
+    return "inf" if x is None else f"{x:g}"
+
+
+def _as_type(kind: type, value: Any) -> Any:
+    """``value`` converted to ``kind`` (bool, int, float or str), None when it is not one."""
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            return None
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                return None
+            return int(value)
+        if kind is float:
+            return None if isinstance(value, bool) else float(value)
+        return str(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: float(10**400)
+        return None
 
 
 @dataclass(frozen=True)
@@ -102,14 +164,15 @@ def _gta_method(name: str, paper: str, sparsify: str | None, consensus: bool, no
         Param("int8_mask", bool, "shared", False),
         Param("normalize", bool, "shared", normalize),
         Param("rescale", bool, "shared", rescale),
-        Param("lambda", float, "shared", 1.0),
-        Param("weight", float, "non_base"),
-        Param("density", float, "non_base", 1.0),
+        _factor("lambda", "shared", 1.0),
+        _factor("weight", "non_base"),
+        # (0, 1]: density 0 keeps nothing of a parent (drop it from the recipe instead)
+        Param("density", float, "non_base", 1.0, low=0.0, high=1.0, low_open=True),
     ]
     if sparsify == "magnitude_outliers":
-        params.append(Param("gamma", float, "non_base", 0.01))
+        params.append(Param("gamma", float, "non_base", 0.01, low=0.0, high=1.0))
     if sparsify == "della":
-        params.append(Param("epsilon", float, "non_base", 0.15))
+        params.append(Param("epsilon", float, "non_base", 0.15, low=0.0, high=1.0))
     return Method(name, paper, _gta(sparsify, consensus), tuple(params), base="required",
                   random=sparsify in ("random", "della"))
 
@@ -182,23 +245,23 @@ def _table(methods: list[Method]) -> dict[str, Method]:
 
 METHODS: dict[str, Method] = _table([
     Method("linear", "https://arxiv.org/abs/2203.05482", _linear,
-           (Param("weight", float, "input"), Param("normalize", bool, "shared", True))),
-    Method("slerp", "https://en.wikipedia.org/wiki/Slerp", _slerp, (Param("t", float, "shared"),),
+           (_factor("weight", "input"), Param("normalize", bool, "shared", True))),
+    Method("slerp", "https://en.wikipedia.org/wiki/Slerp", _slerp, (Param("t", float, "shared", low=0.0, high=1.0),),
            base="required", min_inputs=2, max_inputs=2),
     Method("nuslerp", "https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md#nuslerp", _nuslerp,
-           (Param("weight", float, "non_base"), Param("nuslerp_row_wise", bool, "shared", False),
+           (_factor("weight", "non_base"), Param("nuslerp_row_wise", bool, "shared", False),
             Param("nuslerp_flatten", bool, "shared", True)),
            base="optional", min_non_base=2, max_non_base=2),
     Method("multislerp", "https://goddard.blog/posts/multislerp-wow-what-a-cool-idea", _multislerp,
-           (Param("weight", float, "non_base"), Param("normalize_weights", bool, "shared", True),
-            Param("eps", float, "shared", 1e-8)),
+           (_factor("weight", "non_base"), Param("normalize_weights", bool, "shared", True),
+            Param("eps", float, "shared", 1e-8, low=0.0, high=1.0, low_open=True)),
            base="optional", min_non_base=1),
     Method("karcher", "https://en.wikipedia.org/wiki/Fr%C3%A9chet_mean", _karcher,
-           (Param("max_iter", int, "shared", 10), Param("tol", float, "shared", 1e-5))),
+           (Param("max_iter", int, "shared", 10, low=1, high=MAX_ITER), Param("tol", float, "shared", 1e-5, low=0.0, high=1.0))),
     Method("model_stock", "https://arxiv.org/abs/2403.19522", _model_stock,
            (Param("filter_wise", bool, "shared", False),), base="required", min_inputs=3),
     Method("passthrough", "https://github.com/arcee-ai/mergekit#passthrough", _passthrough,
-           (Param("scale", float, "input", None),), max_inputs=1),
+           (_factor("scale", "input", None),), max_inputs=1),
     _gta_method("task_arithmetic", "https://arxiv.org/abs/2212.04089", None, False, False, False),
     _gta_method("ties", _TIES, "magnitude", True, True, False),
     _gta_method("dare_ties", _DARE, "random", True, False, True),
@@ -208,10 +271,10 @@ METHODS: dict[str, Method] = _table([
     _gta_method("della", _DELLA, "della", True, True, True),
     _gta_method("della_linear", _DELLA, "della", False, False, True),
     Method("fisher", "https://arxiv.org/abs/2111.09832", _fisher,
-           (Param("weight", float, "input", 1.0), Param("statistics", str, "input")),
+           (_factor("weight", "input", 1.0), Param("statistics", str, "input")),
            in_mergekit=False, statistics="fisher"),
     Method("regmean", "https://arxiv.org/abs/2212.09849", _regmean,
-           (Param("weight", float, "input", 1.0), Param("statistics", str, "input"),
-            Param("alpha", float, "shared", 0.9)),
+           (_factor("weight", "input", 1.0), Param("statistics", str, "input"),
+            Param("alpha", float, "shared", 0.9, low=0.0, high=1.0)),
            in_mergekit=False, statistics="gram"),
 ])

@@ -20,28 +20,7 @@ _MISSING = object()
 
 
 def _cast(param: Param, value: Any, where: str) -> Any:
-    if value is None and param.default is None:
-        return None
-    try:
-        if param.type is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-            raise ValueError
-        if param.type is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if param.type is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise RecipeError(f"{where}: parameter {param.name!r} must be {param.type.__name__}, got {value!r}") from None
+    return param.cast(value, where)
 
 
 def evaluate(setting: Any, tensor_name: str, t: float, param: Param, where: str) -> Any:

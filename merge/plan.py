@@ -103,7 +103,8 @@ def plan_merge(recipe: Recipe) -> MergePlan:
     layouts = [read_layout(p) for p in paths]
     index = {r: i for i, r in enumerate(refs)}
     base = index.get(recipe.base_model) if recipe.base_model else None
-    ref_layout = layouts[base if base is not None else 0]
+    ref_index = base if base is not None else 0
+    ref_layout = layouts[ref_index]
     prefix = _layer_prefix(ref_layout.tensors)
     source_index = index.get(recipe.tokenizer_source)
     vocab = _vocab_plan(recipe, paths, base, source_index)
@@ -133,9 +134,9 @@ def plan_merge(recipe: Recipe) -> MergePlan:
     plans: list[TensorPlan] = []
     # dict.fromkeys, not a set: set order follows the per-process string hash seed, and the tensor
     # order decides the shard bytes, so a set would make content ids differ between processes.
-    layer_names = sorted(dict.fromkeys(rest for nm in ref_layout.tensors if (rest := _split(nm, prefix))[0] is not None),
-                         key=lambda x: x[0])
-    per_layer = list(dict.fromkeys(rest for i, rest in layer_names if i == 0)) or sorted({r for _, r in layer_names})
+    layers = [_layer_tensors(lay, prefix) for lay in layouts]
+    # Within a layer, tensors follow the reference's layer 0, then names first seen in later layers.
+    order = {rest: k for k, rest in enumerate(dict.fromkeys(r for i in sorted(layers[ref_index]) for r in layers[ref_index][i]))}
     non_layer = [nm for nm in ref_layout.tensors if _split(nm, prefix)[0] is None]
     pre = [nm for nm in non_layer if any(h in nm for h in _PRE_HINTS)]
     post = [nm for nm in non_layer if nm not in pre]
@@ -175,7 +176,7 @@ def plan_merge(recipe: Recipe) -> MergePlan:
         length = srcs[0][1][1] - srcs[0][1][0]
         for off in range(length):
             t = off / (length - 1) if length > 1 else 1.0
-            for rest in per_layer:
+            for rest in _at_position(srcs, off, layers, index, paths, prefix, order):
                 in_names = [f"{prefix}.{lr[0] + off}.{rest}" for _, lr, _ in srcs]
                 add(f"{prefix}.{out_layer}.{rest}", srcs, slice_base, slice_params, in_names, t)
             out_layer += 1
@@ -190,6 +191,34 @@ def plan_merge(recipe: Recipe) -> MergePlan:
     _, key = _num_layers(ref_layout, prefix)
     return MergePlan(recipe, tuple(paths), tuple(refs), tuple(layouts), tuple(plans), config_source,
                      out_layer if prefix else None, key, vocab)
+
+
+def _layer_tensors(layout: ModelLayout, prefix: str | None) -> dict[int, list[str]]:
+    """Layer index -> the names after ``<prefix>.<i>.`` in that layer, in header order. Layers may
+    hold different sets: dense first layers before MoE ones, T5's relative_attention_bias in block 0."""
+    out: dict[int, list[str]] = {}
+    for name in layout.tensors:
+        i, rest = _split(name, prefix)
+        if i is not None:
+            out.setdefault(i, []).append(rest)
+    return out
+
+
+def _at_position(srcs, off: int, layers, index, paths, prefix: str, order: dict[str, int]) -> list[str]:
+    """The tensors of output layer ``off`` of a slice: those every source holds at its layer
+    ``start + off``. One that some source lacks there cannot be merged: CompatibilityError."""
+    held = [(ref, lr[0] + off, set(layers[index[ref]].get(lr[0] + off, ()))) for ref, lr, _ in srcs]
+    union = set().union(*(names for _, _, names in held))
+    for ref, i, names in held:
+        lacking = sorted(union - names, key=lambda r: order.get(r, len(order)))
+        if lacking:
+            have_ref, have_i, _ = next(h for h in held if lacking[0] in h[2])
+            raise CompatibilityError(
+                f"{paths[index[ref]]}: tensor {f'{prefix}.{i}.{lacking[0]}'!r} is missing, but "
+                f"{paths[index[have_ref]]} has {f'{prefix}.{have_i}.{lacking[0]}'!r} at the same position; "
+                "choose layer ranges whose layers hold the same tensors"
+            )
+    return sorted(union, key=lambda r: (order.get(r, len(order)), r))
 
 
 def _check_inputs(recipe: Recipe, slices) -> None:

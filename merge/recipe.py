@@ -17,12 +17,18 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from merge.errors import RecipeError
+from merge.bounded import KIB, decode_text, load_yaml, read_bytes
+from merge.errors import RecipeError, UsageError
 from merge.hub import ModelSource, resolve_model
 from merge.methods import METHODS
+from merge.recipe_limits import check_size
+
+# A real recipe is a few KiB; one listing a hundred parents with per-layer gradients stays under
+# 100 KiB. The cap is far above that yet bounds the parse: pure-Python YAML reads ~120 KiB/s here,
+# so a runaway file (a log, a dump, a million model entries) is refused in about 2 s at worst.
+RECIPE_LIMIT = 256 * KIB
 
 Scalar = Union[bool, int, float, str]
 ScalarOrGradient = Union[Scalar, list[Scalar]]
@@ -159,27 +165,56 @@ def _check_parameters(recipe: Recipe) -> None:
                     f"{where}: unknown parameter {key!r} for {method.name}{_suggest(key, known)} "
                     f"(known: {', '.join(known) or 'none'})"
                 )
+            _check_values(method.param(key), params[key], where)
 
 
-def parse_recipe(text: str, base_dir: Path | None = None) -> Recipe:
-    """Parse and validate recipe YAML; raise RecipeError (one line) on any problem."""
+def _check_values(param, setting: Any, where: str) -> None:
+    """Every value a setting can take (each gradient point, each filter's value) cast and range-
+    checked now, so a NaN weight or `t: .nan` is refused before any file is opened. Gradients
+    interpolate between checked points, so they stay in range too."""
+    if isinstance(setting, Conditional):
+        _check_values(param, setting.value, where)
+    elif isinstance(setting, list):
+        for item in setting:
+            _check_values(param, item, where)
+    else:
+        param.cast(setting, where)
+
+
+def parse_recipe(text: str | bytes, base_dir: Path | None = None) -> Recipe:
+    """Parse and validate recipe YAML; raise RecipeError (one line) on any problem.
+
+    Given bytes (a file as read), they are decoded as strict UTF-8 and the recipe's sha256 is taken
+    over exactly those bytes; given text, over its UTF-8 encoding.
+    """
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    if len(raw) > RECIPE_LIMIT:
+        raise RecipeError(f"recipe is {len(raw):,} bytes, over the {RECIPE_LIMIT:,}-byte limit; is it the right file?")
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        if isinstance(text, bytes):
+            text = decode_text(text, what="recipe")
+        doc = load_yaml(text, what="recipe")
+    except UsageError as exc:
+        raise RecipeError(str(exc)) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise RecipeError(f"recipe: not valid YAML ({exc})") from None
     if not isinstance(doc, dict):
         raise RecipeError("recipe must be a YAML mapping with at least 'merge_method' and 'models' or 'slices'")
     method = doc.get("merge_method")
+    if not isinstance(method, str):  # a list or mapping is unhashable: never look it up
+        kind = "missing" if method is None else f"a {type(method).__name__}, not a name"
+        raise RecipeError(f"merge_method is {kind}; give one of: {', '.join(METHODS)}")
     if method not in METHODS:
         raise RecipeError(
-            f"unknown merge_method {method!r}{_suggest(str(method), METHODS)} (known: {', '.join(METHODS)})"
+            f"unknown merge_method {method!r}{_suggest(method, METHODS)} (known: {', '.join(METHODS)})"
         )
     for key in _NOT_FROM_YAML:
         if key in doc:
             raise RecipeError(f"unknown recipe key {key!r}")
+    check_size(doc)
     try:
         recipe = Recipe.model_validate(
-            {**doc, "base_dir": Path(base_dir or Path.cwd()), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+            {**doc, "base_dir": Path(base_dir or Path.cwd()), "sha256": hashlib.sha256(raw).hexdigest()}
         )
     except ValidationError as exc:
         raise RecipeError(_one_line(exc, doc)) from None
@@ -188,13 +223,14 @@ def parse_recipe(text: str, base_dir: Path | None = None) -> Recipe:
 
 
 def load_recipe(path: Path, base_dir: Path | None = None) -> Recipe:
+    """Read the recipe file once (bounded, regular files only) and parse exactly those bytes."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read recipe ({exc.strerror})") from exc
+        data = read_bytes(path, limit=RECIPE_LIMIT, what="recipe")
+    except UsageError as exc:
+        raise RecipeError(str(exc)) from None
     try:
-        return parse_recipe(text, base_dir)
+        return parse_recipe(data, base_dir)
     except RecipeError as exc:
         raise RecipeError(f"{path}: {exc}") from None
 

@@ -32,6 +32,7 @@ import torch
 from merge.errors import FormatError, MergeFailed, PinMismatch, UsageError
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id, content_id_of, sha256_file
 from merge.methods import Call
+from merge.output import all_finite, check_out_dir, make_temp_dir, place_output
 from merge.plan import FLOAT_DTYPES, MergePlan, TensorPlan, plan_merge
 from merge.progress import Progress
 from merge.recipe import Recipe
@@ -140,6 +141,16 @@ def _merge_one(plan: MergePlan, tp: TensorPlan, tensors, stats, device: str) -> 
     return out.to(dtype=_TORCH[tp.out_dtype])
 
 
+def _refuse_non_finite(plan: MergePlan, tp: TensorPlan, inputs: list[torch.Tensor]) -> None:
+    """A kernel turned finite inputs into NaN/inf (an overflowing weight, an out_dtype too narrow):
+    refuse rather than write a broken model. Inputs that already hold NaN/inf are the audit's
+    concern (weight sanity) and pass through as they are."""
+    if all(all_finite(t) for t in inputs if t.is_floating_point()):
+        raise MergeFailed(f"{plan.recipe.merge_method} produced NaN or inf in tensor {tp.out_name!r} "
+                          f"({FLOAT_DTYPES[tp.out_dtype]}) from finite inputs; check the recipe's weights "
+                          "and out_dtype")
+
+
 def _copy_side_files(plan: MergePlan, tmp: Path) -> None:
     src = plan.parents[plan.config_source]
     for name in COPIED_FILES:
@@ -182,16 +193,16 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
               shard_bytes: int = DEFAULT_SHARD_BYTES) -> MergeResult:
     """Merge the recipe's parents into ``out_dir`` (must not exist or be empty)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UsageError(f"{out_dir}: output directory exists and is not empty; choose another --out")
+    check_out_dir(out_dir)
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         raise UsageError(f"device {device!r} is not available here; use --device cpu")
     plan = plan_merge(recipe)
-    parent_ids = _parent_ids(plan)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = make_temp_dir(out_dir)  # before any weight is read: an unwritable --out fails now
+    try:
+        parent_ids = _parent_ids(plan)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _one_malloc_arena()
     threads = torch.get_num_threads()
     # Each tensor is computed by one thread with single-threaded kernels, so reductions (norms in
@@ -211,7 +222,10 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
 
             def job(tp: TensorPlan) -> torch.Tensor:
                 tensors, stats = inputs.load(tp)
-                return _merge_one(plan, tp, tensors, stats, device)
+                out = _merge_one(plan, tp, tensors, stats, device)
+                if tp.compute_dtype is not None and not all_finite(out):
+                    _refuse_non_finite(plan, tp, inputs.load(tp)[0])
+                return out
 
             # One tensor more in flight than workers: a worker never waits for the writer.
             ahead = deque(pool.submit(job, tp) for tp in plan.tensors[: workers + 1])
@@ -235,9 +249,7 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
         manifest = {"content_id": cid, "files": [e.model_dump() for e in entries],
                     "recipe_sha256": recipe.sha256, "parents": parents}
         (tmp / MANIFEST_NAME).write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
+        place_output(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -192,7 +192,7 @@ def della_magprune(
 ) -> torch.Tensor:
     """DELLA MAGPRUNE: keep probability rises linearly with magnitude rank within each row,
     from ``density - epsilon`` (smallest) to ``density + epsilon`` (largest)."""
-    if density >= 1:
+    if density >= 1 or tensor.numel() == 0:  # nothing to rank in an empty tensor
         return tensor
     if density <= 0:
         return torch.zeros_like(tensor)

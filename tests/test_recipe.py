@@ -65,7 +65,7 @@ def test_recipe_errors_are_one_line(text, needle):
 
 
 def test_gradients_interpolate_like_mergekit():
-    p = METHODS["ties"].param("density")
+    p = METHODS["slerp"].param("t")  # [0, 1], endpoints included
     assert evaluate([0.0, 1.0], "x", 0.25, p, "w") == 0.25
     assert evaluate([0.0, 1.0, 0.0], "x", 0.75, p, "w") == pytest.approx(0.5)
     assert evaluate([0.2, 0.8], "x", 1.0, p, "w") == pytest.approx(0.8)
