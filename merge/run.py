@@ -32,6 +32,7 @@ import torch
 from merge.errors import FormatError, MergeFailed, PinMismatch, UsageError
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id, content_id_of, sha256_file
 from merge.methods import Call
+from merge.model_dir import read_model_bytes
 from merge.plan import FLOAT_DTYPES, MergePlan, TensorPlan, plan_merge
 from merge.progress import Progress
 from merge.recipe import Recipe
@@ -142,9 +143,9 @@ def _merge_one(plan: MergePlan, tp: TensorPlan, tensors, stats, device: str) -> 
 
 def _copy_side_files(plan: MergePlan, tmp: Path) -> None:
     src = plan.parents[plan.config_source]
-    for name in COPIED_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, tmp / name)
+    for name in COPIED_FILES:  # bounded reads: a FIFO or a link to /dev/zero is one error, not a hang
+        if (src / name).exists() or (src / name).is_symlink():
+            (tmp / name).write_bytes(read_model_bytes(src, name))
     cfg = dict(plan.layouts[plan.config_source].config)
     if plan.layer_key and plan.num_layers_out is not None:
         cfg[plan.layer_key] = plan.num_layers_out
