@@ -95,6 +95,8 @@ class LicensePolicy(_Frozen):
 def load_license_policy(path: str | Path | None = None) -> LicensePolicy:
     """Load and validate a policy YAML (the shipped default when ``path`` is None)."""
     path = Path(path) if path is not None else DEFAULT_POLICY_PATH
+    if not path.exists():
+        raise PolicyError(f"{path}: cannot read licence policy (no such file)")
     try:
         raw = read_bytes(path, what="licence policy")
         doc = load_yaml(decode_text(raw, what=f"{path}: licence policy"), what=f"{path}: licence policy")
