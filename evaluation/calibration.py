@@ -19,17 +19,21 @@ import torch
 from safetensors.torch import save_file
 
 from evaluation.quiet import quiet_libraries
+from merge.bounded import MIB, read_text
 from merge.errors import UsageError
+from merge.model_dir import check_loadable
 
 
 def _examples(path: Path, samples: int) -> list[tuple[str, str]]:
+    text = read_text(path, limit=256 * MIB, what="calibration JSONL")  # bounded: not a FIFO or /dev/zero
     try:
-        lines = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read calibration JSONL ({exc})") from exc
-    if not lines:
+        lines = [json.loads(x) for x in text.splitlines() if x.strip()]
+        examples = [(str(x["prompt"]), str(x["target"])) for x in lines[:samples]]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise UsageError(f"{path}: not calibration JSONL of {{'prompt', 'target'}} lines ({str(exc)[:80]})") from None
+    if not examples:
         raise UsageError(f"{path}: no calibration examples")
-    return [(str(x["prompt"]), str(x["target"])) for x in lines[:samples]]
+    return examples
 
 
 def _encode(tok, prompt: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,10 +51,11 @@ def compute_statistics(model_dir: Path, data: Path, *, kind: str, out: Path, sam
 
     if kind not in ("fisher", "gram"):
         raise UsageError(f"unknown statistics kind {kind!r}; use fisher or gram")
+    check_loadable(model_dir)  # no pickle under any name, no FIFO or /dev/zero, before transformers
     examples = _examples(data, samples)
     with quiet_libraries():  # no "Loading weights" bar in a log
         tok = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True)
     model.eval()
     stats = _fisher(model, tok, examples) if kind == "fisher" else _gram(model, tok, examples)
     out = Path(out)

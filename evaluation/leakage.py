@@ -22,10 +22,12 @@ import random
 import re
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation import scoring
+from merge.bounded import load_yaml
+from merge.errors import UnsafeInput, UsageError
+from merge.model_dir import read_model_text
 
 
 class Canary(BaseModel):
@@ -91,15 +93,18 @@ def _record(check: str, model: str, value: float, threshold: float | None, faile
 def read_card(model_dir: Path) -> dict:
     """The YAML front matter of ``model_dir``/README.md; {} when there is no card or no front matter."""
     path = Path(model_dir) / "README.md"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return {}
-    text = path.read_text(encoding="utf-8")
+    # Bounded: a FIFO, /dev/zero or an alias bomb is one error line, not a hang; bad YAML is no card.
+    text = read_model_text(model_dir, "README.md", what="model card")
     if not text.startswith("---"):
         return {}
     end = text.find("\n---", 3)
     try:
-        doc = yaml.safe_load(text[3:end] if end > 0 else "")
-    except yaml.YAMLError:
+        doc = load_yaml(text[3:end] if end > 0 else "", what=f"{path}: front matter")
+    except UnsafeInput:
+        raise
+    except UsageError:
         return {}
     return doc if isinstance(doc, dict) else {}
 

@@ -21,6 +21,7 @@ from evaluation.errors import ModelLoadError, SuiteError
 from evaluation.quiet import quiet_libraries, quiet_lm_eval
 from evaluation.suites import MaterializedSuite
 from merge.manifest import canonical_json
+from merge.model_dir import check_loadable
 from merge.progress import Progress, say
 
 LM_EVAL_VERSION = version("lm_eval")
@@ -39,6 +40,7 @@ def load_model(model_dir: Path, device: str = "cpu"):
     model_dir = Path(model_dir)
     if not any(model_dir.glob("*.safetensors")):
         raise ModelLoadError(f"{model_dir}: no *.safetensors weights; evaluation loads safetensors only")
+    check_loadable(model_dir)  # no pickle under any name, no FIFO or /dev/zero, before transformers
     try:
         with quiet_libraries():
             tok = AutoTokenizer.from_pretrained(model_dir)

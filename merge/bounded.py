@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from merge.errors import UsageError
+from merge.errors import UnsafeInput, UsageError
 
 KIB, MIB = 1 << 10, 1 << 20
 # A recipe, policy, suite or config is a few KiB; a model card with its prose tens of KiB.
@@ -36,21 +36,9 @@ def read_bytes(path: Path | str, *, limit: int = TEXT_LIMIT, what: str = "file",
     directories without opening them (a FIFO would block, ``/dev/zero`` never ends); with
     ``inside``, also a symlink that resolves outside that directory."""
     path = Path(path)
-    try:
-        info = path.stat()  # follows symlinks: what would be read
-    except FileNotFoundError:
-        raise UsageError(f"{path}: {what} not found") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read {what} ({exc.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
-        raise UsageError(f"{path}: {what} is {kind}; give a regular file")
-    if inside is not None:
-        real, root = path.resolve(), Path(inside).resolve()
-        if real != root and root not in real.parents:
-            raise UsageError(f"{path}: {what} is a link to {real}, outside {root}; copy the file in")
+    info = regular_file(path, what=what, inside=inside)
     if info.st_size > limit:
-        raise UsageError(f"{path}: {what} is {info.st_size:,} bytes, over the {limit:,}-byte limit; is it the right file?")
+        raise UnsafeInput(f"{path}: {what} is {info.st_size:,} bytes, over the {limit:,}-byte limit; is it the right file?")
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)  # a file swapped for a FIFO since stat() must not block
     try:
         fd = os.open(path, flags)
@@ -59,8 +47,27 @@ def read_bytes(path: Path | str, *, limit: int = TEXT_LIMIT, what: str = "file",
     with os.fdopen(fd, "rb") as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:
-        raise UsageError(f"{path}: {what} is over the {limit:,}-byte limit; is it the right file?")
+        raise UnsafeInput(f"{path}: {what} is over the {limit:,}-byte limit; is it the right file?")
     return data
+
+
+def regular_file(path: Path, *, what: str, inside: Path | None = None) -> os.stat_result:
+    """The stat of ``path`` when it is a regular file (symlinks followed; with ``inside``, only
+    when the link stays in that directory); a UsageError line for a FIFO, device, socket or dir."""
+    try:
+        info = path.stat()  # follows symlinks: what would be read
+    except FileNotFoundError:
+        raise UsageError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
+        raise UnsafeInput(f"{path}: {what} is {kind}; give a regular file")
+    if inside is not None:
+        real, root = path.resolve(), Path(inside).resolve()
+        if real != root and root not in real.parents:
+            raise UnsafeInput(f"{path}: {what} is a link to {real}, outside {root}; copy the file in")
+    return info
 
 
 def decode_text(data: bytes, *, what: str) -> str:
@@ -74,6 +81,10 @@ def decode_text(data: bytes, *, what: str) -> str:
 
 def read_text(path: Path | str, *, limit: int = TEXT_LIMIT, what: str = "file", inside: Path | None = None) -> str:
     return decode_text(read_bytes(path, limit=limit, what=what, inside=inside), what=f"{path}: {what}")
+
+
+class _AliasBomb(yaml.YAMLError):
+    pass
 
 
 class _BudgetLoader(yaml.SafeLoader):
@@ -102,7 +113,7 @@ class _BudgetLoader(yaml.SafeLoader):
             if anchor in self.anchors:
                 self._expanded += self._size(self.anchors[anchor])
                 if self._expanded > self.max_nodes:
-                    raise yaml.YAMLError(f"aliases expand to more than {self.max_nodes:,} nodes "
+                    raise _AliasBomb(f"aliases expand to more than {self.max_nodes:,} nodes "
                                          f"(repeated anchor &{anchor})")
         return super().compose_node(parent, index)
 
@@ -111,11 +122,13 @@ def load_yaml(text: str, *, what: str) -> Any:
     """``yaml.safe_load`` with an alias-expansion budget; a YAML error is one UsageError line."""
     try:
         return yaml.load(text, Loader=_BudgetLoader)  # noqa: S506  (a SafeLoader subclass)
+    except _AliasBomb as exc:
+        raise UnsafeInput(f"{what}: not valid YAML ({exc})") from None
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()
         raise UsageError(f"{what}: not valid YAML ({' '.join(first[:2]) if first else 'unreadable'})") from None
     except RecursionError:
-        raise UsageError(f"{what}: YAML nested too deeply") from None
+        raise UnsafeInput(f"{what}: YAML nested too deeply") from None
 
 
 def loads_json(data: bytes | str, *, what: str, max_depth: int = JSON_MAX_DEPTH) -> Any:
@@ -126,8 +139,8 @@ def loads_json(data: bytes | str, *, what: str, max_depth: int = JSON_MAX_DEPTH)
     for match in _BRACKETS.finditer(_STRINGS.sub('""', data)):  # brackets outside strings; never recurses
         depth += 1 if match.group() in "[{" else -1
         if depth > max_depth:
-            raise UsageError(f"{what}: JSON nested deeper than {max_depth} levels")
+            raise UnsafeInput(f"{what}: JSON nested deeper than {max_depth} levels")
     try:
         return json.loads(data)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise UsageError(f"{what}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # ValueError: also an integer of 4,300+ digits
+        raise UsageError(f"{what}: not valid JSON ({str(exc)[:200]})") from None

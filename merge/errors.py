@@ -27,6 +27,11 @@ class CheckFailed(MergeopsError):
     exit_code = 1
 
 
+class UnsafeInput(UsageError):
+    """A file is hostile rather than malformed: a FIFO or device, a link out of its directory, over
+    its size limit, nested too deep, or YAML aliases that would expand without end."""
+
+
 class RecipeError(UsageError):
     """The recipe is invalid; raised before any tensor is read."""
 

@@ -8,12 +8,12 @@ shard index; ``compare_layouts`` names the first parent and tensor that disagree
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from merge.errors import CompatibilityError, FormatError, UsageError
 from merge.manifest import canonical_json
+from merge.model_dir import inside_name, model_path, read_model_json
 from merge.safetensors_header import SafetensorsHeader, TensorInfo, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -50,21 +50,15 @@ def read_layout(model_dir: Path) -> ModelLayout:
     if not model_dir.is_dir():
         raise UsageError(f"{model_dir}: model directory not found")
     config_path = model_dir / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{model_dir}: no config.json (expected a Hugging Face model directory)") from None
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{config_path}: not valid JSON ({exc})") from exc
+    if not config_path.exists() and not config_path.is_symlink():
+        raise UsageError(f"{model_dir}: no config.json (expected a Hugging Face model directory)")
+    config = read_model_json(model_dir, "config.json")
     if not isinstance(config, dict):
         raise FormatError(f"{config_path}: not a JSON object")
 
     index_path = model_dir / INDEX_NAME
-    if index_path.exists():
-        try:
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise FormatError(f"{index_path}: malformed shard index ({exc})") from exc
+    if index_path.exists() or index_path.is_symlink():
+        weight_map = _weight_map(model_dir, read_model_json(model_dir, INDEX_NAME))
         shard_names = sorted(set(weight_map.values()))
     else:
         weight_map = None
@@ -85,6 +79,7 @@ def read_layout(model_dir: Path) -> ModelLayout:
         shard_path = model_dir / shard
         if Path(shard).name != shard or not shard_path.is_file():
             raise FormatError(f"{index_path}: shard {shard!r} is missing from {model_dir}")
+        model_path(model_dir, shard, what="shard")  # a regular file; a link must stay inside
         header = read_header(shard_path)
         shards[shard] = header
         for name, info in header.tensors.items():
@@ -101,6 +96,21 @@ def read_layout(model_dir: Path) -> ModelLayout:
     return ModelLayout(path=model_dir, config=config, shards=shards, tensors=tensors)
 
 
+def _weight_map(model_dir: Path, doc: object) -> dict[str, str]:
+    """The index's ``weight_map``: tensor name -> shard file name, each shard inside ``model_dir``."""
+    index_path = model_dir / INDEX_NAME
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict):
+        raise FormatError(f"{index_path}: malformed shard index (\"weight_map\" must map tensor names to "
+                          "shard file names); regenerate it with save_pretrained")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise FormatError(f"{index_path}: malformed shard index: tensor {name[:80]!r} maps to "
+                              f"{type(shard).__name__} {str(shard)[:40]}, not a shard file name")
+        inside_name(model_dir, shard, what="shard")
+    return weight_map
+
+
 def architecture_fingerprint(layout: ModelLayout) -> str:
     """sha256 over the model type and every tensor's name and shape (not its dtype or values)."""
     doc = {
@@ -113,12 +123,12 @@ def architecture_fingerprint(layout: ModelLayout) -> str:
 def read_tokenizer_json(model_dir: Path) -> dict | None:
     """The parsed tokenizer.json of ``model_dir``, or None when it has none."""
     path = Path(model_dir) / "tokenizer.json"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc})") from exc
+    doc = read_model_json(model_dir, "tokenizer.json")
+    if not isinstance(doc, dict):
+        raise FormatError(f"{path}: not a JSON object (a tokenizer.json holds one)")
+    return doc
 
 
 def tokenizer_fingerprint(model_dir: Path) -> str | None:
@@ -127,13 +137,22 @@ def tokenizer_fingerprint(model_dir: Path) -> str | None:
     if doc is None:
         return None
     model = doc.get("model") or {}
+    added = doc.get("added_tokens") or []
+    if not isinstance(model, dict) or not isinstance(added, list) or not all(
+            isinstance(t, dict) and _count(t.get("id")) and isinstance(t.get("content"), str) for t in added):
+        raise FormatError(f"{Path(model_dir) / 'tokenizer.json'}: malformed tokenizer (\"model\" must be an object, "
+                          "\"added_tokens\" a list of {id, content}); re-save it with the tokenizers library")
     fingerprint = {
         "type": model.get("type"),
         "vocab": model.get("vocab"),
         "merges": model.get("merges"),
-        "added_tokens": sorted((t.get("id"), t.get("content")) for t in doc.get("added_tokens") or []),
+        "added_tokens": sorted((t.get("id"), t.get("content")) for t in added),
     }
     return hashlib.sha256(canonical_json(fingerprint)).hexdigest()
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def compare_layouts(reference: ModelLayout, other: ModelLayout) -> None:

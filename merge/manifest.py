@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -30,7 +32,10 @@ class FileEntry(BaseModel):
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO swapped in must not block
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # /dev/zero would be hashed forever
+            raise UsageError(f"{path}: not a regular file (a FIFO, device or socket); remove it")
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -44,8 +49,8 @@ def canonical_json(obj: object) -> bytes:
 def file_entries(model_dir: Path) -> list[FileEntry]:
     """Every regular file under ``model_dir`` except the manifest itself, sorted by path.
 
-    Symlinks are refused: a manifest must describe bytes that live inside the directory. The one
-    exception is a Hugging Face cache snapshot, whose files are links into its own repo's
+    Symlinks, FIFOs, devices and sockets are refused: a manifest must describe bytes that live
+    inside the directory, and hashing ``/dev/zero`` never ends. The one exception is a Hugging Face cache snapshot, whose files are links into its own repo's
     ``blobs/``; they are hashed as the files they point to, so the content id is the one a copy has.
     """
     model_dir = Path(model_dir)
@@ -56,8 +61,11 @@ def file_entries(model_dir: Path) -> list[FileEntry]:
         rel = path.relative_to(model_dir).as_posix()
         if path.is_symlink() and not is_blob_link(model_dir, path):
             raise UsageError(f"{model_dir}: {rel} is a symlink; copy the file into the model dir")
-        if not path.is_file() or rel == MANIFEST_NAME:
+        mode = path.lstat().st_mode
+        if stat.S_ISDIR(mode) or rel == MANIFEST_NAME:
             continue
+        if not stat.S_ISREG(mode) and not path.is_symlink():  # blob links were checked to be files
+            raise UsageError(f"{model_dir}: {rel} is not a regular file (a FIFO, device or socket); remove it")
         entries.append(FileEntry(path=rel, sha256=sha256_file(path), size=path.stat().st_size))
     return entries
 

@@ -33,6 +33,7 @@ from merge.errors import FormatError, MergeFailed, PinMismatch, UsageError
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id, content_id_of, sha256_file
 from merge.methods import Call
 from merge.output import all_finite, check_out_dir, make_temp_dir, place_output
+from merge.model_dir import read_model_bytes
 from merge.plan import FLOAT_DTYPES, MergePlan, TensorPlan, plan_merge
 from merge.progress import Progress
 from merge.recipe import Recipe
@@ -153,9 +154,9 @@ def _refuse_non_finite(plan: MergePlan, tp: TensorPlan, inputs: list[torch.Tenso
 
 def _copy_side_files(plan: MergePlan, tmp: Path) -> None:
     src = plan.parents[plan.config_source]
-    for name in COPIED_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, tmp / name)
+    for name in COPIED_FILES:  # bounded reads: a FIFO or a link to /dev/zero is one error, not a hang
+        if (src / name).exists() or (src / name).is_symlink():
+            (tmp / name).write_bytes(read_model_bytes(src, name))
     cfg = dict(plan.layouts[plan.config_source].config)
     if plan.layer_key and plan.num_layers_out is not None:
         cfg[plan.layer_key] = plan.num_layers_out

@@ -8,16 +8,26 @@ is a ``FormatError`` and never an allocation or a read past the end.
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from merge.errors import FormatError
+from merge.bounded import MIB, loads_json
+from merge.errors import FormatError, UsageError
 
-# Same ceiling as the safetensors library: a header beyond 100 MB is not a real checkpoint.
-MAX_HEADER_BYTES = 100_000_000
+# The format allows 100 MB; we allow 16 MiB. Each tensor's entry is ~100 bytes, so that is ~150k
+# tensors in one shard, ten times any published checkpoint's (a 1,000-tensor shard has ~100 KB),
+# while parsing a header costs 10-20x its size in Python objects: 16 MiB stays under ~300 MB per
+# shard, 100 MB would be 1-2 GB for one crafted file.
+MAX_HEADER_BYTES = 16 * MIB
+# root → entry → shape/data_offsets list: depth 3. Anything deeper is not a safetensors header,
+# and refusing it before parsing keeps a 10,000-deep nest from reaching the recursive parser.
+_MAX_DEPTH = 3
+_MAX_DIM = 1 << 62  # a dimension or offset beyond this addresses more bytes than exist
+_MAX_RANK = 16
 
 DTYPE_SIZES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -52,27 +62,45 @@ def _fail(path: Path, why: str) -> FormatError:
     return FormatError(f"{path}: invalid safetensors file: {why}")
 
 
+def _count(value: object) -> bool:
+    """A non-negative int that can address a real byte (JSON true/false are not ints here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_DIM
+
+
+def _short(value: object) -> str:
+    """A crafted value may be megabytes long; an error line shows its start only."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def read_header(path: Path) -> SafetensorsHeader:
     """Parse and fully validate the header of ``path``; never reads the data buffer."""
     path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block the open
     try:
-        file_size = path.stat().st_size
-        with open(path, "rb") as fh:
-            prefix = fh.read(8)
-            if len(prefix) < 8:
-                raise _fail(path, f"file is {file_size} bytes, shorter than the 8-byte length prefix")
-            (n,) = struct.unpack("<Q", prefix)
-            if n > MAX_HEADER_BYTES:
-                raise _fail(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
-            if 8 + n > file_size:
-                raise _fail(path, f"header length {n} runs past the end of the {file_size}-byte file (truncated?)")
-            raw = fh.read(n)
+        fd = os.open(path, flags)
     except OSError as exc:
-        raise _fail(path, f"cannot read: {exc.strerror or exc}") from exc
+        raise _fail(path, f"cannot read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):  # /dev/zero, a FIFO, a socket: never a checkpoint
+            raise _fail(path, "not a regular file (a FIFO, device or socket)")
+        file_size = info.st_size
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise _fail(path, f"file is {file_size} bytes, shorter than the 8-byte length prefix")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > MAX_HEADER_BYTES:
+            raise _fail(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+        if 8 + n > file_size:
+            raise _fail(path, f"header length {n} runs past the end of the {file_size}-byte file (truncated?)")
+        raw = fh.read(n)
+    if len(raw) != n:
+        raise _fail(path, f"header is {len(raw)} bytes, not the {n} its length prefix says (file changed?)")
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"header is not valid UTF-8 JSON ({exc})") from exc
+        doc = loads_json(raw, what="header", max_depth=_MAX_DEPTH)
+    except UsageError as exc:
+        raise _fail(path, str(exc)) from None
     if not isinstance(doc, dict):
         raise _fail(path, "header is not a JSON object")
 
@@ -91,9 +119,9 @@ def read_header(path: Path) -> SafetensorsHeader:
     cursor = 0
     for info in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
         if info.start < cursor:
-            raise _fail(path, f"tensor {info.name!r} overlaps the previous tensor (offset {info.start} < {cursor})")
+            raise _fail(path, f"tensor {_short(info.name)} overlaps the previous tensor (offset {info.start} < {cursor})")
         if info.start > cursor:
-            raise _fail(path, f"gap of {info.start - cursor} bytes before tensor {info.name!r}")
+            raise _fail(path, f"gap of {info.start - cursor} bytes before tensor {_short(info.name)}")
         cursor = info.end
     if cursor != buffer_size:
         raise _fail(path, f"tensors cover {cursor} bytes but the data buffer holds {buffer_size} (truncated or padded file)")
@@ -102,24 +130,20 @@ def read_header(path: Path) -> SafetensorsHeader:
 
 def _tensor_info(path: Path, name: str, spec: object, buffer_size: int) -> TensorInfo:
     if not isinstance(spec, dict):
-        raise _fail(path, f"entry {name!r} is not an object")
+        raise _fail(path, f"entry {_short(name)} is not an object")
     dtype = spec.get("dtype")
-    if dtype not in DTYPE_SIZES:
-        raise _fail(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise _fail(path, f"tensor {_short(name)} has unknown dtype {_short(dtype)}")
     shape = spec.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise _fail(path, f"tensor {name!r} has a malformed shape {shape!r}")
+    if not isinstance(shape, list) or len(shape) > _MAX_RANK or not all(_count(d) for d in shape):
+        raise _fail(path, f"tensor {_short(name)} has a malformed shape {_short(shape)}")
     offsets = spec.get("data_offsets")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-    ):
-        raise _fail(path, f"tensor {name!r} has malformed data_offsets {offsets!r}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_count(o) for o in offsets):
+        raise _fail(path, f"tensor {_short(name)} has malformed data_offsets {_short(offsets)}")
     start, end = offsets
     if not 0 <= start <= end <= buffer_size:
-        raise _fail(path, f"tensor {name!r} offsets [{start}, {end}] lie outside the {buffer_size}-byte data buffer")
+        raise _fail(path, f"tensor {_short(name)} offsets [{start}, {end}] lie outside the {buffer_size}-byte data buffer")
     expected = math.prod(shape) * DTYPE_SIZES[dtype]
     if end - start != expected:
-        raise _fail(path, f"tensor {name!r} spans {end - start} bytes but {dtype}{shape} needs {expected}")
+        raise _fail(path, f"tensor {_short(name)} spans {end - start} bytes but {dtype}{shape} needs {expected}")
     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), start=start, end=end)

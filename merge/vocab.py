@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from merge.errors import CompatibilityError
+from merge.errors import CompatibilityError, FormatError
 from merge.layout import read_tokenizer_json
 
 
@@ -25,16 +25,29 @@ def read_vocab(model_dir: Path) -> dict[str, int] | None:
     doc = read_tokenizer_json(model_dir)
     if doc is None:
         return None
-    raw = (doc.get("model") or {}).get("vocab")
-    if isinstance(raw, dict):
-        vocab = {str(k): int(v) for k, v in raw.items()}
-    elif isinstance(raw, list):  # Unigram: [[piece, score], ...]
-        vocab = {str(e[0]): i for i, e in enumerate(raw)}
-    else:
-        raise CompatibilityError(f"{path}: tokenizer model {(doc.get('model') or {}).get('type')!r} has no vocabulary to align")
-    for tok in doc.get("added_tokens") or []:
-        vocab[str(tok["content"])] = int(tok["id"])
+    path = Path(model_dir) / "tokenizer.json"
+    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
+    raw = model.get("vocab")
+    try:
+        if isinstance(raw, dict):
+            vocab = {str(k): _token_id(v) for k, v in raw.items()}
+        elif isinstance(raw, list):  # Unigram: [[piece, score], ...]
+            vocab = {str(e[0]): i for i, e in enumerate(raw)}
+        else:
+            raise CompatibilityError(f"{path}: tokenizer model {str(model.get('type'))[:40]!r} has no vocabulary "
+                                     "to align; give every parent a tokenizer.json with a vocab, or drop tokenizer_source")
+        for tok in doc.get("added_tokens") or []:
+            vocab[str(tok["content"])] = _token_id(tok["id"])
+    except (TypeError, KeyError, IndexError, ValueError) as exc:
+        raise FormatError(f"{path}: malformed vocabulary ({type(exc).__name__}: {str(exc)[:80]}); "
+                          "re-save it with the tokenizers library") from None
     return vocab
+
+
+def _token_id(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"token id {str(value)[:20]} is not a non-negative integer")
+    return value
 
 
 @dataclass(frozen=True)
@@ -103,7 +116,7 @@ def _take(t: torch.Tensor, rows: torch.Tensor, fill: torch.Tensor) -> torch.Tens
 
 def union_tokenizer(source_dir: Path, plan: VocabPlan) -> str:
     """The source's tokenizer.json with the tokens it lacks appended as added tokens."""
-    doc = json.loads((Path(source_dir) / "tokenizer.json").read_text())
+    doc = read_tokenizer_json(source_dir) or {}
     have = read_vocab(source_dir) or {}
     added = doc.setdefault("added_tokens", [])
     for i, tok in enumerate(plan.tokens):

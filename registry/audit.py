@@ -17,10 +17,11 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from merge.errors import UsageError
+from merge.errors import UnsafeInput, UsageError
 from merge.hub import resolve_model, snapshot_of
 from merge.layout import architecture_fingerprint, tokenizer_fingerprint
 from merge.manifest import FileEntry, content_id_of, file_entries
+from merge.model_dir import check_files
 from registry.audit_checks import check_format, check_integrity, validate_pin
 from registry.audit_compat import ParentFacts, check_ancestry, check_architecture, check_tokenizer, find_base
 from registry.audit_sources import declared_bases, read_card, resolve_license, resolve_revision, tool_versions
@@ -196,8 +197,12 @@ def _audit_one(
     """Header-level checks of one parent: (row fields, facts for set checks, findings, licence)."""
     findings: list[Finding] = []
     try:
+        check_files(path)  # FIFOs, devices, links out, oversized side files: before anything reads them
         entries = file_entries(path)
         cid = content_id_of(entries)
+    except UnsafeInput as exc:
+        entries, cid = [], None
+        findings.append(Finding(parent=ref, check="format.file", severity="error", message=str(exc)))
     except UsageError as exc:  # e.g. a symlink: the manifest cannot vouch for bytes outside the dir
         entries, cid = [], None
         findings.append(Finding(parent=ref, check="integrity.manifest", severity="error", message=str(exc)))

@@ -1,21 +1,20 @@
 """Per-parent checks that read headers and file names only: format safety and integrity.
 
-Pickle checkpoints are recognised by name and by their first bytes, and are never opened by a
+Pickle checkpoints are recognised by name and by their bytes (``merge.pickle_scan``), and are never opened by a
 deserialiser: unpickling runs arbitrary code. Every ``*.safetensors`` file is header-validated
 (``merge.safetensors_header.read_header``) before anything else touches it.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import zipfile
 from pathlib import Path
 
 from merge.errors import FormatError, MergeopsError, UsageError
-from merge.hub import is_blob_link
 from merge.layout import PICKLE_SUFFIXES, ModelLayout, read_layout
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id_of
+from merge.model_dir import read_model_json
+from merge.pickle_scan import pickle_files
 from merge.safetensors_header import read_header
 from registry.schemas import Finding
 
@@ -23,39 +22,19 @@ CONVERT_HINT = (
     "convert it to safetensors in an isolated, throw-away environment (for example "
     "AutoModel.from_pretrained(dir).save_pretrained(out, safe_serialization=True)) and audit the result"
 )
-# Files we can tell are not pickles from their name alone.
-_TEXT_SUFFIXES = (".json", ".md", ".txt", ".yaml", ".yml", ".safetensors", ".model", ".py", ".jinja", ".gitattributes")
 _HEX = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-
-
-def _looks_pickled(path: Path) -> bool:
-    """A pickle stream (protocol 2+ opens with 0x80) or a torch zip checkpoint holding a .pkl."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-        if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-            return True
-        if head == b"PK\x03\x04":
-            with zipfile.ZipFile(path) as zf:  # reads the central directory only
-                return any(n.endswith((".pkl", "/data.pkl")) for n in zf.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return False
 
 
 def _pickles(model_dir: Path) -> tuple[set[str], set[str]]:
     """(named by suffix, recognised by content): relative paths, subfolders included (a Hub repo's
-    ``original/consolidated.00.pth`` is part of the audited bytes even though no merge reads it)."""
-    named, sniffed = set(), set()
+    ``original/consolidated.00.pth`` is part of the audited bytes even though no merge reads it).
+    Every file is sniffed whatever its name (``merge.pickle_scan``); a suffix alone also counts."""
+    sniffed = set(pickle_files(model_dir))
+    named = set()
     for path in sorted(model_dir.rglob("*")):
         rel = path.relative_to(model_dir)
-        linked_outside = path.is_symlink() and not is_blob_link(model_dir, path)  # the manifest refuses it
-        if ".git" in rel.parts or linked_outside or not path.is_file() or rel.as_posix() == MANIFEST_NAME:
-            continue
-        if path.suffix.lower() in PICKLE_SUFFIXES:
+        if ".git" not in rel.parts and path.suffix.lower() in PICKLE_SUFFIXES and rel.as_posix() not in sniffed:
             named.add(rel.as_posix())
-        elif not path.name.lower().endswith(_TEXT_SUFFIXES) and _looks_pickled(path):
-            sniffed.add(rel.as_posix())
     return named, sniffed
 
 
@@ -124,11 +103,11 @@ def check_integrity(
                     "the parent changed since it was pinned — re-audit it and update the pin on purpose",
         ))
     manifest = Path(model_dir) / MANIFEST_NAME
-    if manifest.is_file():
+    if manifest.exists() or manifest.is_symlink():
         try:
-            doc = json.loads(manifest.read_text())
+            doc = read_model_json(model_dir, MANIFEST_NAME)
             recorded = [FileEntry(**f) for f in doc["files"]]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (UsageError, ValueError, KeyError, TypeError) as exc:
             return findings + [Finding(parent=ref, check="integrity.manifest", severity="error",
                                        message=f"{MANIFEST_NAME} is malformed ({exc}); regenerate it")]
         if content_id_of(recorded) != content_id or doc.get("content_id", content_id) != content_id:

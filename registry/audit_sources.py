@@ -1,7 +1,8 @@
 """What a model directory says about itself: model-card front matter, licence, revision, tools.
 
-Nothing here executes anything from the audited directory: the card is parsed with
-``yaml.safe_load``, and the git revision is resolved by reading ``.git`` files directly (running
+Nothing here executes anything from the audited directory, and every file is read within bounds
+(``merge.bounded``: regular files, size limits, links kept inside): the card is parsed with
+``load_yaml`` (safe_load with an alias-expansion budget), and the git revision is resolved by reading ``.git`` files directly (running
 ``git`` inside an untrusted checkout can execute its hooks or fsmonitor command).
 """
 
@@ -12,14 +13,16 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 
+from merge.bounded import MIB, load_yaml, read_bytes
+from merge.errors import UnsafeInput, UsageError
+from merge.model_dir import read_model_bytes
 from registry.licenses import LicensePolicy, detect_license_text, normalize_license
 from registry.schemas import Finding
 
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENCE.txt", "LICENCE.md", "COPYING")
-_MAX_TEXT = 1_000_000  # bytes read of a card or licence file: a card is not a weight file
+_MAX_TEXT = 4 * MIB  # a card or licence file with its prose: tens of KiB; it is not a weight file
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -32,28 +35,39 @@ class LicenseInfo(BaseModel):
     link: str | None = None
 
 
-def _read_text(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return fh.read(_MAX_TEXT).decode("utf-8", errors="replace")
+def _read_text(path: Path, limit: int = _MAX_TEXT) -> str:
+    """A git file's text (regular files only, bounded); undecodable bytes replaced."""
+    return read_bytes(path, limit=limit, what="git file").decode("utf-8", errors="replace")
+
+
+def _model_text(model_dir: Path, name: str) -> str:
+    return read_model_bytes(model_dir, name, limit=_MAX_TEXT).decode("utf-8", errors="replace")
 
 
 def read_card(model_dir: Path, ref: str) -> tuple[dict, list[Finding]]:
     """The README.md front matter (YAML between the first two ``---`` lines) as a dict."""
     path = Path(model_dir) / "README.md"
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return {}, [Finding(parent=ref, check="card.missing", severity="warning",
                             message="no README.md model card: licence and base_model cannot be read from it")]
-    lines = _read_text(path).splitlines()
+    try:
+        lines = _model_text(model_dir, "README.md").splitlines()
+    except UsageError as exc:  # a FIFO, /dev/zero, a link out, a 1 GB "card": hostile, not sloppy
+        return {}, [Finding(parent=ref, check="card.unreadable", severity="error", message=str(exc))]
     if not lines or lines[0].strip() != "---":
         return {}, [Finding(parent=ref, check="card.front-matter", severity="warning",
                             message="README.md has no YAML front matter (--- … ---)")]
     try:
         end = next(i for i in range(1, len(lines)) if lines[i].strip() == "---")
-        doc = yaml.safe_load("\n".join(lines[1:end])) or {}
+        doc = load_yaml("\n".join(lines[1:end]), what="README.md front matter") or {}
         if not isinstance(doc, dict):
             raise ValueError("front matter is not a mapping")
-    except (StopIteration, yaml.YAMLError, ValueError) as exc:
-        why = "unterminated front matter" if isinstance(exc, StopIteration) else str(exc).splitlines()[0]
+    except UnsafeInput as exc:  # an alias bomb or a deep nest is an attack on the auditor
+        return {}, [Finding(parent=ref, check="card.unreadable", severity="error",
+                            message=f"{exc}; refused (licence and base_model unread)")]
+    except (StopIteration, UsageError, ValueError) as exc:
+        why = "unterminated front matter" if isinstance(exc, StopIteration) else str(exc).removeprefix(
+            "README.md front matter: ").splitlines()[0]
         return {}, [Finding(parent=ref, check="card.front-matter", severity="warning",
                             message=f"README.md front matter cannot be read: {why}")]
     return doc, []
@@ -85,11 +99,16 @@ def resolve_license(model_dir: Path, card: dict, ref: str, policy: LicensePolicy
         info = LicenseInfo(license=normalize_license(str(name), policy), raw=str(name), source="card:license_name")
 
     files = [model_dir / f for f in LICENSE_FILES if (model_dir / f).is_file()]
-    if link and not re.match(r"^[a-z]+://", str(link)) and (model_dir / str(link)).is_file():
+    if link and not re.match(r"^[a-z]+://", str(link)) and _local_link(model_dir, str(link)):
         files.insert(0, model_dir / str(link))
     from_file = None
     for path in files:
-        if (detected := detect_license_text(_read_text(path), policy)) is not None:
+        try:
+            text = _model_text(model_dir, path.relative_to(model_dir).as_posix())
+        except UsageError as exc:  # a LICENSE linked out of the dir or to /dev/zero
+            findings.append(Finding(parent=ref, check="license.unreadable", severity="error", message=str(exc)))
+            continue
+        if (detected := detect_license_text(text, policy)) is not None:
             from_file = (detected, path.name)
             break
 
@@ -116,11 +135,20 @@ def _git_dir(folder: Path) -> Path | None:
     if dot.is_dir():
         return dot
     if dot.is_file():  # a worktree or submodule: "gitdir: <path>"
-        text = _read_text(dot).strip()
+        try:
+            text = _read_text(dot).strip()
+        except UsageError:
+            return None
         if text.startswith("gitdir:"):
             target = Path(text[len("gitdir:"):].strip())
             return target if target.is_absolute() else (folder / target).resolve()
     return None
+
+
+def _local_link(model_dir: Path, link: str) -> bool:
+    """Whether a card's ``license_link`` names a file inside ``model_dir`` (never ``../``)."""
+    parts = Path(link).parts
+    return not Path(link).is_absolute() and ".." not in parts and (model_dir / link).is_file()
 
 
 def git_revision(model_dir: Path) -> str | None:
@@ -144,11 +172,11 @@ def git_revision(model_dir: Path) -> str | None:
                 return sha if _HEX40.match(sha) else None
         packed = common / "packed-refs"
         if packed.is_file():
-            for line in _read_text(packed).splitlines():
+            for line in _read_text(packed, 64 * MIB).splitlines():
                 parts = line.split()
                 if len(parts) == 2 and parts[1] == ref and _HEX40.match(parts[0]):
                     return parts[0]
-    except OSError:
+    except (OSError, UsageError):  # a FIFO or huge file in .git: no revision, the content id stands
         return None
     return None
 

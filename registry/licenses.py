@@ -14,9 +14,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from merge.bounded import decode_text, load_yaml, read_bytes
+from merge.errors import UsageError
 from registry.errors import PolicyError
 from registry.schemas import Finding
 
@@ -94,14 +95,13 @@ class LicensePolicy(_Frozen):
 def load_license_policy(path: str | Path | None = None) -> LicensePolicy:
     """Load and validate a policy YAML (the shipped default when ``path`` is None)."""
     path = Path(path) if path is not None else DEFAULT_POLICY_PATH
+    if not path.exists():
+        raise PolicyError(f"{path}: cannot read licence policy (no such file)")
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read licence policy ({exc.strerror or exc})") from exc
-    try:
-        doc = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: licence policy is not valid YAML ({exc})") from exc
+        raw = read_bytes(path, what="licence policy")
+        doc = load_yaml(decode_text(raw, what=f"{path}: licence policy"), what=f"{path}: licence policy")
+    except UsageError as exc:
+        raise PolicyError(str(exc)) from None
     if not isinstance(doc, dict):
         raise PolicyError(f"{path}: licence policy must be a YAML mapping")
     doc["aliases"] = {_key(str(k)): v for k, v in (doc.get("aliases") or {}).items()}

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from evaluation.domains import read_jsonl
 from evaluation.zoo.training import greedy_complete
 from evaluation.zoo_source import ScoreRow
+from merge.model_dir import check_loadable
 from merge.progress import Progress
 
 
@@ -35,7 +36,8 @@ def score_models(model_dirs: Mapping[str, Path], zoo_dir: Path, domains: list[st
     rows = []
     with Progress("zoo: scoring", len(model_dirs) * len(domains), unit="scores") as bar:
         for name, model_dir in model_dirs.items():
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+            check_loadable(Path(model_dir))  # a user's dir may be listed too: no pickle, no FIFO
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
             tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
             for d in domains:
                 rows.append(ScoreRow(model=name, domain=d, exact_match=round(exact_match(model, tok, data[d]), 4)))
