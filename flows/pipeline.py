@@ -126,8 +126,8 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
             summary = _summary(name, same.version, merged, evaluation, status="unchanged (already registered)")
             return PipelineResult(name, "unchanged", same.version, merged.content_id, merged.cached, gates,
                                   same.tag("dvc_rev"), summary).to_dict()
-        info, revision = _version_and_register(name, path, recipe, merged, parent_ids, audit, evaluation,
-                                               judged_by, requested_by)
+        info, revision = _version_and_register(name, recipe, merged, parent_ids, audit, evaluation, judged_by,
+                                               requested_by)
     tasks.push_artifacts(str(settings.home_dir / "store"), settings.dvc_remote_url)
     summary = _summary(name, info.version, merged, evaluation, status="registered with alias `candidate`")
     _link(settings.tracking_uri, name, info.version)
@@ -138,7 +138,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
                           summary).to_dict()
 
 
-def _version_and_register(name, path, recipe, merged, parent_ids, audit, evaluation, judged_by, requested_by):
+def _version_and_register(name, recipe, merged, parent_ids, audit, evaluation, judged_by, requested_by):
     """Version the artifacts in DVC, build the lineage and register the candidate (under the lock)."""
     from registry.lineage import build_lineage
 
@@ -158,7 +158,7 @@ def _version_and_register(name, path, recipe, merged, parent_ids, audit, evaluat
         for stage_outs in lock_md5s(settings.recipe_base_dir or Path.cwd()).values():
             md5s = {**stage_outs, **md5s}
         lineage = build_lineage(
-            name=name, recipe_text=path.read_text(), recipe_sha256=recipe.sha256, recipe_base_dir=recipe.base_dir,
+            name=name, recipe_text=recipe.text, recipe_sha256=recipe.sha256, recipe_base_dir=recipe.base_dir,
             merge_manifest=json.loads((Path(merged.out_dir) / "mergeops.manifest.json").read_text()),
             audit_report=audit, requested_by=requested_by,
             # retention is undefined (None) where every parent scored 0; the record keeps numbers only

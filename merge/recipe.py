@@ -87,6 +87,7 @@ class Recipe(_Frozen):
     # not from YAML: set by parse_recipe
     base_dir: Path = Path(".")
     sha256: str = ""
+    text: str = ""  # the recipe exactly as parsed (line endings kept): what a lineage stores and replays
     # not from YAML: model reference -> the directory to read it from instead of resolving it now
     # (verify replays a lineage's recorded Hub commits after a branch has moved on)
     locked: dict[str, Path] = {}
@@ -140,7 +141,7 @@ class Recipe(_Frozen):
         return METHODS[self.merge_method]
 
 
-_NOT_FROM_YAML = ("base_dir", "sha256", "locked")
+_NOT_FROM_YAML = ("base_dir", "sha256", "text", "locked")
 
 
 def _suggest(name: str, choices) -> str:
@@ -214,7 +215,7 @@ def parse_recipe(text: str | bytes, base_dir: Path | None = None) -> Recipe:
     check_size(doc)
     try:
         recipe = Recipe.model_validate(
-            {**doc, "base_dir": Path(base_dir or Path.cwd()), "sha256": hashlib.sha256(raw).hexdigest()}
+            {**doc, "base_dir": Path(base_dir or Path.cwd()), "sha256": hashlib.sha256(raw).hexdigest(), "text": text}
         )
     except ValidationError as exc:
         raise RecipeError(_one_line(exc, doc)) from None
