@@ -10,7 +10,7 @@ version), the evaluation through evaluation/'s cache keyed by model content id a
 from __future__ import annotations
 
 import hashlib
-import json
+import shutil
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -97,9 +97,14 @@ def merge_recipe(recipe, key: str, cache_dir: str) -> MergeOutcome:
 
     sweep_dead_temp_dirs(Path(cache_dir) / "merges")  # what killed merges and registrations left
     target = Path(cache_dir) / "merges" / key
-    manifest = target / MANIFEST_NAME
-    if manifest.is_file():
-        return MergeOutcome(key, json.loads(manifest.read_text())["content_id"], str(target), cached=True)
+    if (target / MANIFEST_NAME).is_file():
+        from merge.errors import MergeopsError
+        from registry.model_files import check_model_dir
+
+        try:  # reused only if its bytes still match its manifest: a cache is not a trusted store
+            return MergeOutcome(key, check_model_dir(target)["content_id"], str(target), cached=True)
+        except MergeopsError:
+            shutil.rmtree(target)  # edited or damaged: merge again
     # run_merge builds in a temp dir beside `target` and renames it: a crash leaves no `target`.
     result = run_merge(recipe, target, progress=False)
     return MergeOutcome(key, result.content_id, str(target), cached=False)
