@@ -5,9 +5,10 @@ With a server (``PREFECT_API_URL``), the flow run pauses and waits for an ``Appr
 decision goes through registry.approvals, so the same four-eyes and gate rules apply as for
 ``mergeops approve``. A refused decision (the requester reviewing their own version, a rejection
 without a comment) is logged and the run waits again. A decision made meanwhile with
-``mergeops approve|reject`` is what the run reports when it resumes or times out. Ephemeral mode
-(no server) cannot be resumed from outside, so the run ends with the version awaiting approval and
-``mergeops approve`` completes the same transition.
+``mergeops approve|reject`` is what the run reports when it resumes or times out. Without a server
+(Prefect ephemeral, or the command's own local API: flows/runtime.py) nobody can resume the run
+from outside, so it ends with the version awaiting approval and ``mergeops approve`` completes the
+same transition.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from flows.cli_options import suite_option, zoo_option
 from merge.errors import UsageError
 
 
@@ -44,11 +45,8 @@ def _champion(path: str | None) -> dict[str, float] | None:
 @click.argument("model_dirs", nargs=-1, type=click.Path(file_okay=False))
 @click.option("--merged", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="The merged model (candidate); MODEL_DIRs are then its parents.")
-@click.option("--suite", default=None, metavar="NAME|FILE",
-              help="A suite YAML file with your own domains (see README, Evaluation and gates), or a shipped "
-                   "zoo suite (zoo, zoo-full; these need a zoo) [default: mergeops.yaml's `suite`, else zoo].")
-@click.option("--zoo", "zoo_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
-              help="The zoo, for suites with zoo domains [env MERGEOPS_ZOO; default: mergeops.yaml's `zoo`].")
+@suite_option
+@zoo_option
 @click.option("--policy", default=None, metavar="FILE|default",
               help="Apply gates: a policy YAML laid over the shipped default, or 'default' itself.")
 @click.option("--audit", "audit_json", default=None, type=click.Path(dir_okay=False), metavar="FILE",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from flows.cli_options import suite_option, zoo_option
+
 
 def _print_result(result: dict) -> None:
     """The run's summary (the same markdown as its Prefect artifact), then the state and what next."""
@@ -38,22 +40,10 @@ def _prefect_ready():
     api.wait()
 
 
-def suite_option(fn):
-    return click.option("--suite", default=None, metavar="NAME|FILE",
-                        help="Evaluation suite: a shipped name (zoo, zoo-full) or a suite YAML file "
-                             "[default: mergeops.yaml's `suite`, else zoo].")(fn)
-
-
 def policy_option(fn):
     return click.option("--policy", type=click.Path(exists=True, dir_okay=False),
                         help="Gate policy YAML [default: the recipe's `policy:`, else mergeops.yaml's "
                              "`policy`, else the shipped one].")(fn)
-
-
-def zoo_option(fn):
-    return click.option("--zoo", "zoo_dir", type=click.Path(exists=True, file_okay=False),
-                        help="Zoo dir, for suites with zoo domains [default: mergeops.yaml's `zoo`, "
-                             "else the parents' zoo].")(fn)
 
 
 @click.command("run")
