@@ -25,10 +25,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from flows.errors import ConfigError
+from merge.bounded import load_yaml, read_text
+from merge.errors import UsageError
 
 CONFIG_NAME = "mergeops.yaml"
 ENV_VAR = "MERGEOPS_CONFIG"
@@ -113,17 +114,10 @@ def load_config(path: Path | None = None) -> ProjectConfig:
     path = path or find_config()
     if path is None:
         return ProjectConfig()
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    if len(raw) > _MAX_BYTES:
-        raise ConfigError(f"{path}: larger than {_MAX_BYTES >> 10} KiB; is it the right file?")
-    try:
-        doc = yaml.safe_load(raw.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid UTF-8 YAML ({str(exc).splitlines()[0]})") from None
+    try:  # bounded like every input: a regular file, strict UTF-8, YAML with an alias budget
+        doc = load_yaml(read_text(path, limit=_MAX_BYTES, what="project config"), what=str(path))
+    except UsageError as exc:
+        raise ConfigError(str(exc)) from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):

@@ -208,11 +208,16 @@ def _register(tracking_uri: str, name: str, model_dir: Path, lineage: LineageRec
     return get_version(tracking_uri, name, mv.version)
 
 
+def _has_registered_entry(tags: dict[str, str]) -> bool:
+    """Whether a version's tags hold the MLflow copy of its ``registered`` audit-log entry."""
+    return any(k.startswith(_LOG_TAG) and v.startswith("registered:") for k, v in tags.items())
+
+
 def complete_registration(tracking_uri: str, info: VersionInfo, audit_log_path: Path) -> bool:
     """Finish a registration a killed run left half done: the version exists, but its ``registered``
     audit-log entry, the entry's MLflow copy or the ``candidate`` alias does not. True when
     something was added."""
-    if any(k.startswith(_LOG_TAG) and v.startswith("registered:") for k, v in info.tags.items()):
+    if _has_registered_entry(info.tags):
         return False
     c = client(tracking_uri)
     try:  # (a search of versions does not return their aliases; resolving one does)
@@ -268,7 +273,7 @@ def audit_anchors(tracking_uri: str, audit_log_path: Path) -> list[tuple[int, st
     for mv in c.search_model_versions(max_results=10_000):
         if mv.tags.get(TAG + "audit_log") == where:
             collect(mv.tags, f"MLflow {mv.name} v{mv.version}")
-            if not any(k.startswith(_LOG_TAG) and v.startswith("registered:") for k, v in mv.tags.items()):
+            if not _has_registered_entry(mv.tags):
                 unlogged.append(f"{mv.name} v{mv.version}")
     if unlogged:
         raise AuditLogTampered(f"{', '.join(unlogged)}: in MLflow without a `registered` entry in {where} (a "

@@ -3,6 +3,7 @@ folder, overridden by the environment; a command that reads the registry never c
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,7 @@ def test_mergeops_config_names_the_file(tmp_path: Path, clean_env) -> None:
     ("hme: x\n", "hme: Extra inputs are not permitted"),
     ("- a\n- b\n", "a mapping is expected"),
     ("watch: [{recipe: a.yaml, polcy: p.yaml}]\n", "watch.0.polcy"),
-    ("home: [unclosed\n", "not valid UTF-8 YAML"),
+    ("home: [unclosed\n", "not valid YAML"),
 ])
 def test_a_bad_config_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "mergeops.yaml"
@@ -84,10 +85,18 @@ def test_a_bad_config_is_one_clear_error(tmp_path: Path, text: str, message: str
 def test_a_config_that_is_not_a_config_is_refused_without_reading_it_all(tmp_path: Path) -> None:
     path = tmp_path / "mergeops.yaml"
     path.write_bytes(b"a: " + b"x" * (2 << 20))
-    with pytest.raises(ConfigError, match="larger than"):
+    with pytest.raises(ConfigError, match="over the 1,048,576-byte limit"):
         load_config(path)
     path.write_bytes("home: x\n".encode("utf-16"))
-    with pytest.raises(ConfigError, match="not valid UTF-8 YAML"):
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(path)
+    path.write_text("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefg", "bcdefgh")))
+    with pytest.raises(ConfigError, match="aliases expand"):
+        load_config(path)
+    path.unlink()
+    os.mkfifo(path)  # would block forever if opened
+    with pytest.raises(ConfigError, match="not a regular file"):
         load_config(path)
 
 
