@@ -12,6 +12,9 @@ tracking_uri: null              # an MLflow server instead of <home>/mlflow.db, 
 suite: suites/acme.yaml         # default for run, watch and evaluate (a shipped name or a file)
 policy: policies/release.yaml   # default gate policy (a recipe's own `policy:` wins over it)
 zoo: null                       # only for suites that ask for zoo domains
+service_url: null               # the governance service of a shared server, e.g. http://mlflow:5080
+service_public_key: keys/mergeops.pub   # the service's public key, pinned: signatures are checked with it
+signing_key: null               # only where the service runs (embedded: <home>/keys/signing-key.pem)
 watch:
   - recipes/acme.yaml           # a recipe with the defaults above...
   - recipe: recipes/acme-ties.yaml
@@ -57,6 +60,9 @@ class ProjectConfig(BaseModel):
     suite: str | None = None
     policy: str | None = None
     zoo: str | None = None
+    service_url: str | None = None
+    service_public_key: str | None = None
+    signing_key: str | None = None
     watch: list[WatchEntry] = Field(default_factory=list)
     _path: Path | None = PrivateAttr(default=None)  # the file it was read from (None: no config)
 

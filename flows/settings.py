@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     suite: str | None = None
     policy: str | None = None
     zoo: str | None = None
+    # Governance (registry/keys.py, registry/service.py): the key that signs log entries and models
+    # (None: <home>/keys/signing-key.pem, created on first use in embedded mode), the public key
+    # checkers pin (a path or the PEM text), and the governance service a shared server runs.
+    signing_key: Path | None = None
+    service_public_key: str | None = None
+    service_url: str | None = None
     # not from the environment: the project config these settings were read with
     config_file: Path | None = Field(default=None, exclude=True)
 
@@ -73,6 +79,10 @@ class Settings(BaseSettings):
     @property
     def audit_log_path(self) -> Path:
         return self.home_dir / "audit-log.jsonl"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key or self.home_dir / "keys" / "signing-key.pem"
 
     @property
     def recipe_base_dir(self) -> Path | None:
@@ -125,6 +135,10 @@ def get_settings(config: ProjectConfig | None = None) -> Settings:
         "suite": config.resolve_suite(config.suite),
         "policy": config.resolve(config.policy),
         "zoo": config.resolve(config.zoo),
+        "service_url": config.service_url,
+        "service_public_key": (config.service_public_key if (config.service_public_key or "").lstrip()
+                               .startswith("-----BEGIN") else config.resolve(config.service_public_key)),
+        "signing_key": config.resolve(config.signing_key),
     }
     update = {k: v for k, v in from_config.items() if v is not None and k not in settings.model_fields_set}
     return settings.model_copy(update={**update, "config_file": config.path})

@@ -43,3 +43,7 @@ class AuditFailed(CheckFailed):
 
 class PolicyError(UsageError):
     """A licence/audit policy file is missing, malformed or inconsistent."""
+
+
+class SigningKeyError(RegistryError):
+    """A signing or public key is missing, unreadable or of the wrong kind."""
