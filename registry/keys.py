@@ -124,3 +124,18 @@ def read_public_key(value: str | Path) -> bytes:
     pem = text.encode() if text.lstrip().startswith("-----BEGIN") else read_bytes(Path(text), limit=_MAX_PEM, what="public key")
     load_public(pem, text if len(text) < 200 else "the pinned public key")
     return pem
+
+
+def trusted_public_key(pinned: str | Path | None, signing_key_path: Path) -> bytes:
+    """The public key signatures are checked with: the pinned one when set, else the public half of
+    this store's own signing key (embedded mode). SigningKeyError when there is neither."""
+    if pinned:
+        return read_public_key(pinned)
+    path = Path(signing_key_path)
+    pub = path.with_name(path.name + ".pub")
+    if pub.is_file():
+        return read_public_key(pub)
+    if path.is_file():
+        return load_signing_key(path, create=False).public
+    raise SigningKeyError(f"no public key to check signatures with: pin the service's key (service_public_key in "
+                          f"mergeops.yaml or MERGEOPS_SERVICE_PUBLIC_KEY), or run where {path} is")
