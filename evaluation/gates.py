@@ -20,6 +20,20 @@ from evaluation.errors import PolicyError
 from evaluation.leakage import LeakagePolicy, LeakageRecord
 
 
+class ApprovalPolicy(BaseModel):
+    """Who may decide a version (registry/approvals.py checks it on every decision)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reviewers: list[str] = []  # user ids; empty: anyone but the requester
+    require_authentication: bool | None = None  # None: true when the recipe's intended_use is commercial
+
+    def needs_authentication(self, intended_use: str | None) -> bool:
+        if self.require_authentication is None:
+            return intended_use == "commercial"
+        return self.require_authentication
+
+
 class GatePolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -30,6 +44,7 @@ class GatePolicy(BaseModel):
     leakage: LeakagePolicy = LeakagePolicy()
     require_audit_pass: bool = True
     require_license_pass: bool = True
+    approval: ApprovalPolicy = ApprovalPolicy()
 
     def minimum(self, table: str, domain: str) -> float | None:
         values = getattr(self, table)

@@ -14,7 +14,6 @@ policy: policies/release.yaml   # default gate policy (a recipe's own `policy:` 
 zoo: null                       # only for suites that ask for zoo domains
 service_url: null               # the governance service of a shared server, e.g. http://mlflow:5080
 service_public_key: keys/mergeops.pub   # the service's public key, pinned: signatures are checked with it
-signing_key: null               # only where the service runs (embedded: <home>/keys/signing-key.pem)
 watch:
   - recipes/acme.yaml           # a recipe with the defaults above...
   - recipe: recipes/acme-ties.yaml
@@ -62,7 +61,6 @@ class ProjectConfig(BaseModel):
     zoo: str | None = None
     service_url: str | None = None
     service_public_key: str | None = None
-    signing_key: str | None = None
     watch: list[WatchEntry] = Field(default_factory=list)
     _path: Path | None = PrivateAttr(default=None)  # the file it was read from (None: no config)
 

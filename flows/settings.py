@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     policy: str | None = None
     zoo: str | None = None
     # Governance (registry/keys.py, registry/service.py): the key that signs log entries and models
-    # (None: <home>/keys/signing-key.pem, created on first use in embedded mode), the public key
-    # checkers pin (a path or the PEM text), and the governance service a shared server runs.
+    # (MERGEOPS_SIGNING_KEY; None: <home>/keys/signing-key.pem, created on first use in embedded
+    # mode), the public key checkers pin (a path or the PEM text), and the governance service.
     signing_key: Path | None = None
     service_public_key: str | None = None
     service_url: str | None = None
@@ -82,7 +82,9 @@ class Settings(BaseSettings):
 
     @property
     def signing_key_path(self) -> Path:
-        return self.signing_key or self.home_dir / "keys" / "signing-key.pem"
+        from registry.keys import default_key_path
+
+        return self.signing_key or default_key_path(self.audit_log_path)
 
     @property
     def recipe_base_dir(self) -> Path | None:
@@ -138,7 +140,6 @@ def get_settings(config: ProjectConfig | None = None) -> Settings:
         "service_url": config.service_url,
         "service_public_key": (config.service_public_key if (config.service_public_key or "").lstrip()
                                .startswith("-----BEGIN") else config.resolve(config.service_public_key)),
-        "signing_key": config.resolve(config.signing_key),
     }
     update = {k: v for k, v in from_config.items() if v is not None and k not in settings.model_fields_set}
     return settings.model_copy(update={**update, "config_file": config.path})

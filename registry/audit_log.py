@@ -1,13 +1,18 @@
 """A tamper-evident, append-only audit log of every registry state change.
 
-One JSON object per line (canonical JSON): ``{"seq", "at", "event", "data", "prev", "hash"}``.
-``hash`` is the sha256 of the canonical JSON of the entry without ``hash``; ``prev`` is the
-previous entry's ``hash`` (64 zeros for the first). Editing a line breaks its own hash (or, if the
+One JSON object per line (canonical JSON): ``{"seq", "at", "event", "actor", "authenticated",
+"data", "prev", "key_id", "hash", "sig"}``. ``hash`` is the sha256 of the canonical JSON of the
+entry without ``hash`` and ``sig``; ``prev`` is the previous entry's ``hash`` (64 zeros for the
+first); ``sig`` is the writer's ECDSA signature of ``hash`` (registry/keys.py), ``key_id`` names its
+key. A chain alone can be rewritten whole by anyone who can write the file; signatures cannot be
+made without the key, which only the writer of the governed state holds (the governance service,
+or in embedded mode the store's owner). Entries written before signing existed are accepted only
+as a prefix: an unsigned entry after a signed one is a forgery. Editing a line breaks its own hash (or, if the
 editor recomputed it, the next line's ``prev``); deleting or reordering lines breaks ``seq`` and
 the chain. Appends take an exclusive ``flock`` so concurrent writers (a CLI approval while a flow
 registers) never interleave or fork the chain.
 
-A chain alone cannot tell a log whose tail was cut, or whose last entry was rewritten with a fresh
+Neither can tell a log whose tail was cut, or whose last entry was rewritten with a fresh
 hash, from an honest shorter log: ``verify(anchors=...)`` also checks ``(seq, hash)`` pairs kept
 elsewhere. The registry mirrors each entry's pair into MLflow tags for that purpose.
 """
@@ -20,27 +25,47 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Callable
 
 from merge.manifest import canonical_json
 from registry.errors import AuditLogTampered, RegistryError
+from registry.identity import Actor
+from registry.keys import SigningKey, default_key_path, load_signing_key, verify_signature
 
 GENESIS = "0" * 64
 EVENTS = ("registered", "approved", "rejected", "promoted", "verified", "remerge_triggered")
 
 
 def _entry_hash(entry: dict) -> str:
-    body = {k: v for k, v in entry.items() if k != "hash"}
+    body = {k: v for k, v in entry.items() if k not in ("hash", "sig")}
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 class AuditLog:
-    """``AuditLog(path).append("approved", model=..., version=..., reviewer=...)``; ``.verify()``."""
+    """``AuditLog(path).append("approved", actor=..., model=..., version=...)``; ``.verify()``.
 
-    def __init__(self, path: Path):
+    ``key`` signs appended entries (default: registry/keys.py ``default_key_path`` beside the log,
+    created on first use); ``public`` checks them in ``verify`` (None: the chain only).
+    """
+
+    def __init__(self, path: Path, *, key: SigningKey | None = None, public: bytes | None = None):
         self.path = Path(path)
+        self._key = key
+        self.public = public
 
-    def append(self, event: str, **data: object) -> dict:
-        """Append one entry under an exclusive lock and return it with its ``hash``."""
+    @property
+    def key(self) -> SigningKey:
+        if self._key is None:
+            self._key = load_signing_key(default_key_path(self.path), create=True)
+        return self._key
+
+    def append(self, event: str, *, actor: Actor | None = None, check: Callable[[list[dict]], None] | None = None,
+               **data: object) -> dict:
+        """Append one signed entry under an exclusive lock and return it.
+
+        ``check(entries)`` runs under the lock on every entry so far, before the append, and raises
+        to refuse it: a compare-and-set, so two writers deciding one version cannot both succeed.
+        """
         if event not in EVENTS:
             raise RegistryError(f"unknown audit-log event {event!r}; use one of {', '.join(EVENTS)}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,13 +75,19 @@ class AuditLog:
                 fh.seek(0)
                 lines = [ln for ln in fh.read().split(b"\n") if ln]
                 try:
-                    prev = json.loads(lines[-1])["hash"] if lines else GENESIS
+                    entries = [json.loads(ln) for ln in (lines if check else lines[-1:])]
+                    prev = entries[-1]["hash"] if entries else GENESIS
                 except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise AuditLogTampered(f"{self.path}:{len(lines)}: unreadable last entry; "
+                    raise AuditLogTampered(f"{self.path}:{len(lines)}: unreadable entry; "
                                            "run `mergeops log verify` and restore the log") from exc
+                if check:
+                    check(entries)
+                actor = actor or Actor.typed(None, "actor")
                 entry = {"seq": len(lines) + 1, "at": datetime.now(UTC).isoformat(timespec="microseconds"),
-                         "event": event, "data": data, "prev": prev}
+                         "event": event, "actor": actor.id, "authenticated": actor.authenticated, "data": data,
+                         "prev": prev, "key_id": self.key.key_id}
                 entry["hash"] = _entry_hash(entry)
+                entry["sig"] = self.key.sign(entry["hash"].encode("ascii"))
                 line = canonical_json(entry)
                 fh.seek(0, os.SEEK_END)
                 fh.write(line + b"\n")
@@ -95,7 +126,7 @@ class AuditLog:
                 fcntl.flock(fh, fcntl.LOCK_UN)
         if raw and not raw.endswith(b"\n"):
             raise AuditLogTampered(f"{self.path}: the last line is incomplete; the log was truncated or edited")
-        prev, hashes = GENESIS, {}
+        prev, hashes, signed = GENESIS, {}, False
         for lineno, line in enumerate(raw.split(b"\n")[:-1], start=1):
             where = f"{self.path}:{lineno}"
             try:
@@ -113,6 +144,14 @@ class AuditLog:
                 raise AuditLogTampered(
                     f"{where}: previous-entry hash does not match line {lineno - 1}; "
                     "an entry was edited, deleted or reordered")
+            if "sig" in entry:
+                signed = True
+                if self.public is not None and not verify_signature(self.public, entry["hash"].encode("ascii"),
+                                                                    entry["sig"]):
+                    raise AuditLogTampered(f"{where}: the signature does not match the trusted key "
+                                           f"(entry signed by key {entry.get('key_id')!r}); the entry was forged")
+            elif signed:
+                raise AuditLogTampered(f"{where}: unsigned entry after signed ones; the entry was forged")
             prev = hashes[lineno] = entry["hash"]
         for seq, digest, source in anchors:
             if seq not in hashes:

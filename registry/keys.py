@@ -88,6 +88,13 @@ def verify_signature(public: bytes, data: bytes, signature: str) -> bool:
     return True
 
 
+def default_key_path(audit_log: Path) -> Path:
+    """Where the key that signs an audit log lives: ``MERGEOPS_SIGNING_KEY`` when set (a mounted
+    secret), else ``keys/signing-key.pem`` beside the log (the store's home)."""
+    env = os.environ.get("MERGEOPS_SIGNING_KEY")
+    return Path(env) if env else Path(audit_log).parent / "keys" / "signing-key.pem"
+
+
 def load_signing_key(path: Path, *, create: bool) -> SigningKey:
     """The private key at ``path``; with ``create``, a new one is made there first (0600, its public
     key beside it as ``<name>.pub``) when none exists yet."""

@@ -101,6 +101,7 @@ class ApprovalRecord(_Frozen):
     reviewer: str
     at: str
     comment: str = ""
+    authenticated: bool = False
 
 
 class AuditSummary(_Frozen):

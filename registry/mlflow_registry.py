@@ -14,6 +14,7 @@ facts (see ``_version_tags``) and the alias ``candidate``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -27,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from merge.faults import crash_point
 from registry.audit_log import AuditLog
 from registry.errors import AuditLogTampered, LineageError, RegistryError
+from registry.identity import Actor
 from registry.lineage import LineageRecord
 from registry.mlflow_versions import (  # noqa: F401  (re-exported: the registry's one entry point)
     TAG,
@@ -35,6 +37,7 @@ from registry.mlflow_versions import (  # noqa: F401  (re-exported: the registry
     client,
     describe,
     download,
+    lineage_bytes,
     get_version,
     list_versions,
     load_lineage,
@@ -129,6 +132,7 @@ def register_candidate(
     audit_reports: list[Path] = (),
     artifact_location: str | None = None,
     license_links: dict[str, str] | None = None,
+    requester: Actor | None = None,
 ) -> VersionInfo:
     """Log one run and one model version for a merged model that passed every step before this.
 
@@ -137,7 +141,9 @@ def register_candidate(
     evaluation JSON, plots) go under ``evaluation/``, ``audit_reports`` under ``audit/``, the suite
     and policy under ``settings/``. ``artifact_location`` is the experiment's artifact root when it
     is first created (the embedded sqlite default needs one; a server decides its own).
-    ``license_links``: parent content id -> the licence link its card declares.
+    ``license_links``: parent content id -> the licence link its card declares. ``requester`` is
+    who asked (the governance service passes the authenticated user; default: the lineage's
+    ``requested_by``, unauthenticated).
     """
     manifest = check_model_dir(model_dir)
     if manifest["content_id"] != lineage.merged.content_id:
@@ -149,11 +155,32 @@ def register_candidate(
         lineage = lineage.model_copy(update={"release_files": write_release_files(
             lineage, release_dir, name=name, license_links=license_links)})
         return _register(tracking_uri, name, release_dir, lineage, audit_log_path, evaluation_files, audit_reports,
-                         artifact_location)
+                         artifact_location, requester or Actor(lineage.requested_by))
+
+
+def approval_rules(lineage: LineageRecord) -> dict:
+    """The version's ``approval:`` policy and intended use, signed into its ``registered`` entry so
+    every later decision is checked against what was registered, not against editable tags."""
+    from evaluation.gates import parse_gate_policy
+    from merge.bounded import load_yaml
+
+    doc = load_yaml(lineage.policy.text, what="policy") if lineage.policy is not None else None
+    recipe = load_yaml(lineage.recipe.text, what="recipe") if lineage.recipe.text else {}
+    intended_use = recipe.get("intended_use") if isinstance(recipe, dict) else None
+    policy = parse_gate_policy(doc if isinstance(doc, dict) else None, "policy").approval
+    return {"intended_use": intended_use or "research",
+            "approval": {"reviewers": policy.reviewers,
+                         "require_authentication": policy.needs_authentication(intended_use)}}
+
+
+def _registered_data(lineage: LineageRecord, run_id: str, lineage_sha: str) -> dict:
+    return {"content_id": lineage.merged.content_id, "run_id": run_id, "requested_by": lineage.requested_by,
+            "gate_verdict": lineage.gate_verdict, "audit_verdict": lineage.audit.verdict,
+            "leakage_verdict": lineage.leakage_verdict, "lineage_sha256": lineage_sha, **approval_rules(lineage)}
 
 
 def _register(tracking_uri: str, name: str, model_dir: Path, lineage: LineageRecord, audit_log_path: Path,
-              evaluation_files, audit_reports, artifact_location: str | None) -> VersionInfo:
+              evaluation_files, audit_reports, artifact_location: str | None, requester: Actor) -> VersionInfo:
     c = client(tracking_uri)
     lineage_bytes = lineage.to_json_bytes()
     lineage_sha = hashlib.sha256(lineage_bytes).hexdigest()
@@ -202,10 +229,33 @@ def _register(tracking_uri: str, name: str, model_dir: Path, lineage: LineageRec
                                 description=_description(lineage, name))
     crash_point("registry.version-created")  # a re-run completes the rest: complete_registration
     c.set_registered_model_alias(name, "candidate", mv.version)
-    record_event(tracking_uri, name, mv.version, audit_log_path, "registered",
-                 content_id=lineage.merged.content_id, run_id=run_id, requested_by=lineage.requested_by,
-                 gate_verdict=lineage.gate_verdict)
+    record_event(tracking_uri, name, mv.version, audit_log_path, "registered", actor=requester,
+                 **_registered_data(lineage, run_id, lineage_sha))
     return get_version(tracking_uri, name, mv.version)
+
+
+def mirror_decision(tracking_uri: str, info: VersionInfo, entry: dict) -> None:
+    """Copy a logged approval or rejection into the version's tags (for search and the UI)."""
+    approvals = json.loads(info.tag("approvals", "[]") or "[]") + [{
+        "decision": entry["event"], "reviewer": entry["actor"], "at": entry["at"],
+        "comment": entry["data"].get("comment", ""), "authenticated": entry.get("authenticated", False)}]
+    set_tags(tracking_uri, info, {
+        "approval": entry["event"], "decided_by": entry["actor"], "decided_at": entry["at"],
+        "decision_comment": entry["data"].get("comment", ""), "approvals": json.dumps(approvals, sort_keys=True),
+        "decided_authenticated": str(bool(entry.get("authenticated"))).lower()})
+
+
+def mirror_promotion(tracking_uri: str, info: VersionInfo, previous: str | None, entry: dict) -> None:
+    """Copy a logged promotion into tags and the ``champion`` alias (for search, the UI, serving)."""
+    at, by = entry["at"], entry["actor"]
+    if previous is not None:
+        set_tags(tracking_uri, get_version(tracking_uri, info.name, previous),
+                 {"superseded_by": info.version, "superseded_at": at})
+    set_tags(tracking_uri, info, {"promoted_by": by, "promoted_at": at})
+    n = 1 + sum(1 for k in model_tags(tracking_uri, info.name) if k.startswith(TAG + "champion."))
+    set_model_tag(tracking_uri, info.name, f"champion.{n}",
+                  json.dumps({"version": info.version, "by": by, "at": at}, sort_keys=True))
+    set_alias(tracking_uri, info, "champion")
 
 
 def _has_registered_entry(tags: dict[str, str]) -> bool:
@@ -224,26 +274,31 @@ def complete_registration(tracking_uri: str, info: VersionInfo, audit_log_path: 
         resolve(tracking_uri, f"{info.name}@candidate")
     except RegistryError:
         c.set_registered_model_alias(info.name, "candidate", info.version)
-    logged = [e for e in AuditLog(audit_log_path).entries() if e["event"] == "registered"
+    log = audit_log_path if isinstance(audit_log_path, AuditLog) else AuditLog(audit_log_path)
+    logged = [e for e in log.entries() if e["event"] == "registered"
               and e["data"].get("model") == info.name and e["data"].get("version") == str(info.version)]
     if logged:  # killed after the log entry, before its copy: mirror it, never log twice
         c.set_model_version_tag(info.name, info.version, f"{_LOG_TAG}{logged[0]['seq']}", f"registered:{logged[0]['hash']}")
-    else:
-        record_event(tracking_uri, info.name, info.version, audit_log_path, "registered",
-                     content_id=info.tag("content_id"), run_id=info.run_id, requested_by=info.tag("requested_by"),
-                     gate_verdict=info.tag("gate_verdict"), completed_after_interruption=True)
+    else:  # the run's own lineage.json, not the tags, says what was registered
+        stored = lineage_bytes(tracking_uri, info)
+        lineage = LineageRecord.from_json_bytes(stored)
+        record_event(tracking_uri, info.name, info.version, log, "registered", actor=Actor(lineage.requested_by),
+                     completed_after_interruption=True,
+                     **_registered_data(lineage, info.run_id, hashlib.sha256(stored).hexdigest()))
     return True
 
 
-def record_event(tracking_uri: str, name: str, version: str | None, audit_log_path: Path, event: str,
-                 **data) -> dict:
-    """Append to the audit log and mirror the entry's ``(seq, hash)`` into MLflow.
+def record_event(tracking_uri: str, name: str, version: str | None, audit_log: Path | AuditLog, event: str, *,
+                 actor: Actor | None = None, check=None, **data) -> dict:
+    """Append a signed entry to the audit log and mirror its ``(seq, hash)`` into MLflow.
 
-    The copy goes onto the model version, or with ``version=None`` (e.g. ``remerge_triggered``)
-    onto the registered model when it exists.
+    ``actor`` did it (default: this machine's user, unauthenticated); ``check`` is the log's
+    compare-and-set (registry/audit_log.py). The copy goes onto the model version, or with
+    ``version=None`` (e.g. ``remerge_triggered``) onto the registered model when it exists.
     """
     extra = {} if version is None else {"version": str(version)}
-    entry = AuditLog(audit_log_path).append(event, model=name, **extra, **data)
+    log = audit_log if isinstance(audit_log, AuditLog) else AuditLog(audit_log)
+    entry = log.append(event, actor=actor, check=check, model=name, **extra, **data)
     c, key, value = client(tracking_uri), f"{_LOG_TAG}{entry['seq']}", f"{event}:{entry['hash']}"
     try:
         if version is None:
@@ -256,40 +311,21 @@ def record_event(tracking_uri: str, name: str, version: str | None, audit_log_pa
     return entry
 
 
-def audit_anchors(tracking_uri: str, audit_log_path: Path) -> list[tuple[int, str, str]]:
-    """Every ``(seq, hash, "where")`` mirrored into MLflow for this audit log. A version of this log
-    without a ``registered`` entry (a registration cut short) is an AuditLogTampered naming it."""
-    where = str(Path(audit_log_path).resolve())
-    c, anchors, unlogged = client(tracking_uri), [], []
-
-    def collect(tags: dict, label: str) -> None:
-        for key, value in tags.items():
-            if key.startswith(_LOG_TAG):
-                anchors.append((int(key[len(_LOG_TAG):]), value.split(":", 1)[1], label))
-
-    for rm in c.search_registered_models(max_results=1000):
-        if rm.tags.get(TAG + "audit_log") == where:
-            collect(rm.tags, f"MLflow {rm.name}")
-    for mv in c.search_model_versions(max_results=10_000):
-        if mv.tags.get(TAG + "audit_log") == where:
-            collect(mv.tags, f"MLflow {mv.name} v{mv.version}")
-            if not _has_registered_entry(mv.tags):
-                unlogged.append(f"{mv.name} v{mv.version}")
-    if unlogged:
-        raise AuditLogTampered(f"{', '.join(unlogged)}: in MLflow without a `registered` entry in {where} (a "
-                               "registration was cut short); run its recipe again to complete it")
-    return sorted(anchors)
-
-
-def verify_audit_log(tracking_uri: str | None, audit_log_path: Path) -> tuple[int, int]:
-    """Check the log's chain and the copies mirrored into MLflow; return ``(entries, anchors)``.
+def verify_audit_log(tracking_uri: str | None, audit_log: Path | AuditLog, where: str | None = None) -> tuple[int, int]:
+    """Check the log's chain and signatures and MLflow's copy of it (registry/log_check.py); return
+    ``(entries, anchors)``, or raise AuditLogTampered naming every drift.
 
     With ``tracking_uri`` None, or an embedded sqlite store that does not exist yet, only the
-    chain is checked.
+    log itself is checked.
     """
-    anchors = []
-    if tracking_uri and not (tracking_uri.startswith("sqlite:///")
-                             and not Path(tracking_uri.removeprefix("sqlite:///")).exists()):
-        anchors = audit_anchors(tracking_uri, audit_log_path)
-    count, _ = AuditLog(audit_log_path).verify(anchors=anchors)
-    return count, len(anchors)
+    from registry.log_check import check_log
+
+    if tracking_uri and tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        tracking_uri = None
+    log = audit_log if isinstance(audit_log, AuditLog) else AuditLog(audit_log)
+    result = check_log(tracking_uri, log, where)
+    if result.drifts:
+        raise AuditLogTampered("; ".join(result.drifts) if len(result.drifts) == 1 else
+                               f"{len(result.drifts)} differences between MLflow and the audit log:\n  "
+                               + "\n  ".join(result.drifts))
+    return result.entries, result.anchors

@@ -117,10 +117,15 @@ def download(tracking_uri: str, info: VersionInfo, artifact: str, dst: Path) -> 
     return Path(client(tracking_uri).download_artifacts(info.run_id, artifact, str(dst)))
 
 
+def lineage_bytes(tracking_uri: str, info: VersionInfo) -> bytes:
+    """The version's ``lineage.json`` exactly as stored in its run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return download(tracking_uri, info, "lineage.json", Path(tmp)).read_bytes()
+
+
 def load_lineage(tracking_uri: str, info: VersionInfo) -> LineageRecord:
     """The stored record, checked against the hash tagged at registration, with approvals added."""
-    with tempfile.TemporaryDirectory() as tmp:
-        data = download(tracking_uri, info, "lineage.json", Path(tmp)).read_bytes()
+    data = lineage_bytes(tracking_uri, info)
     if hashlib.sha256(data).hexdigest() != info.tag("lineage_sha256"):
         raise ArtifactMismatch(f"{info.name} v{info.version}: lineage.json differs from the hash tagged at registration")
     record = LineageRecord.from_json_bytes(data)

@@ -15,7 +15,7 @@ from flows.cli import cli
 from registry import approvals
 from registry import mlflow_registry as reg
 from registry.audit_log import AuditLog
-from registry.errors import ApprovalRefused, ArtifactMismatch, LineageError
+from registry.errors import ApprovalRefused, ArtifactMismatch, AuditLogTampered, LineageError
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_gate_failed_version_cannot_be_approved(store, tmp_path):
 
 def test_unapproved_version_cannot_be_promoted(store, tmp_path):
     info, _ = _register(store, tmp_path)
-    with pytest.raises(ApprovalRefused, match="pending, not approved"):
+    with pytest.raises(ApprovalRefused, match=r"holds no approval for it \(pending\)"):
         approvals.promote(store["uri"], info.name, info.version, by="carol", audit_log_path=store["log"])
 
 
@@ -204,9 +204,12 @@ def test_model_level_events_are_mirrored_and_anchored(store, tmp_path):
     info, _ = _register(store, tmp_path)
     entry = reg.record_event(store["uri"], info.name, None, store["log"], "remerge_triggered", reason="parent changed")
     assert reg.model_tags(store["uri"], info.name)[f"mergeops.log.{entry['seq']}"] == f"remerge_triggered:{entry['hash']}"
-    anchors = reg.audit_anchors(store["uri"], store["log"])
-    assert (entry["seq"], entry["hash"], f"MLflow {info.name}") in anchors
-    assert reg.verify_audit_log(store["uri"], store["log"]) == (entry["seq"], len(anchors))
+    assert reg.verify_audit_log(store["uri"], store["log"])[0] == entry["seq"]
+    # the model-level copy is checked: a rewritten copy is named
+    reg.set_model_tag(store["uri"], info.name, f"log.{entry['seq']}", f"remerge_triggered:{'0' * 64}")
+    with pytest.raises(AuditLogTampered, match=f"differs from the copy in MLflow {info.name}"):
+        reg.verify_audit_log(store["uri"], store["log"])
+    reg.set_model_tag(store["uri"], info.name, f"log.{entry['seq']}", f"remerge_triggered:{entry['hash']}")
 
 
 def test_register_refuses_a_lineage_for_other_bytes(store, tmp_path):
