@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test bench bench-pipeline clean
+.PHONY: venv demo test stack-test bench bench-pipeline clean
 
 venv: $(STAMP)
 
@@ -23,7 +23,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/stack
+
+# Real servers on loopback (an authenticated MLflow server, the governance service, ...).
+stack-test: $(STAMP)
+	$(BIN)/python -m pytest -q tests/stack
 
 demo: $(STAMP)
 	BIN=$(BIN) bash scripts/demo.sh

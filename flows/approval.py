@@ -59,21 +59,26 @@ def await_approval(name: str, version: str, requested_by: str, *, timeout_s: int
 
 
 def current_state(name: str, version: str) -> str:
-    """``approved``, ``rejected`` or ``awaiting_approval``, as the registry holds it now."""
-    from registry.mlflow_registry import get_version
+    """``approved``, ``rejected`` or ``awaiting_approval``, as the audit log holds it now."""
+    from flows.governance import Governance
 
-    state = get_version(get_settings().tracking_uri, name, version).tag("approval", "pending")
+    state = Governance(get_settings()).state(name, version)
     return "awaiting_approval" if state == "pending" else state
 
 
 def decide(name: str, version: str, reviewer: str, decision: str, comment: str) -> str:
-    """Apply a reviewer's decision through the registry's rules; return the new state."""
-    from registry import approvals
+    """Apply a reviewer's decision through the registry's rules; return the new state.
 
-    settings = get_settings()
-    act = approvals.approve if decision == "approve" else approvals.reject
-    act(settings.tracking_uri, name, version, reviewer=reviewer, comment=comment,
-        audit_log_path=settings.audit_log_path)
+    Prefect's form is not authenticated (anyone who reaches the UI can type any name), so with a
+    governance service the form cannot decide: the reviewer runs `mergeops approve` signed in."""
+    from flows.governance import Governance
+    from merge.errors import UsageError
+
+    governance = Governance(get_settings())
+    if governance.service is not None:
+        raise UsageError(f"the Prefect form is not authenticated; decide with `mergeops approve {name} {version}` "
+                         "as your signed-in MLflow user")
+    governance.decide(decision, name, version, reviewer, comment)
     return "approved" if decision == "approve" else "rejected"
 
 

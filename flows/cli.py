@@ -49,6 +49,7 @@ from flows.cli_registry import verify as _verify; cli.add_command(_verify)  # no
 from flows.cli_registry import log as _log; cli.add_command(_log)  # noqa: E402,E702
 from flows.cli_pipeline import run as _run; cli.add_command(_run)  # noqa: E402,E702
 from flows.cli_pipeline import watch as _watch; cli.add_command(_watch)  # noqa: E402,E702
+from flows.cli_serve import serve as _serve; cli.add_command(_serve)  # noqa: E402,E702
 
 
 def main() -> None:

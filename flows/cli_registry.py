@@ -41,62 +41,61 @@ def lineage(spec: str, as_json: bool) -> None:
                                approval=info.tag("approval")), nl=False)
 
 
+def _governance():
+    from flows.governance import Governance
+
+    return Governance(_settings())
+
+
+_REVIEWER = ("Who decides. With a governance service it is your signed-in MLflow user (a different name is "
+             "refused); with an embedded store, the name as typed (required).")
+
+
 @click.command()
 @click.argument("name")
 @click.argument("version")
-@click.option("--reviewer", required=True, help="Who approves; never the requester (four-eyes).")
+@click.option("--reviewer", default=None, help=_REVIEWER)
 @click.option("--comment", default="", help="Why.")
-def approve(name: str, version: str, reviewer: str, comment: str) -> None:
+def approve(name: str, version: str, reviewer: str | None, comment: str) -> None:
     """Approve a gate-passing version. The reviewer must not be the person who requested it.
 
     \b
     Example:
       mergeops approve demo-merge 3 --reviewer bob@example.com --comment "retention ok"
     """
-    from registry.approvals import approve as do_approve
-
-    s = _settings()
-    info = do_approve(s.tracking_uri, name, version, reviewer=reviewer, comment=comment,
-                      audit_log_path=s.audit_log_path)
-    click.echo(f"{info.name} v{info.version}: approved by {reviewer}")
+    done = _governance().decide("approve", name, version, reviewer, comment)
+    click.echo(f"{done.name} v{done.version}: approved by {done.who}")
 
 
 @click.command()
 @click.argument("name")
 @click.argument("version")
-@click.option("--reviewer", required=True, help="Who rejects; never the requester (four-eyes).")
+@click.option("--reviewer", default=None, help=_REVIEWER)
 @click.option("--comment", required=True, help="Why (required).")
-def reject(name: str, version: str, reviewer: str, comment: str) -> None:
+def reject(name: str, version: str, reviewer: str | None, comment: str) -> None:
     """Reject a version, saying why.
 
     \b
     Example:
       mergeops reject demo-merge 3 --reviewer bob@example.com --comment "arith retention too low"
     """
-    from registry.approvals import reject as do_reject
-
-    s = _settings()
-    info = do_reject(s.tracking_uri, name, version, reviewer=reviewer, comment=comment,
-                     audit_log_path=s.audit_log_path)
-    click.echo(f"{info.name} v{info.version}: rejected by {reviewer}")
+    done = _governance().decide("reject", name, version, reviewer, comment)
+    click.echo(f"{done.name} v{done.version}: rejected by {done.who}")
 
 
 @click.command()
 @click.argument("name")
 @click.argument("version")
-@click.option("--by", "by", required=True, help="Who promotes.")
-def promote(name: str, version: str, by: str) -> None:
-    """Move the alias `champion` to an approved, gate-passing version (artifacts re-hashed first).
+@click.option("--by", "by", default=None, help="Who promotes (as --reviewer: signed-in with a service).")
+def promote(name: str, version: str, by: str | None) -> None:
+    """Move the alias `champion` to a version the audit log approved (artifacts re-hashed first).
 
     \b
     Example:
       mergeops promote demo-merge 3 --by carol@example.com
     """
-    from registry.approvals import promote as do_promote
-
-    s = _settings()
-    info = do_promote(s.tracking_uri, name, version, by=by, audit_log_path=s.audit_log_path)
-    click.echo(f"{info.name} v{info.version}: champion (content {info.tag('content_id')[:16]})")
+    done = _governance().promote(name, version, by)
+    click.echo(f"{done.name} v{done.version}: champion (content {done.content_id[:16]})")
 
 
 @click.command()
@@ -130,14 +129,15 @@ def log() -> None:
 
 @log.command("verify")
 def log_verify() -> None:
-    """Check the audit log's hash chain and the copies mirrored into MLflow; exit 1 naming a bad line.
+    """Check the audit log (chain, signatures) and MLflow's copy of it; exit 1 naming each difference.
+
+    Differences named: an edited, deleted or forged entry, a bad signature, a version without its
+    `registered` entry, a tag or alias that says what the log does not (approval, champion).
 
     \b
     Example:
       mergeops log verify
     """
-    from registry.mlflow_registry import verify_audit_log
-
-    s = _settings()
-    count, anchors = verify_audit_log(s.tracking_uri, s.audit_log_path)
-    click.echo(f"{s.audit_log_path}: {count} entries, chain intact, {anchors} MLflow copies match")
+    where, count, anchors = _governance().verify_log()
+    click.echo(f"{where}: {count} entries, chain and signatures intact, {anchors} MLflow copies match, "
+               "tags and aliases agree with the log")

@@ -20,6 +20,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from flows import tasks
 from flows.approval import await_approval
 from flows.dvc_store import lock_md5s
+from flows.governance import Governance
 from flows.locks import model_lock
 from flows.settings import get_settings
 from flows.versions import baseline, find_same
@@ -76,7 +77,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
 
     log = get_run_logger()
     settings = get_settings()
-    requested_by = requested_by or getpass.getuser()
+    requested_by = Governance(settings).requester(requested_by) or getpass.getuser()
     path = Path(recipe_path).resolve()
     recipe = load_recipe(path, settings.recipe_base_dir)
     name = model_name(recipe, path)
@@ -120,7 +121,8 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
         same = find_same(settings.tracking_uri, name, recipe_sha256=recipe.sha256,
                          parent_content_ids=list(parent_ids.values()), merged_content_id=merged.content_id)
         if same is not None:
-            if tasks.complete_registration(settings.tracking_uri, name, same.version, str(settings.audit_log_path)):
+            if not settings.service_url and tasks.complete_registration(settings.tracking_uri, name, same.version,
+                                                                        str(settings.audit_log_path)):
                 log.info("%s v%s: completed a registration an interrupted run left", name, same.version)
             log.info("%s v%s already holds these bytes; nothing registered", name, same.version)
             summary = _summary(name, same.version, merged, evaluation, status="unchanged (already registered)")

@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger
 
 from flows.config import CONFIG_NAME, WatchEntry, load_config
 from flows.errors import WatchConfigError
+from flows.governance import Governance
 from flows.locks import model_lock
 from flows.runtime import UI_ONLY
 from flows.pipeline import merge_pipeline, model_name, parent_dirs
@@ -82,8 +83,6 @@ def plan(recipe_path: str, tracking_uri: str) -> dict:
 def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None, suite: str | None = None,
                zoo_dir: str | None = None, requested_by: str | None = None) -> list[dict]:
     """One pass over the watched recipes; returns what was done for each."""
-    from registry.audit_log import AuditLog
-
     log = get_run_logger()
     settings = get_settings()
     outcomes = []
@@ -95,8 +94,8 @@ def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None,
                 log.info("%s: no re-merge (%s)", decision["name"], decision["reason"])
                 outcomes.append({**decision, "status": "unchanged"})
                 continue
-            AuditLog(settings.audit_log_path).append(
-                "remerge_triggered", model=decision["name"], recipe=decision["recipe"], reason=decision["reason"],
+            Governance(settings).record(
+                decision["name"], None, "remerge_triggered", recipe=decision["recipe"], reason=decision["reason"],
                 changed=decision["changed"], baseline=decision["baseline"],
                 parents=sorted(decision["parents"].values()))
             log.info("%s: re-merging (%s)", decision["name"], decision["reason"])

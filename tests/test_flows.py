@@ -254,7 +254,7 @@ def test_with_a_server_the_run_pauses_for_a_typed_approval_and_keeps_four_eyes(w
     assert results and results[0]["status"] == "approved"
     info = versions(get_settings().tracking_uri, "flows-pause")[-1]
     assert info.tag("approval") == "approved" and info.tag("decided_by") == "bob"
-    assert [e["data"]["reviewer"] for e in _audit_events("approved")] == ["bob"]
+    assert [e["actor"] for e in _audit_events("approved")] == ["bob"]
 
 
 def test_a_decision_made_on_the_cli_while_paused_is_what_the_run_reports(ws: Path, monkeypatch) -> None:

@@ -1,0 +1,212 @@
+"""Governance on a shared server: a real `mlflow server --app-name basic-auth` with three people and a
+service account, and `mergeops serve` as the one writer of governed state.
+
+Each attack a hostile insider tried is replayed here against the real servers, through the CLI
+where a person would use the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from servers import BIN, as_user, governance_service, mlflow_basic_auth  # noqa: E402
+from test_lineage import make_lineage  # noqa: E402
+
+from registry import mlflow_registry as reg  # noqa: E402
+from registry.audit_log import AuditLog  # noqa: E402
+from registry.service_client import ServiceClient, submit_registration  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("governance")
+    with mlflow_basic_auth(root / "mlflow") as mlflow, governance_service(mlflow["uri"], root / "service") as svc:
+        yield {**mlflow, **svc, "tmp": root}
+
+
+def mergeops(stack, user: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """`mergeops ARGS` as ``user``, pointed at the server and the service, the key pinned."""
+    cwd = stack["tmp"] / f"cwd-{user}"
+    cwd.mkdir(exist_ok=True)
+    return subprocess.run([str(BIN / "mergeops"), *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env=as_user(user, MLFLOW_TRACKING_URI=stack["uri"], MERGEOPS_SERVICE_URL=stack["url"],
+                                      MERGEOPS_SERVICE_PUBLIC_KEY=str(stack["public_key"]),
+                                      MERGEOPS_HOME=str(cwd / ".mergeops"), **env))
+
+
+def _client(user: str) -> ServiceClient:
+    env = as_user(user)
+    return ServiceClient("", env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+
+
+def register(stack, name: str, seed: int, requester: str = "alice", monkeypatch=None) -> str:
+    """A candidate submitted by ``requester`` and registered by the service; its version."""
+    work = stack["tmp"] / f"{name}-{seed}"
+    record, merged = make_lineage(work, merged_seed=seed, requested_by="somebody-typed")
+    client = _client(requester)
+    client.url = stack["url"]
+    env = as_user(requester)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", env["MLFLOW_TRACKING_USERNAME"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", env["MLFLOW_TRACKING_PASSWORD"])
+    answer = submit_registration(client, stack["uri"], name=name, model_dir=merged, lineage=record)
+    assert answer["status"] == "registered"
+    return answer["version"]
+
+
+def _admin(stack, monkeypatch) -> MlflowClient:
+    env = as_user("admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", env["MLFLOW_TRACKING_USERNAME"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", env["MLFLOW_TRACKING_PASSWORD"])
+    return MlflowClient(stack["uri"])
+
+
+def test_the_requester_is_the_signed_in_user_and_cannot_approve_under_any_spelling(stack, monkeypatch):
+    version = register(stack, "gov-four-eyes", 3, monkeypatch=monkeypatch)
+    entries = AuditLog(stack["log"]).entries()
+    registered = [e for e in entries if e["event"] == "registered" and e["data"]["model"] == "gov-four-eyes"]
+    # the typed requested_by is replaced by who signed in; the entry is signed by the service's key
+    assert registered[0]["actor"] == "alice" and registered[0]["authenticated"] is True and registered[0]["sig"]
+
+    for spelling in ("alice", "Alice", "alice\u200b", "\uff41lice", "al\u0456ce"):
+        done = mergeops(stack, "alice", "approve", "gov-four-eyes", version, "--reviewer", spelling)
+        assert done.returncode in (1, 2), done
+        assert done.stderr.count("error:") == 1 and "Traceback" not in done.stderr
+    # typing another person's name is refused: decisions are made as the signed-in user
+    bob_typed = mergeops(stack, "alice", "approve", "gov-four-eyes", version, "--reviewer", "bob")
+    assert bob_typed.returncode == 1 and "you are authenticated as alice" in bob_typed.stderr
+    # without a flag, alice is alice: four-eyes
+    plain = mergeops(stack, "alice", "approve", "gov-four-eyes", version)
+    assert plain.returncode == 1 and "four-eyes" in plain.stderr
+    # wrong password: refused by the MLflow server, one line
+    wrong = mergeops(stack, "bob", "approve", "gov-four-eyes", version, MLFLOW_TRACKING_PASSWORD="nope")
+    assert wrong.returncode == 2 and "refused these credentials" in wrong.stderr
+
+    ok = mergeops(stack, "bob", "approve", "gov-four-eyes", version, "--comment", "retention reviewed")
+    assert ok.returncode == 0, ok.stderr
+    assert "approved by bob" in ok.stdout
+    decided = [e for e in AuditLog(stack["log"]).entries() if e["event"] == "approved"
+               and e["data"]["model"] == "gov-four-eyes"]
+    assert [(e["actor"], e["authenticated"]) for e in decided] == [("bob", True)]
+
+
+def test_direct_edits_are_refused_by_the_server_and_admin_forgeries_are_named(stack, monkeypatch):
+    version = register(stack, "gov-forgery", 4, monkeypatch=monkeypatch)
+    env = as_user("bob")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", env["MLFLOW_TRACKING_USERNAME"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", env["MLFLOW_TRACKING_PASSWORD"])
+    bob = MlflowClient(stack["uri"])
+    with pytest.raises(MlflowException, match="403|PERMISSION_DENIED|Permission denied"):
+        bob.set_model_version_tag("gov-forgery", version, "mergeops.approval", "approved")
+    with pytest.raises(MlflowException, match="403|PERMISSION_DENIED|Permission denied"):
+        bob.set_registered_model_alias("gov-forgery", "champion", version)
+
+    clean = mergeops(stack, "carol", "log", "verify")
+    assert clean.returncode == 0, clean.stderr
+
+    admin = _admin(stack, monkeypatch)
+    admin.set_model_version_tag("gov-forgery", version, "mergeops.approval", "approved")
+    admin.set_model_version_tag("gov-forgery", version, "mergeops.decided_by", "bob")
+    admin.set_registered_model_alias("gov-forgery", "champion", version)
+    found = mergeops(stack, "carol", "log", "verify")
+    assert found.returncode == 1
+    assert f"gov-forgery v{version}: tag mergeops.approval is 'approved', the log says 'pending'" in found.stderr
+    assert "gov-forgery: alias champion is v" in found.stderr and "the log promoted nothing" in found.stderr
+    refused = mergeops(stack, "carol", "promote", "gov-forgery", version)
+    assert refused.returncode == 1 and "holds no approval" in refused.stderr
+    # put the mirror back as the log says, so later checks see a clean store
+    admin.set_model_version_tag("gov-forgery", version, "mergeops.approval", "pending")
+    admin.delete_model_version_tag("gov-forgery", version, "mergeops.decided_by")
+    admin.delete_registered_model_alias("gov-forgery", "champion")
+
+
+def test_tampered_weights_manifest_lineage_and_tags_are_refused_at_promote(stack, monkeypatch):
+    version = register(stack, "gov-tamper", 5, monkeypatch=monkeypatch)
+    assert mergeops(stack, "bob", "approve", "gov-tamper", version).returncode == 0
+    admin = _admin(stack, monkeypatch)
+    info = reg.get_version(stack["uri"], "gov-tamper", version)
+    run_dir = next(p for p in stack["artifacts"].rglob(info.run_id) if p.is_dir())
+    weights = next(run_dir.rglob("model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x01\x02\x03\x04")
+    # rewrite the manifest, lineage.json and tags to match the new bytes, as an admin could
+    from merge.manifest import MANIFEST_NAME, content_id, file_entries
+    from registry.lineage import FileEntry, LineageRecord
+    manifest_path = weights.parent / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    files = [e for e in file_entries(weights.parent) if e.path != MANIFEST_NAME and e.path not in
+             ("README.md", "LICENSE", "NOTICE")]
+    manifest["files"] = [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in files]
+    manifest_path.write_text(json.dumps(manifest))
+    lineage_path = next(run_dir.rglob("lineage.json"))
+    lineage = LineageRecord.from_json_bytes(lineage_path.read_bytes())
+    new_files = [FileEntry(path=e.path, sha256=e.sha256, size=e.size) for e in file_entries(weights.parent)
+                 if e.path not in ("README.md", "LICENSE", "NOTICE")]
+    forged = lineage.model_copy(update={"merged": lineage.merged.model_copy(
+        update={"files": new_files, "content_id": content_id(weights.parent)})})
+    lineage_path.write_bytes(forged.to_json_bytes())
+    import hashlib
+    admin.set_model_version_tag("gov-tamper", version, "mergeops.lineage_sha256",
+                                hashlib.sha256(forged.to_json_bytes()).hexdigest())
+    admin.set_model_version_tag("gov-tamper", version, "mergeops.content_id", forged.merged.content_id)
+
+    refused = mergeops(stack, "carol", "promote", "gov-tamper", version)
+    assert refused.returncode == 1, refused
+    assert "not the one the audit log signed" in refused.stderr
+    drift = mergeops(stack, "carol", "log", "verify")
+    assert drift.returncode == 1 and "tag mergeops.content_id" in drift.stderr
+
+
+def test_a_forged_log_entry_is_detected(stack, monkeypatch):
+    register(stack, "gov-forged-entry", 6, monkeypatch=monkeypatch)
+    log = stack["log"]
+    original = log.read_bytes()
+    try:
+        # a correctly chained entry, signed with a key that is not the service's
+        from registry.keys import load_signing_key
+        eve = AuditLog(log, key=load_signing_key(stack["tmp"] / "eve.pem", create=True))
+        eve.append("approved", actor=None, model="gov-forged-entry", version="1", comment="forged")
+        forged = mergeops(stack, "carol", "log", "verify")
+        assert forged.returncode == 1 and "signature does not match the trusted key" in forged.stderr
+    finally:
+        log.write_bytes(original)
+
+
+def _decide(args):
+    url, user, decision, name, version = args
+    client = _client(user)
+    client.url = url
+    try:
+        (client.approve if decision == "approve" else client.reject)(name, version, None, "race")
+        return decision
+    except Exception as exc:  # noqa: BLE001  (the loser's refusal)
+        return f"refused: {exc}"
+
+
+def test_racing_approve_and_reject_give_one_decision_each(stack, monkeypatch):
+    versions = [register(stack, "gov-race", 100 + i, monkeypatch=monkeypatch) for i in range(20)]
+    jobs = []
+    for v in versions:
+        jobs += [(stack["url"], "bob", "approve", "gov-race", v), (stack["url"], "carol", "reject", "gov-race", v)]
+    with ProcessPoolExecutor(max_workers=8, mp_context=get_context("fork")) as pool:
+        outcomes = list(pool.map(_decide, jobs))
+    for i, v in enumerate(versions):
+        pair = outcomes[2 * i: 2 * i + 2]
+        assert sum(not o.startswith("refused") for o in pair) == 1, (v, pair)
+        assert any("already" in o for o in pair if o.startswith("refused")), pair
+    entries = AuditLog(stack["log"]).entries()
+    for v in versions:
+        decided = [e for e in entries if e["event"] in ("approved", "rejected")
+                   and e["data"]["model"] == "gov-race" and e["data"]["version"] == v]
+        assert len(decided) == 1
+        assert reg.get_version(stack["uri"], "gov-race", v).tag("approval") == decided[0]["event"]
+    assert mergeops(stack, "carol", "log", "verify").returncode == 0
