@@ -66,7 +66,9 @@ def mlflow_basic_auth(root: Path):
     ini = root / "basic_auth.ini"
     ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{root / 'auth.db'}\n"
                    f"admin_username = {ADMIN[0]}\nadmin_password = {ADMIN[1]}\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                   # each request re-derives the password hash otherwise (about a second on 2 busy cores)
+                   "auth_cache_ttl_seconds = 300\n")
     port = free_port()
     log = root / "mlflow.log"
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "stack-test-secret",
@@ -115,3 +117,20 @@ def governance_service(mlflow_uri: str, home: Path):
                "service_log": log}
     finally:
         stop(proc)
+
+
+def decide(args: tuple[str, str, str, str, str]) -> str:
+    """One person's decision sent to the service (a process-pool worker: stdlib only, cheap to spawn)."""
+    import base64
+    import urllib.error
+
+    url, user, decision, name, version = args
+    body = json.dumps({"name": name, "version": version, "comment": "race"}).encode()
+    req = urllib.request.Request(f"{url}/v1/{decision}", data=body, method="POST", headers={
+        "Content-Type": "application/json",
+        "Authorization": "Basic " + base64.b64encode(f"{user}:{password(user)}".encode()).decode()})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as resp:
+            return json.loads(resp.read())["state"]
+    except urllib.error.HTTPError as exc:
+        return f"refused: {json.loads(exc.read()).get('error')}"

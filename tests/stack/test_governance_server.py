@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from servers import BIN, as_user, governance_service, mlflow_basic_auth  # noqa: E402
+from servers import BIN, as_user, decide, governance_service, mlflow_basic_auth  # noqa: E402
 from test_lineage import make_lineage  # noqa: E402
 
 from registry import mlflow_registry as reg  # noqa: E402
@@ -181,24 +181,13 @@ def test_a_forged_log_entry_is_detected(stack, monkeypatch):
         log.write_bytes(original)
 
 
-def _decide(args):
-    url, user, decision, name, version = args
-    client = _client(user)
-    client.url = url
-    try:
-        (client.approve if decision == "approve" else client.reject)(name, version, None, "race")
-        return decision
-    except Exception as exc:  # noqa: BLE001  (the loser's refusal)
-        return f"refused: {exc}"
-
-
 def test_racing_approve_and_reject_give_one_decision_each(stack, monkeypatch):
     versions = [register(stack, "gov-race", 100 + i, monkeypatch=monkeypatch) for i in range(20)]
     jobs = []
     for v in versions:
         jobs += [(stack["url"], "bob", "approve", "gov-race", v), (stack["url"], "carol", "reject", "gov-race", v)]
-    with ProcessPoolExecutor(max_workers=8, mp_context=get_context("fork")) as pool:
-        outcomes = list(pool.map(_decide, jobs))
+    with ProcessPoolExecutor(max_workers=8, mp_context=get_context("spawn")) as pool:
+        outcomes = list(pool.map(decide, jobs))
     for i, v in enumerate(versions):
         pair = outcomes[2 * i: 2 * i + 2]
         assert sum(not o.startswith("refused") for o in pair) == 1, (v, pair)
