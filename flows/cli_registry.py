@@ -17,6 +17,13 @@ def _settings():
     return get_settings().require_store()
 
 
+def _trusted_key(s) -> bytes:
+    """The public key model signatures are checked with: the pinned one, else this store's own."""
+    from registry.keys import trusted_public_key
+
+    return trusted_public_key(s.service_public_key, s.signing_key_path)
+
+
 @click.command()
 @click.argument("spec", metavar="NAME[@VERSION|@ALIAS]")
 @click.option("--json", "as_json", is_flag=True, help="Print the lineage record itself (canonical JSON).")
@@ -86,7 +93,8 @@ def reject(name: str, version: str, reviewer: str, comment: str) -> None:
 @click.argument("version")
 @click.option("--by", "by", required=True, help="Who promotes.")
 def promote(name: str, version: str, by: str) -> None:
-    """Move the alias `champion` to an approved, gate-passing version (artifacts re-hashed first).
+    """Move the alias `champion` to an approved, gate-passing version (artifacts re-hashed and the
+    model signature checked with the trusted key first).
 
     \b
     Example:
@@ -95,7 +103,8 @@ def promote(name: str, version: str, by: str) -> None:
     from registry.approvals import promote as do_promote
 
     s = _settings()
-    info = do_promote(s.tracking_uri, name, version, by=by, audit_log_path=s.audit_log_path)
+    info = do_promote(s.tracking_uri, name, version, by=by, audit_log_path=s.audit_log_path,
+                      public_key=_trusted_key(s))
     click.echo(f"{info.name} v{info.version}: champion (content {info.tag('content_id')[:16]})")
 
 
@@ -113,7 +122,8 @@ def verify(spec: str) -> None:
     from registry.verify import verify_version
 
     s = _settings()
-    result = verify_version(s.tracking_uri, spec, audit_log_path=s.audit_log_path, work_dir=None)
+    result = verify_version(s.tracking_uri, spec, audit_log_path=s.audit_log_path, public_key=_trusted_key(s),
+                            work_dir=None)
     click.echo(f"{result.name} v{result.version}: reproduced bit for bit "
                f"({result.files} files, content {result.content_id[:16]})")
 

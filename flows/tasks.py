@@ -168,11 +168,13 @@ def complete_registration(tracking_uri: str, name: str, version: str, audit_log_
 @task(name="register", cache_policy=NONE)
 def register(tracking_uri: str, name: str, model_dir: str, lineage, audit_log_path: str,
              evaluation_files: list[str], audit_reports: list[str], artifact_location: str,
-             license_links: dict[str, str] | None = None):
+             signing_key_path: str, license_links: dict[str, str] | None = None):
+    from registry.keys import load_signing_key
     from registry.mlflow_registry import register_candidate
 
     return register_candidate(tracking_uri=tracking_uri, name=name, model_dir=Path(model_dir), lineage=lineage,
                               audit_log_path=Path(audit_log_path),
                               evaluation_files=[Path(p) for p in evaluation_files],
                               audit_reports=[Path(p) for p in audit_reports], artifact_location=artifact_location,
-                              license_links=license_links)
+                              license_links=license_links,
+                              signing_key=load_signing_key(Path(signing_key_path), create=True))

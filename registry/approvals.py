@@ -76,8 +76,9 @@ def reject(tracking_uri: str, name: str, version: str | int, *, reviewer: str, c
 
 
 def promote(tracking_uri: str, name: str, version: str | int, *, by: str,
-            audit_log_path: Path) -> reg.VersionInfo:
-    """Move ``champion`` to an approved, gate-passing version whose artifacts still match."""
+            audit_log_path: Path, public_key: bytes) -> reg.VersionInfo:
+    """Move ``champion`` to an approved, gate-passing version whose artifacts still match and carry
+    a model signature by ``public_key`` (the trusted key, PEM)."""
     by = _who(by, "--by")
     info = reg.get_version(tracking_uri, name, version)
     label = f"{name} v{info.version}"
@@ -89,7 +90,7 @@ def promote(tracking_uri: str, name: str, version: str | int, *, by: str,
     if "champion" in info.aliases:
         raise ApprovalRefused(f"{label}: is already the champion")
     lineage = reg.load_lineage(tracking_uri, info)
-    reg.check_model_artifact(tracking_uri, info, lineage)
+    reg.check_model_artifact(tracking_uri, info, lineage, public_key=public_key)
 
     at = _now()
     previous = reg.model_tags(tracking_uri, name)
