@@ -81,9 +81,9 @@ def check_model_signature(model_dir: Path, bundle: bytes | None, public_pem: byt
         raise SignatureInvalid(f"{where}: the model signature is not a model-signing bundle") from None
     expected = key_id(public_pem)
     if hint != _key_hint(public_pem):
-        named = f"key {signer}" if signer and signer != expected else f"a key with hint {str(hint)[:16]}"
-        raise SignatureInvalid(f"{where}: the model signature was made with {named}, not the trusted key {expected}; "
-                               "pin the registry's public key (service_public_key) or register the model again")
+        by = f"key {signer} (as tagged at registration)" if signer and signer != expected else "another key"
+        raise SignatureInvalid(f"{where}: the model signature is by {by}, not the trusted key {expected}; pin the "
+                               "public key of the registry that signed it (service_public_key) or register it again")
     with tempfile.TemporaryDirectory(prefix="mergeops-verify-sig-") as tmp:
         sig, pub = Path(tmp) / "model.sig", Path(tmp) / "key.pub"
         sig.write_bytes(bundle)
