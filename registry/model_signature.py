@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from model_signing import hashing, signing, verifying
 
 from merge.bounded import KIB, MIB, loads_json
 from merge.errors import UsageError
@@ -31,9 +30,12 @@ MAX_BUNDLE = 1 * MIB
 _NO_SIGNATURE = "registered without a model signature; run its recipe again to register a signed version"
 
 
-def _hashing() -> hashing.Config:
+def _hashing():
     # sha256 per file, as our manifest; nothing ignored (the library skips .git* files by default)
     # and symlinks refused, so the signature covers every byte the directory holds.
+    # model_signing is imported only where used: it loads sigstore (~0.4 s), which `lineage` never needs.
+    from model_signing import hashing
+
     return hashing.Config().set_ignored_paths(paths=[], ignore_git_paths=False).set_allow_symlinks(False)
 
 
@@ -44,6 +46,8 @@ def _key_hint(pem: bytes) -> str:
 
 def sign_model(model_dir: Path, key: SigningKey) -> bytes:
     """The signature bundle (JSON bytes) of every file under ``model_dir``."""
+    from model_signing import signing
+
     with tempfile.TemporaryDirectory(prefix="mergeops-sign-") as tmp:
         sig = Path(tmp) / "model.sig"
         try:
@@ -84,6 +88,8 @@ def check_model_signature(model_dir: Path, bundle: bytes | None, public_pem: byt
         by = f"key {signer} (as tagged at registration)" if signer and signer != expected else "another key"
         raise SignatureInvalid(f"{where}: the model signature is by {by}, not the trusted key {expected}; pin the "
                                "public key of the registry that signed it (service_public_key) or register it again")
+    from model_signing import verifying
+
     with tempfile.TemporaryDirectory(prefix="mergeops-verify-sig-") as tmp:
         sig, pub = Path(tmp) / "model.sig", Path(tmp) / "key.pub"
         sig.write_bytes(bundle)
