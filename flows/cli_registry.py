@@ -17,6 +17,13 @@ def _settings():
     return get_settings().require_store()
 
 
+def _trusted_key(s) -> bytes:
+    """The public key model signatures are checked with: the pinned one, else this store's own."""
+    from registry.keys import trusted_public_key
+
+    return trusted_public_key(s.service_public_key, s.signing_key_path)
+
+
 @click.command()
 @click.argument("spec", metavar="NAME[@VERSION|@ALIAS]")
 @click.option("--json", "as_json", is_flag=True, help="Print the lineage record itself (canonical JSON).")
@@ -64,7 +71,7 @@ def approve(name: str, version: str, reviewer: str | None, comment: str) -> None
       mergeops approve demo-merge 3 --reviewer bob@example.com --comment "retention ok"
     """
     done = _governance().decide("approve", name, version, reviewer, comment)
-    click.echo(f"{done.name} v{done.version}: approved by {done.who}")
+    click.echo(f"{done.name} v{done.version}: approved by {done.by}")
 
 
 @click.command()
@@ -80,7 +87,7 @@ def reject(name: str, version: str, reviewer: str | None, comment: str) -> None:
       mergeops reject demo-merge 3 --reviewer bob@example.com --comment "arith retention too low"
     """
     done = _governance().decide("reject", name, version, reviewer, comment)
-    click.echo(f"{done.name} v{done.version}: rejected by {done.who}")
+    click.echo(f"{done.name} v{done.version}: rejected by {done.by}")
 
 
 @click.command()
@@ -95,7 +102,7 @@ def promote(name: str, version: str, by: str | None) -> None:
       mergeops promote demo-merge 3 --by carol@example.com
     """
     done = _governance().promote(name, version, by)
-    click.echo(f"{done.name} v{done.version}: champion (content {done.content_id[:16]})")
+    click.echo(f"{done.name} v{done.version}: champion (content {done.content_id[:16]}), promoted by {done.by}")
 
 
 @click.command()
@@ -112,7 +119,8 @@ def verify(spec: str) -> None:
     from registry.verify import verify_version
 
     s = _settings()
-    result = verify_version(s.tracking_uri, spec, audit_log_path=s.audit_log_path, work_dir=None)
+    result = verify_version(s.tracking_uri, spec, audit_log_path=s.audit_log_path, public_key=_trusted_key(s),
+                            work_dir=None)
     click.echo(f"{result.name} v{result.version}: reproduced bit for bit "
                f"({result.files} files, content {result.content_id[:16]})")
 
@@ -139,5 +147,5 @@ def log_verify() -> None:
       mergeops log verify
     """
     where, count, anchors = _governance().verify_log()
-    click.echo(f"{where}: {count} entries, chain and signatures intact, {anchors} MLflow copies match, "
+    click.echo(f"{where}: {count} entries, chain intact, signatures valid, {anchors} MLflow copies match, "
                "tags and aliases agree with the log")

@@ -18,8 +18,7 @@ import click
 from flows.settings import Settings
 from merge.errors import UsageError
 
-UNAUTHENTICATED = ("embedded store: {who} is as typed, not authenticated (a policy may refuse this; with a "
-                   "governance service, set service_url and decide as your signed-in MLflow user)")
+UNAUTHENTICATED = "unauthenticated: embedded store, no governance service"
 
 
 @dataclass
@@ -28,6 +27,12 @@ class Outcome:
     version: str
     who: str
     content_id: str = ""
+    authenticated: bool = True
+
+    @property
+    def by(self) -> str:
+        """Who did it, saying plainly when nobody vouched for the name."""
+        return self.who if self.authenticated else f"{self.who} ({UNAUTHENTICATED})"
 
 
 class Governance:
@@ -61,7 +66,6 @@ class Governance:
         if not who:
             raise UsageError(f"{option} is required with an embedded store (no governance service): name "
                              f"yourself, e.g. {option} bob@example.com")
-        click.echo("note: " + UNAUTHENTICATED.format(who=who), err=True)
         return who
 
     def requester(self, typed: str | None) -> str | None:
@@ -77,13 +81,15 @@ class Governance:
                              "by the signed-in user")
         return me
 
-    def register(self, **kwargs):
-        """Register a candidate: through the service (a submission it checks and registers as the
-        service account), or straight into the embedded store."""
+    def register(self, *, signing_key_path: Path, **kwargs):
+        """Register a candidate: through the service (a submission it checks, signs and registers
+        as the service account), or straight into the embedded store, signed with its own key."""
         from registry.mlflow_registry import get_version, register_candidate
 
         if self.service is None:
-            return register_candidate(**kwargs)
+            from registry.keys import load_signing_key
+
+            return register_candidate(signing_key=load_signing_key(signing_key_path, create=True), **kwargs)
         from registry.service_client import submit_registration
 
         answer = submit_registration(self.service, kwargs["tracking_uri"], name=kwargs["name"],
@@ -103,8 +109,8 @@ class Governance:
         act = approvals.approve if decision == "approve" else approvals.reject
         who = self._typed(reviewer, "--reviewer")
         info = act(self.settings.tracking_uri, name, version, reviewer=who, comment=comment,
-                   audit_log_path=self.settings.audit_log_path)
-        return Outcome(info.name, info.version, who)
+                   audit_log_path=self.settings.audit_log_path, public_key=self.public_key())
+        return Outcome(info.name, info.version, who, authenticated=False)
 
     def promote(self, name: str, version: str, by: str | None) -> Outcome:
         if self.service is not None:
@@ -114,8 +120,8 @@ class Governance:
 
         who = self._typed(by, "--by")
         info = approvals.promote(self.settings.tracking_uri, name, version, by=who,
-                                 audit_log_path=self.settings.audit_log_path)
-        return Outcome(info.name, info.version, who, info.tag("content_id"))
+                                 audit_log_path=self.settings.audit_log_path, public_key=self.public_key())
+        return Outcome(info.name, info.version, who, info.tag("content_id"), authenticated=False)
 
     def record(self, name: str, version: str | None, event: str, **data) -> None:
         """A ``verified`` or ``remerge_triggered`` entry, by whoever runs this."""

@@ -172,6 +172,7 @@ def _version_and_register(name, recipe, merged, parent_ids, audit, evaluation, j
         )
         info = tasks.register(settings.tracking_uri, name, merged.out_dir, lineage, str(settings.audit_log_path),
                               [str(eval_json), *plots], [str(audit_json)], settings.artifact_root,
+                              str(settings.signing_key_path),
                               {p.content_id: p.license_link for p in audit.parents if p.license_link})
     return info, revision
 

@@ -168,12 +168,12 @@ def complete_registration(tracking_uri: str, name: str, version: str, audit_log_
 @task(name="register", cache_policy=NONE)
 def register(tracking_uri: str, name: str, model_dir: str, lineage, audit_log_path: str,
              evaluation_files: list[str], audit_reports: list[str], artifact_location: str,
-             license_links: dict[str, str] | None = None):
+             signing_key_path: str, license_links: dict[str, str] | None = None):
     from flows.governance import Governance
     from flows.settings import get_settings
 
-    return Governance(get_settings()).register(tracking_uri=tracking_uri, name=name, model_dir=Path(model_dir), lineage=lineage,
-                              audit_log_path=Path(audit_log_path),
-                              evaluation_files=[Path(p) for p in evaluation_files],
-                              audit_reports=[Path(p) for p in audit_reports], artifact_location=artifact_location,
-                              license_links=license_links)
+    return Governance(get_settings()).register(
+        signing_key_path=Path(signing_key_path), tracking_uri=tracking_uri, name=name, model_dir=Path(model_dir),
+        lineage=lineage, audit_log_path=Path(audit_log_path), evaluation_files=[Path(p) for p in evaluation_files],
+        audit_reports=[Path(p) for p in audit_reports], artifact_location=artifact_location,
+        license_links=license_links)

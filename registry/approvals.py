@@ -164,14 +164,14 @@ def promote(tracking_uri: str, name: str, version: str | int, *, by: str | Actor
     if current is not None and current["data"].get("version") == str(info.version):
         raise ApprovalRefused(f"{label}: is already the champion")
     stored = reg.lineage_bytes(tracking_uri, info)
+    lineage = LineageRecord.from_json_bytes(stored)
+    reg.check_model_artifact(tracking_uri, info, lineage, public_key=log.public)  # bytes, manifest, signature
     if hashlib.sha256(stored).hexdigest() != registered["data"]["lineage_sha256"]:
         raise ApprovalRefused(f"{label}: its lineage.json is not the one the audit log signed at registration; "
                               "the run's artifacts were edited")
-    lineage = LineageRecord.from_json_bytes(stored)
     if lineage.merged.content_id != registered["data"]["content_id"]:
         raise ApprovalRefused(f"{label}: its lineage names content {lineage.merged.content_id[:16]}, the log "
                               f"registered {registered['data']['content_id'][:16]}")
-    reg.check_model_artifact(tracking_uri, info, lineage)
 
     def unchanged(entries: list[dict]) -> None:  # nobody promoted meanwhile
         now = champion_entry(entries, name)

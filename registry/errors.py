@@ -29,6 +29,10 @@ class ArtifactMismatch(CheckFailed):
     """Stored artifacts no longer match their manifest (edited, missing or extra files)."""
 
 
+class SignatureInvalid(ArtifactMismatch):
+    """A model's signature is missing, malformed, made with another key, or no longer matches its files."""
+
+
 class AuditLogTampered(CheckFailed):
     """The audit log's hash chain is broken: an entry was edited, deleted or reordered."""
 

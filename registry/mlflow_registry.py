@@ -6,9 +6,9 @@ URI (never the fluent API's global state), aliases instead of the deprecated sta
 ``create_model_version`` with the run's model artifact as the source (``mlflow.register_model``
 refuses a plain artifact dir that is not an MLflow-flavoured model).
 
-Registration logs one run holding the model dir, ``lineage.json``, the evaluation table and
-plots, the audit reports and the model card, then a model version tagged with the lineage's key
-facts (see ``_version_tags``) and the alias ``candidate``.
+Registration logs one run holding the model dir, its signature, ``lineage.json``, the evaluation
+table and plots, the audit reports and the model card, then a model version tagged with the
+lineage's key facts (see ``_version_tags``) and the alias ``candidate``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ from merge.faults import crash_point
 from registry.audit_log import AuditLog
 from registry.errors import AuditLogTampered, LineageError, RegistryError
 from registry.identity import Actor
+from registry.keys import SigningKey
 from registry.lineage import LineageRecord
 from registry.mlflow_versions import (  # noqa: F401  (re-exported: the registry's one entry point)
+    SIGNATURE_ARTIFACT,
     TAG,
     VersionInfo,
     check_model_artifact,
@@ -49,6 +51,7 @@ from registry.mlflow_versions import (  # noqa: F401  (re-exported: the registry
 )
 from registry.model_card import render_model_card
 from registry.model_files import check_model_dir, diff_files, stage_release  # noqa: F401
+from registry.model_signature import sign_model
 from registry.release_files import write_release_files
 
 EXPERIMENT = "mergeops"
@@ -133,6 +136,7 @@ def register_candidate(
     artifact_location: str | None = None,
     license_links: dict[str, str] | None = None,
     requester: Actor | None = None,
+    signing_key: SigningKey,
 ) -> VersionInfo:
     """Log one run and one model version for a merged model that passed every step before this.
 
@@ -143,7 +147,9 @@ def register_candidate(
     is first created (the embedded sqlite default needs one; a server decides its own).
     ``license_links``: parent content id -> the licence link its card declares. ``requester`` is
     who asked (the governance service passes the authenticated user; default: the lineage's
-    ``requested_by``, unauthenticated).
+    ``requested_by``, unauthenticated).    ``signing_key``
+    signs the whole ``model/`` dir (registry/model_signature.py); the bundle goes to
+    ``model_signature/model.sig`` and the key's id to the tag ``mergeops.signature_key_id``.
     """
     manifest = check_model_dir(model_dir)
     if manifest["content_id"] != lineage.merged.content_id:
@@ -154,8 +160,9 @@ def register_candidate(
         release_dir = stage_release(Path(model_dir), [f["path"] for f in manifest["files"]], Path(stage) / "model")
         lineage = lineage.model_copy(update={"release_files": write_release_files(
             lineage, release_dir, name=name, license_links=license_links)})
+        signature = (sign_model(release_dir, signing_key), signing_key.key_id)
         return _register(tracking_uri, name, release_dir, lineage, audit_log_path, evaluation_files, audit_reports,
-                         artifact_location, requester or Actor(lineage.requested_by))
+                         artifact_location, signature, requester or Actor(lineage.requested_by))
 
 
 def approval_rules(lineage: LineageRecord) -> dict:
@@ -180,7 +187,8 @@ def _registered_data(lineage: LineageRecord, run_id: str, lineage_sha: str) -> d
 
 
 def _register(tracking_uri: str, name: str, model_dir: Path, lineage: LineageRecord, audit_log_path: Path,
-              evaluation_files, audit_reports, artifact_location: str | None, requester: Actor) -> VersionInfo:
+              evaluation_files, audit_reports, artifact_location: str | None, signature: tuple[bytes, str],
+              requester: Actor) -> VersionInfo:
     c = client(tracking_uri)
     lineage_bytes = lineage.to_json_bytes()
     lineage_sha = hashlib.sha256(lineage_bytes).hexdigest()
@@ -209,6 +217,10 @@ def _register(tracking_uri: str, name: str, model_dir: Path, lineage: LineageRec
                     (settings / f"{kind}.yaml").write_text(record.text, encoding="utf-8")
             if any(settings.iterdir()):
                 c.log_artifacts(run_id, str(settings), "settings")
+            sig = Path(tmp) / SIGNATURE_ARTIFACT
+            sig.parent.mkdir()
+            sig.write_bytes(signature[0])
+            c.log_artifacts(run_id, str(sig.parent), sig.parent.name)
         for path in evaluation_files:
             c.log_artifact(run_id, str(path), "evaluation")
         for path in audit_reports:
@@ -225,7 +237,8 @@ def _register(tracking_uri: str, name: str, model_dir: Path, lineage: LineageRec
             raise
     c.set_registered_model_tag(name, TAG + "audit_log", str(Path(audit_log_path).resolve()))
     mv = c.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run_id,
-                                tags=_version_tags(lineage, lineage_sha, audit_log_path),
+                                tags=_version_tags(lineage, lineage_sha, audit_log_path)
+                                | {TAG + "signature_key_id": signature[1]},
                                 description=_description(lineage, name))
     crash_point("registry.version-created")  # a re-run completes the rest: complete_registration
     c.set_registered_model_alias(name, "candidate", mv.version)

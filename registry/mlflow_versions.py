@@ -24,8 +24,10 @@ from merge.manifest import content_id_of, file_entries  # noqa: E402
 from registry.errors import ArtifactMismatch, RegistryError, VersionNotFound  # noqa: E402
 from registry.lineage import ApprovalRecord, LineageRecord  # noqa: E402
 from registry.model_files import diff_files  # noqa: E402
+from registry.model_signature import MAX_BUNDLE, check_model_signature, oversized_bundle, read_bundle  # noqa: E402
 
 TAG = "mergeops."  # every tag we write starts with this
+SIGNATURE_ARTIFACT = "model_signature/model.sig"  # beside model/, so the content id does not change
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,11 @@ def load_lineage(tracking_uri: str, info: VersionInfo) -> LineageRecord:
     return record.model_copy(update={"approvals": approvals})
 
 
-def check_model_artifact(tracking_uri: str, info: VersionInfo, lineage: LineageRecord) -> None:
-    """Download the version's model artifact and re-hash it against the lineage's manifest."""
+def check_model_artifact(tracking_uri: str, info: VersionInfo, lineage: LineageRecord, *,
+                         public_key: bytes) -> None:
+    """Download the version's model artifact, re-hash it against the lineage's manifest, and check
+    its model signature with ``public_key`` (the trusted key: tags and lineage can be rewritten by
+    whoever can write the store, the signature cannot)."""
     with tempfile.TemporaryDirectory() as tmp:
         model = download(tracking_uri, info, "model", Path(tmp))
         where = f"{info.name} v{info.version} model artifact"
@@ -143,6 +148,21 @@ def check_model_artifact(tracking_uri: str, info: VersionInfo, lineage: LineageR
         release = {e.path for e in lineage.release_files}  # the card, LICENSE, NOTICE: outside the content id
         if content_id_of([e for e in found if e.path not in release]) != info.tag("content_id"):
             raise ArtifactMismatch(f"{where}: content id differs from the registered one")
+        check_model_signature(model, _signature_bundle(tracking_uri, info, Path(tmp), where), public_key,
+                              where, signer=info.tag("signature_key_id"))
+
+
+def _signature_bundle(tracking_uri: str, info: VersionInfo, dst: Path, where: str) -> bytes | None:
+    """The run's ``model_signature/model.sig`` (None when there is none), read within bounds: its
+    listed size is checked before downloading, the bytes read after."""
+    folder = SIGNATURE_ARTIFACT.rpartition("/")[0]
+    listed = {a.path: a for a in client(tracking_uri).list_artifacts(info.run_id, folder)}
+    entry = listed.get(SIGNATURE_ARTIFACT)
+    if entry is None or entry.is_dir:
+        return None
+    if (entry.file_size or 0) > MAX_BUNDLE:
+        raise oversized_bundle(where, entry.file_size)  # refused without fetching it
+    return read_bundle(download(tracking_uri, info, SIGNATURE_ARTIFACT, dst))
 
 
 def describe(tracking_uri: str, spec: str) -> tuple[VersionInfo, LineageRecord]:

@@ -145,7 +145,7 @@ class Service:
                     tracking_uri=self.tracking_uri, name=name, model_dir=root / "model", lineage=lineage,
                     audit_log_path=self.log_path, evaluation_files=files("evaluation"), audit_reports=files("audit"),
                     artifact_location=self.artifact_location, license_links=meta.get("license_links") or None,
-                    requester=actor)
+                    requester=actor, signing_key=self.key)
         return {"name": info.name, "version": info.version, "status": "registered"}
 
 

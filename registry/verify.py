@@ -1,6 +1,7 @@
 """Bit-for-bit verification: re-run a registered merge from its lineage and compare content ids.
 
-First the registered model artifact is downloaded and re-hashed against the lineage's manifest.
+First the registered model artifact is downloaded, re-hashed against the lineage's manifest and
+its model signature checked with the trusted public key.
 The parents are identified by content id, not by path: before merging, each parent is re-hashed
 where it is now (a Hugging Face parent at its recorded commit in this machine's Hub cache, any
 other at its recorded path), a parent whose bytes changed is named and refused (the merge would
@@ -84,14 +85,15 @@ def _remerge(lineage, work: Path, parents: dict[str, Path]):
     return run_merge(recipe, work / "merged", progress=False)
 
 
-def verify_version(tracking_uri: str, spec: str, *, audit_log_path: Path,
+def verify_version(tracking_uri: str, spec: str, *, audit_log_path: Path, public_key: bytes,
                    work_dir: Path | None = None) -> VerifyResult:
-    """Re-create ``NAME@VERSION`` from its lineage; raise VerifyMismatch naming what differs."""
+    """Re-create ``NAME@VERSION`` from its lineage; raise VerifyMismatch naming what differs.
+    ``public_key`` (PEM) is the trusted key the model's signature is checked with."""
     info = reg.resolve(tracking_uri, spec)
     lineage = reg.load_lineage(tracking_uri, info)
     try:
         try:  # the registered bytes must still be the ones the lineage describes
-            reg.check_model_artifact(tracking_uri, info, lineage)
+            reg.check_model_artifact(tracking_uri, info, lineage, public_key=public_key)
         except ArtifactMismatch as exc:
             raise VerifyMismatch(str(exc)) from exc
         parents = _check_parents(lineage)

@@ -189,6 +189,7 @@ def test_the_lineage_and_card_record_repo_id_and_commit(hub, hf_cache, tmp_path)
 
 def test_verify_replays_the_recorded_commit_after_main_moved(hub, tmp_path, monkeypatch):
     from registry import mlflow_registry as reg
+    from registry.keys import load_signing_key
     from registry.verify import verify_version
 
     cache = tmp_path / "cache"
@@ -202,11 +203,13 @@ def test_verify_replays_the_recorded_commit_after_main_moved(hub, tmp_path, monk
                            merge_manifest={**merged.manifest, "parents": merged.parents}, audit_report=audit,
                            requested_by="alice")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    key = load_signing_key(tmp_path / "signing-key.pem", create=True)
     info = reg.register_candidate(tracking_uri=uri, name="hub-verify", model_dir=merged.out_dir, lineage=record,
-                                  audit_log_path=tmp_path / "log.jsonl", artifact_location=(tmp_path / "art").as_uri())
+                                  audit_log_path=tmp_path / "log.jsonl", artifact_location=(tmp_path / "art").as_uri(),
+                                  signing_key=key)
     # The repo publishes new weights: main moves on, the recorded commit stays in the cache.
     mirror(write_llama(tmp_path / "newer", seed=9, **SHAPE), cache, REPO, "f" * 40, refs=("main",))
     assert resolve_model(REPO).commit == "f" * 40
-    result = verify_version(uri, "hub-verify@1", audit_log_path=tmp_path / "log.jsonl")
+    result = verify_version(uri, "hub-verify@1", audit_log_path=tmp_path / "log.jsonl", public_key=key.public)
     assert result.content_id == merged.content_id == info.tag("content_id")
     assert info.tag("parent.0.repo_id") == REPO and info.tag("parent.0.commit") == COMMIT

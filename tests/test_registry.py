@@ -16,6 +16,7 @@ from registry import approvals
 from registry import mlflow_registry as reg
 from registry.audit_log import AuditLog
 from registry.errors import ApprovalRefused, ArtifactMismatch, AuditLogTampered, LineageError
+from registry.keys import load_signing_key
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,9 @@ def store(tmp_path_factory) -> dict:
     """One sqlite store per module (creating its tables takes seconds); tests use their own names."""
     home = tmp_path_factory.mktemp("mergeops-home")
     uri = f"sqlite:///{home / 'mlflow.db'}"
+    key = load_signing_key(home / "keys" / "signing-key.pem", create=True)  # where the CLI finds it
     return {"home": home, "uri": uri, "artifacts": (home / "mlartifacts").as_uri(),
-            "log": home / "audit-log.jsonl"}
+            "log": home / "audit-log.jsonl", "key": key}
 
 
 def _register(store, tmp_path, *, gates_pass=True, requested_by="alice", name=None):
@@ -32,7 +34,8 @@ def _register(store, tmp_path, *, gates_pass=True, requested_by="alice", name=No
     (tmp_path / "eval.json").write_text("{}")
     info = reg.register_candidate(
         tracking_uri=store["uri"], name=name or f"m-{uuid.uuid4().hex[:8]}", model_dir=merged, lineage=record,
-        audit_log_path=store["log"], evaluation_files=[tmp_path / "eval.json"], artifact_location=store["artifacts"])
+        audit_log_path=store["log"], evaluation_files=[tmp_path / "eval.json"], artifact_location=store["artifacts"],
+        signing_key=store["key"])
     return info, record
 
 
@@ -55,7 +58,8 @@ def test_register_logs_run_version_tags_and_alias(store, tmp_path):
     assert run.data.params["seed"] == "7" and run.data.params["method"] == "linear"
     assert run.data.metrics["score.sort"] == 0.9 and run.data.metrics["leakage.canary_exposure.merged"] == 0.0
     top = {a.path for a in c.list_artifacts(info.run_id)}
-    assert top == {"model", "lineage.json", "model_card", "evaluation"}
+    assert top == {"model", "model_signature", "lineage.json", "model_card", "evaluation"}
+    assert info.tag("signature_key_id") == store["key"].key_id
     assert {a.path for a in c.list_artifacts(info.run_id, "model")} == {
         "model/config.json", "model/model.safetensors", "model/mergeops.manifest.json",
         "model/README.md", "model/LICENSE", "model/NOTICE"}
@@ -90,7 +94,8 @@ def test_an_edited_model_card_in_the_artifact_store_is_caught(store, tmp_path):
     card = Path(urlparse(info.source).path) / "README.md"
     card.write_text(card.read_text().replace("base_model_relation: merge", "base_model_relation: finetune"))
     with pytest.raises(ArtifactMismatch, match="changed: README.md"):
-        reg.check_model_artifact(store["uri"], info, reg.load_lineage(store["uri"], info))
+        reg.check_model_artifact(store["uri"], info, reg.load_lineage(store["uri"], info),
+                                 public_key=store["key"].public)
 
 
 def test_register_refuses_a_dir_edited_after_its_manifest(store, tmp_path):
@@ -98,7 +103,8 @@ def test_register_refuses_a_dir_edited_after_its_manifest(store, tmp_path):
     (merged / "config.json").write_text("{}")
     with pytest.raises(ArtifactMismatch, match="changed: config.json"):
         reg.register_candidate(tracking_uri=store["uri"], name="never", model_dir=merged, lineage=record,
-                               audit_log_path=store["log"], artifact_location=store["artifacts"])
+                               audit_log_path=store["log"], artifact_location=store["artifacts"],
+                               signing_key=store["key"])
 
 
 def test_self_approval_is_refused(store, tmp_path):
@@ -123,7 +129,8 @@ def test_gate_failed_version_cannot_be_approved(store, tmp_path):
 def test_unapproved_version_cannot_be_promoted(store, tmp_path):
     info, _ = _register(store, tmp_path)
     with pytest.raises(ApprovalRefused, match=r"holds no approval for it \(pending\)"):
-        approvals.promote(store["uri"], info.name, info.version, by="carol", audit_log_path=store["log"])
+        approvals.promote(store["uri"], info.name, info.version, by="carol", audit_log_path=store["log"],
+                          public_key=store["key"].public)
 
 
 def test_promotion_moves_champion_and_keeps_history(store, tmp_path):
@@ -132,8 +139,10 @@ def test_promotion_moves_champion_and_keeps_history(store, tmp_path):
     v2, _ = _register(store, tmp_path / "b", name=name)
     for v in (v1, v2):
         approvals.approve(store["uri"], name, v.version, reviewer="bob", comment="ok", audit_log_path=store["log"])
-    approvals.promote(store["uri"], name, v1.version, by="carol", audit_log_path=store["log"])
-    promoted = approvals.promote(store["uri"], name, v2.version, by="carol", audit_log_path=store["log"])
+    approvals.promote(store["uri"], name, v1.version, by="carol", audit_log_path=store["log"],
+                      public_key=store["key"].public)
+    promoted = approvals.promote(store["uri"], name, v2.version, by="carol", audit_log_path=store["log"],
+                                 public_key=store["key"].public)
     assert "champion" in promoted.aliases
     old = reg.get_version(store["uri"], name, v1.version)
     assert "champion" not in old.aliases and old.tag("superseded_by") == v2.version
@@ -156,7 +165,8 @@ def test_promotion_refused_after_an_artifact_was_edited(store, tmp_path):
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(ArtifactMismatch, match="changed: model.safetensors"):
-        approvals.promote(store["uri"], info.name, info.version, by="carol", audit_log_path=store["log"])
+        approvals.promote(store["uri"], info.name, info.version, by="carol", audit_log_path=store["log"],
+                          public_key=store["key"].public)
     assert "champion" not in reg.get_version(store["uri"], info.name, info.version).aliases
 
 
@@ -217,7 +227,8 @@ def test_register_refuses_a_lineage_for_other_bytes(store, tmp_path):
     _, other = make_lineage(tmp_path / "b", merged_seed=9)
     with pytest.raises(LineageError, match="is not the lineage's merged content id"):
         reg.register_candidate(tracking_uri=store["uri"], name="never", model_dir=other, lineage=record,
-                               audit_log_path=store["log"], artifact_location=store["artifacts"])
+                               audit_log_path=store["log"], artifact_location=store["artifacts"],
+                               signing_key=store["key"])
 
 
 def test_a_locked_store_is_an_error_not_a_shorter_history(store, tmp_path):

@@ -22,6 +22,7 @@ from registry import approvals
 from registry import mlflow_registry as reg
 from registry.audit_log import AuditLog
 from registry.errors import ApprovalRefused, ArtifactMismatch
+from registry.keys import load_signing_key
 
 
 def _free_port() -> int:
@@ -56,7 +57,8 @@ def server(tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
-        yield {"uri": uri, "artifacts": root / "artifacts", "log": root / "audit-log.jsonl"}
+        yield {"uri": uri, "artifacts": root / "artifacts", "log": root / "audit-log.jsonl",
+               "key": load_signing_key(root / "keys" / "signing-key.pem", create=True)}  # the log's own key
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -70,7 +72,7 @@ def server(tmp_path_factory):
 def test_register_approve_promote_through_a_server(server, tmp_path):
     record, merged = make_lineage(tmp_path / "a")
     info = reg.register_candidate(tracking_uri=server["uri"], name="served", model_dir=merged, lineage=record,
-                                  audit_log_path=server["log"])
+                                  audit_log_path=server["log"], signing_key=server["key"])
     assert info.source.startswith("mlflow-artifacts:/") and info.aliases == ("candidate",)
     assert reg.resolve(server["uri"], "served@candidate").tag("content_id") == record.merged.content_id
     loaded = reg.load_lineage(server["uri"], info)
@@ -79,19 +81,21 @@ def test_register_approve_promote_through_a_server(server, tmp_path):
     with pytest.raises(ApprovalRefused, match="four-eyes"):
         approvals.approve(server["uri"], "served", info.version, reviewer="alice", audit_log_path=server["log"])
     approvals.approve(server["uri"], "served", info.version, reviewer="bob", audit_log_path=server["log"])
-    promoted = approvals.promote(server["uri"], "served", info.version, by="carol", audit_log_path=server["log"])
+    promoted = approvals.promote(server["uri"], "served", info.version, by="carol", audit_log_path=server["log"],
+                                 public_key=server["key"].public)
     assert "champion" in promoted.aliases
     assert reg.verify_audit_log(server["uri"], server["log"]) == (3, 3)
 
     # a second version whose stored weights are edited on the artifact store is not promotable
     record2, merged2 = make_lineage(tmp_path / "b", merged_seed=4)
     v2 = reg.register_candidate(tracking_uri=server["uri"], name="served", model_dir=merged2, lineage=record2,
-                                audit_log_path=server["log"])
+                                audit_log_path=server["log"], signing_key=server["key"])
     approvals.approve(server["uri"], "served", v2.version, reviewer="bob", audit_log_path=server["log"])
     [weights] = [p for p in server["artifacts"].rglob("model.safetensors") if v2.run_id in str(p)]
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ArtifactMismatch, match="changed: model.safetensors"):
-        approvals.promote(server["uri"], "served", v2.version, by="carol", audit_log_path=server["log"])
+        approvals.promote(server["uri"], "served", v2.version, by="carol", audit_log_path=server["log"],
+                          public_key=server["key"].public)
     assert reg.resolve(server["uri"], "served").version == info.version  # the champion did not move
     assert [e["event"] for e in AuditLog(server["log"]).entries()] == [
         "registered", "approved", "promoted", "registered", "approved"]

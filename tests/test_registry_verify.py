@@ -14,6 +14,7 @@ from merge.run import run_merge
 from registry import mlflow_registry as reg
 from registry.audit_log import AuditLog
 from registry.errors import VerifyMismatch
+from registry.keys import load_signing_key
 from registry.lineage import build_lineage
 from registry.verify import verify_version
 
@@ -25,7 +26,8 @@ RECIPE = "merge_method: linear\nname: verify-demo\nseed: 0\nmodels:\n  - model: 
 def store(tmp_path_factory):
     home = tmp_path_factory.mktemp("verify-home")
     return {"home": home, "uri": f"sqlite:///{home / 'mlflow.db'}", "artifacts": (home / "mlartifacts").as_uri(),
-            "log": home / "audit-log.jsonl"}
+            "log": home / "audit-log.jsonl",
+            "key": load_signing_key(home / "keys" / "signing-key.pem", create=True)}  # where the CLI finds it
 
 
 def _register(store, tmp_path, tiny_zoo, name, *, lineage_weight=0.5):
@@ -41,7 +43,8 @@ def _register(store, tmp_path, tiny_zoo, name, *, lineage_weight=0.5):
                            recipe_base_dir=tmp_path, merge_manifest={**merged.manifest, "parents": merged.parents},
                            audit_report=audit, requested_by="alice")
     return reg.register_candidate(tracking_uri=store["uri"], name=name, model_dir=merged.out_dir, lineage=record,
-                                  audit_log_path=store["log"], artifact_location=store["artifacts"])
+                                  audit_log_path=store["log"], artifact_location=store["artifacts"],
+                                  signing_key=store["key"])
 
 
 def _cli(store, *args):
@@ -51,7 +54,8 @@ def _cli(store, *args):
 
 def test_verify_reproduces_then_refuses_a_changed_parent(store, tmp_path, tiny_zoo):
     info = _register(store, tmp_path, tiny_zoo, "verify-ok")
-    result = verify_version(store["uri"], f"verify-ok@{info.version}", audit_log_path=store["log"])
+    result = verify_version(store["uri"], f"verify-ok@{info.version}", audit_log_path=store["log"],
+                            public_key=store["key"].public)
     assert result.content_id == info.tag("content_id")
     last = AuditLog(store["log"]).entries()[-1]
     assert (last["event"], last["data"]["outcome"]) == ("verified", "reproduced")
@@ -63,7 +67,8 @@ def test_verify_reproduces_then_refuses_a_changed_parent(store, tmp_path, tiny_z
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
     with pytest.raises(VerifyMismatch, match="parent sort: content id is now"):
-        verify_version(store["uri"], f"verify-ok@{info.version}", audit_log_path=store["log"])
+        verify_version(store["uri"], f"verify-ok@{info.version}", audit_log_path=store["log"],
+                       public_key=store["key"].public)
     bad = _cli(store, "verify", f"verify-ok@{info.version}")
     assert bad.exit_code == 1 and "parent sort" in bad.output
     assert reg.get_version(store["uri"], "verify-ok", info.version).tag("verify") == "mismatch"
@@ -72,7 +77,8 @@ def test_verify_reproduces_then_refuses_a_changed_parent(store, tmp_path, tiny_z
 def test_verify_names_the_files_that_differ(store, tmp_path, tiny_zoo):
     info = _register(store, tmp_path, tiny_zoo, "verify-lies", lineage_weight=0.25)
     with pytest.raises(VerifyMismatch, match=r"not reproduced.*changed: model\.safetensors") as exc:
-        verify_version(store["uri"], f"verify-lies@{info.version}", audit_log_path=store["log"])
+        verify_version(store["uri"], f"verify-lies@{info.version}", audit_log_path=store["log"],
+                       public_key=store["key"].public)
     assert "config.json" not in str(exc.value)
 
 
@@ -99,4 +105,5 @@ def test_verify_refuses_an_edited_registered_artifact(store, tmp_path, tiny_zoo)
     config = Path(urlparse(info.source).path) / "config.json"
     config.write_text(config.read_text().replace("}", ', "edited": true}', 1))
     with pytest.raises(VerifyMismatch, match="changed: config.json"):
-        verify_version(store["uri"], f"verify-edited@{info.version}", audit_log_path=store["log"])
+        verify_version(store["uri"], f"verify-edited@{info.version}", audit_log_path=store["log"],
+                       public_key=store["key"].public)
