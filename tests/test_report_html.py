@@ -197,3 +197,16 @@ def test_bad_specs_and_paths_are_one_error_line(store, tmp_path):
         assert result.output.count("error:") == 1 and "Traceback" not in result.output
     assert _cli(store, "report", f"{NAME}@{store['version']}", "--html", str(tmp_path)).exit_code == 2
     assert not (tmp_path / "x.html").exists()
+
+
+def test_a_broken_log_and_a_missing_audit_report_are_said_not_hidden(store, tmp_path):
+    log = tmp_path / "other-log.jsonl"
+    record, merged = make_lineage(tmp_path / "models")
+    info = reg.register_candidate(tracking_uri=store["uri"], name="bare-merge", model_dir=merged, lineage=record,
+                                  audit_log_path=log, artifact_location=(store["home"] / "mlartifacts").as_uri())
+    log.write_text(log.read_text().replace('"registered"', '"approved"'))  # an edited entry
+    data = collect(store["uri"], f"bare-merge@{info.version}", audit_log_path=log, public_key=None)
+    assert data.audit_report is None and data.events == [] and "the line was edited" in data.log_problem
+    page = render_report(data)
+    assert "audit log: " in page and "the audit report was not stored with this version" in page
+    assert "no audit-log entries about this version" in page and "never verified" in page
