@@ -23,7 +23,7 @@ from merge.errors import UsageError
 # confusables for the scripts user names are typed in; enough for the look-alikes a keyboard makes.
 _LOOKALIKES = str.maketrans({
     "а": "a", "в": "b", "е": "e", "ё": "e", "һ": "h", "і": "i", "ї": "i", "ј": "j", "к": "k", "ӏ": "l",
-    "м": "m", "н": "h", "о": "o", "р": "p", "ԛ": "q", "г": "r", "ѕ": "s", "т": "t", "ц": "u", "ѵ": "v",
+    "м": "m", "н": "h", "о": "o", "р": "p", "ԛ": "q", "г": "r", "с": "c", "ѕ": "s", "т": "t", "ц": "u", "ѵ": "v",
     "ԝ": "w", "х": "x", "у": "y", "з": "3", "ԁ": "d", "ɡ": "g", "ո": "n", "ս": "u",
     "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "ί": "i", "κ": "k", "ν": "v", "ο": "o", "ό": "o",
     "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "γ": "y", "ω": "w", "ϲ": "c", "ϳ": "j",

@@ -256,6 +256,20 @@ def mirror_decision(tracking_uri: str, info: VersionInfo, entry: dict) -> None:
         "approval": entry["event"], "decided_by": entry["actor"], "decided_at": entry["at"],
         "decision_comment": entry["data"].get("comment", ""), "approvals": json.dumps(approvals, sort_keys=True),
         "decided_authenticated": str(bool(entry.get("authenticated"))).lower()})
+    _lineage_revision(tracking_uri, info, approvals)
+
+
+def _lineage_revision(tracking_uri: str, info: VersionInfo, approvals: list[dict]) -> None:
+    """``lineage-revisions/lineage.r<n>.json``: the registered record with its approvals filled in.
+    The first ``lineage.json`` is kept as registered (its hash is signed in the log)."""
+    from registry.lineage import ApprovalRecord
+
+    record = LineageRecord.from_json_bytes(lineage_bytes(tracking_uri, info))
+    revised = record.model_copy(update={"approvals": [ApprovalRecord(**a) for a in approvals]})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"lineage.r{len(approvals) + 1}.json"
+        path.write_bytes(revised.to_json_bytes())
+        client(tracking_uri).log_artifact(info.run_id, str(path), "lineage-revisions")
 
 
 def mirror_promotion(tracking_uri: str, info: VersionInfo, previous: str | None, entry: dict) -> None:
