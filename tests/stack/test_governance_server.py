@@ -131,39 +131,43 @@ def test_direct_edits_are_refused_by_the_server_and_admin_forgeries_are_named(st
 
 
 def test_tampered_weights_manifest_lineage_and_tags_are_refused_at_promote(stack, monkeypatch):
+    import hashlib
+    import shutil
+
+    from test_lineage import write_model
+
+    from merge.manifest import MANIFEST_NAME, content_id_of, file_entries
+
     version = register(stack, "gov-tamper", 5, monkeypatch=monkeypatch)
     assert mergeops(stack, "bob", "approve", "gov-tamper", version).returncode == 0
     admin = _admin(stack, monkeypatch)
     info = reg.get_version(stack["uri"], "gov-tamper", version)
-    run_dir = next(p for p in stack["artifacts"].rglob(info.run_id) if p.is_dir())
-    weights = next(run_dir.rglob("model.safetensors"))
-    weights.write_bytes(weights.read_bytes()[:-4] + b"\x01\x02\x03\x04")
-    # rewrite the manifest, lineage.json and tags to match the new bytes, as an admin could
-    from merge.manifest import MANIFEST_NAME, content_id, file_entries
-    from registry.lineage import FileEntry, LineageRecord
-    manifest_path = weights.parent / MANIFEST_NAME
-    manifest = json.loads(manifest_path.read_text())
-    files = [e for e in file_entries(weights.parent) if e.path != MANIFEST_NAME and e.path not in
-             ("README.md", "LICENSE", "NOTICE")]
-    manifest["files"] = [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in files]
-    manifest_path.write_text(json.dumps(manifest))
-    lineage_path = next(run_dir.rglob("lineage.json"))
-    lineage = LineageRecord.from_json_bytes(lineage_path.read_bytes())
-    new_files = [FileEntry(path=e.path, sha256=e.sha256, size=e.size) for e in file_entries(weights.parent)
-                 if e.path not in ("README.md", "LICENSE", "NOTICE")]
+    signed = {k: info.tag(k) for k in ("content_id", "lineage_sha256")}
+    run = next(p for p in stack["artifacts"].rglob(info.run_id) if p.is_dir()) / "artifacts"
+    model = run / "model"
+    # other weights, and the manifest, lineage.json and tags rewritten to agree with them (an admin's edit)
+    other = write_model(stack["tmp"] / "attacker", 99)
+    shutil.copyfile(other / "model.safetensors", model / "model.safetensors")
+    lineage = reg.load_lineage(stack["uri"], info)
+    release = {e.path for e in lineage.release_files}
+    files = [e for e in file_entries(model) if e.path not in release]
+    manifest = json.loads((model / MANIFEST_NAME).read_text())
+    manifest |= {"content_id": content_id_of(files), "files": [e.model_dump() for e in files]}
+    (model / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     forged = lineage.model_copy(update={"merged": lineage.merged.model_copy(
-        update={"files": new_files, "content_id": content_id(weights.parent)})})
-    lineage_path.write_bytes(forged.to_json_bytes())
-    import hashlib
-    admin.set_model_version_tag("gov-tamper", version, "mergeops.lineage_sha256",
-                                hashlib.sha256(forged.to_json_bytes()).hexdigest())
-    admin.set_model_version_tag("gov-tamper", version, "mergeops.content_id", forged.merged.content_id)
+        update={"content_id": manifest["content_id"], "files": files})}).to_json_bytes()
+    (run / "lineage.json").write_bytes(forged)
+    admin.set_model_version_tag("gov-tamper", version, "mergeops.content_id", manifest["content_id"])
+    admin.set_model_version_tag("gov-tamper", version, "mergeops.lineage_sha256", hashlib.sha256(forged).hexdigest())
 
     refused = mergeops(stack, "carol", "promote", "gov-tamper", version)
     assert refused.returncode == 1, refused
-    assert "not the one the audit log signed" in refused.stderr
+    assert "does not match its model signature" in refused.stderr and refused.stderr.count("\n") == 1
     drift = mergeops(stack, "carol", "log", "verify")
     assert drift.returncode == 1 and "tag mergeops.content_id" in drift.stderr
+    assert "champion" not in reg.get_version(stack["uri"], "gov-tamper", version).aliases
+    for key, value in signed.items():  # the mirror put back as the log says, for the checks after this one
+        admin.set_model_version_tag("gov-tamper", version, f"mergeops.{key}", value)
 
 
 def test_a_forged_log_entry_is_detected(stack, monkeypatch):
