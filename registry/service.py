@@ -146,7 +146,19 @@ class Service:
                     audit_log_path=self.log_path, evaluation_files=files("evaluation"), audit_reports=files("audit"),
                     artifact_location=self.artifact_location, license_links=meta.get("license_links") or None,
                     requester=actor, signing_key=self.key)
+        self._read_only(name, actor)
         return {"name": info.name, "version": info.version, "status": "registered"}
+
+    def _read_only(self, name: str, actor: Actor) -> None:
+        """The requester reads their governed model and cannot edit it, whatever the server's default
+        permission: set explicitly through MLflow's permission API (the service manages the model)."""
+        from mlflow.server.auth.client import AuthServiceClient
+
+        try:
+            AuthServiceClient(self.tracking_uri).grant_user_permission(actor.id, "registered_model", name, "READ")
+        except Exception as exc:  # noqa: BLE001  (the server's default permission still applies; say so)
+            log.warning("could not set READ for %s on %s (%s); the server's default permission applies",
+                        actor.id, name, exc)
 
 
 def _same_version(tracking_uri: str, name: str, lineage) -> reg.VersionInfo | None:

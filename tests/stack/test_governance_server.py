@@ -77,6 +77,11 @@ def test_the_requester_is_the_signed_in_user_and_cannot_approve_under_any_spelli
     registered = [e for e in entries if e["event"] == "registered" and e["data"]["model"] == "gov-four-eyes"]
     # the typed requested_by is replaced by who signed in; the entry is signed by the service's key
     assert registered[0]["actor"] == "alice" and registered[0]["authenticated"] is True and registered[0]["sig"]
+    # and the requester holds READ on the governed model, set through MLflow's permission API
+    from mlflow.server.auth.client import AuthServiceClient
+    _admin(stack, monkeypatch)
+    granted = AuthServiceClient(stack["uri"]).get_user_permission("alice", "registered_model", "gov-four-eyes")
+    assert granted.permission == "READ"
 
     for spelling in ("alice", "Alice", "alice\u200b", "\uff41lice", "al\u0456ce"):
         done = mergeops(stack, "alice", "approve", "gov-four-eyes", version, "--reviewer", spelling)
