@@ -104,16 +104,24 @@ def promote(name: str, version: str, by: str) -> None:
 def verify(spec: str) -> None:
     """Re-run the merge from the lineage and check the weights are reproduced bit for bit.
 
-    Exit 1 when a parent changed since registration or the re-merged files differ (named).
+    Each parent is found by its recorded content id: where it was, else (a Hugging Face parent)
+    at its recorded commit in the local Hub cache, else restored from the artifact store (its DVC
+    cache or remote) into a temporary folder ($TMPDIR) that is removed afterwards. Exit 1 when a
+    parent is nowhere to be found or the re-merged files differ (named).
 
     \b
     Example:
       mergeops verify demo-merge@3
     """
+    from flows.dvc_store import DvcStore
     from registry.verify import verify_version
 
     s = _settings()
-    result = verify_version(s.tracking_uri, spec, audit_log_path=s.audit_log_path, work_dir=None)
+    store = DvcStore(s.store_dir, s.dvc_remote_url)
+    result = verify_version(s.tracking_uri, spec, audit_log_path=s.audit_log_path, work_dir=None,
+                            restore=store.restore_parent)
+    for reference, content_id in result.restored.items():
+        click.echo(f"parent {reference}: restored from the store (content {content_id[:16]})")
     click.echo(f"{result.name} v{result.version}: reproduced bit for bit "
                f"({result.files} files, content {result.content_id[:16]})")
 
