@@ -150,13 +150,15 @@ class DvcStore:
         if revision is None:
             raise StoreError(f"{self.root}: no artifact store here")
         # --rev reads the .dvc file from git and the data by hash; without it dvc copies the workspace.
-        _run([_dvc_exe(), "get", str(self.root), rel, "-o", str(dest), "--rev", revision], Path(dest).parent)
+        _run([_dvc_exe(), "get", str(self.root), rel, "-o", str(Path(dest).absolute()), "--rev", revision], self.root)
 
     def versions(self, rel: str) -> bool:
         """Whether the store's last commit versions ``rel``."""
+        if not (self.root / ".git").exists():
+            return False
         probe = subprocess.run(["git", "cat-file", "-e", f"HEAD:{rel}.dvc"], cwd=self.root, capture_output=True,
-                               check=False) if (self.root / ".git").exists() else None
-        return probe is not None and probe.returncode == 0
+                               check=False)
+        return probe.returncode == 0
 
     def restore_parent(self, content_id: str, dest: Path) -> None:
         """``mergeops verify``'s restorer (registry/verify.py ``RestoreParent``): the parent bytes
