@@ -40,6 +40,14 @@ def _dvc_exe() -> str:
     return str(local) if local.exists() else "dvc"
 
 
+class _CommandFailed(StoreError):
+    """A git or dvc call exited non-zero; ``detail`` is the line of its output that says why."""
+
+    def __init__(self, cmd: list[str], cwd: Path, detail: str) -> None:
+        super().__init__(f"`{' '.join([Path(cmd[0]).name, *cmd[1:3]])}` failed in {cwd}: {detail}")
+        self.detail = detail
+
+
 def _run(cmd: list[str], cwd: Path) -> str:
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
@@ -49,7 +57,7 @@ def _run(cmd: list[str], cwd: Path) -> str:
         detail = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
         # dvc ends its errors with an advert ("Having any troubles?"): say its ERROR line instead
         last = ([line for line in detail if line.startswith("ERROR")] or detail or [f"exit {proc.returncode}"])[-1]
-        raise StoreError(f"`{' '.join([Path(cmd[0]).name, *cmd[1:3]])}` failed in {cwd}: {last}")
+        raise _CommandFailed(cmd, cwd, last)
     return proc.stdout
 
 
@@ -168,10 +176,10 @@ class DvcStore:
                                     f"another store? point MERGEOPS_HOME at that one)")
         try:
             self.restore(parent_path(content_id), dest)
-        except StoreError as exc:
+        except _CommandFailed as exc:
             raise ParentUnavailable(f"the artifact store {self.root} versions it, but neither its DVC cache nor "
-                                    f"its remote {self.remote_url} holds the bytes ({exc}); `dvc push` them "
-                                    f"from a copy of the store that has them") from None
+                                    f"its remote {self.remote_url} holds the bytes (dvc get: {exc.detail}); "
+                                    f"`dvc push` them from a copy of the store that has them") from None
 
     def revision(self) -> str | None:
         if not (self.root / ".git").exists():

@@ -125,6 +125,6 @@ def test_restore_gives_the_committed_bytes_from_the_cache_else_the_remote(tmp_pa
         store.restore_parent("def", tmp_path / "unknown")
     shutil.rmtree(tmp_path / "remote")
     with pytest.raises(ParentUnavailable, match="neither its DVC cache nor its remote .* holds the bytes "
-                                                r"\(`dvc get .*`.*No storage files available"):
+                                                r"\(dvc get: ERROR: .*No storage files available"):
         store.restore_parent("abc", tmp_path / "nowhere")
     assert not DvcStore(tmp_path / "no-store", str(tmp_path / "remote")).versions(parent_path("abc"))

@@ -147,7 +147,8 @@ def test_a_parent_found_nowhere_is_one_error_line_saying_how_to_restore_it(repla
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err
     (line,) = err.strip().splitlines()
-    assert line.startswith(f"error: parent sort (content {replay.sort_id[:16]}): {replay.sort} now holds content "), line
+    assert line.startswith(f"error: parent sort (content {replay.sort_id[:16]}): {replay.sort} now holds "
+                           "content "), line
     assert f"neither its DVC cache nor its remote {replay.store.remote_url} holds the bytes" in line
     assert f"or put its recorded bytes back at {replay.sort}" in line
     assert _empty(replay.root / "tmp")
