@@ -17,13 +17,6 @@ def _settings():
     return get_settings().require_store()
 
 
-def _trusted_key(s) -> bytes:
-    """The public key model signatures are checked with: the pinned one, else this store's own."""
-    from registry.keys import trusted_public_key
-
-    return trusted_public_key(s.service_public_key, s.signing_key_path)
-
-
 @click.command()
 @click.argument("spec", metavar="NAME[@VERSION|@ALIAS]")
 @click.option("--json", "as_json", is_flag=True, help="Print the lineage record itself (canonical JSON).")
@@ -49,9 +42,13 @@ def lineage(spec: str, as_json: bool) -> None:
 
 
 def _governance():
+    return _governance_of(_settings())
+
+
+def _governance_of(settings):
     from flows.governance import Governance
 
-    return Governance(_settings())
+    return Governance(settings)
 
 
 _REVIEWER = ("Who decides. With a governance service it is your signed-in MLflow user (a different name is "
@@ -110,17 +107,26 @@ def promote(name: str, version: str, by: str | None) -> None:
 def verify(spec: str) -> None:
     """Re-run the merge from the lineage and check the weights are reproduced bit for bit.
 
-    Exit 1 when a parent changed since registration or the re-merged files differ (named).
+    Each parent is found by its recorded content id: where it was, else (a Hugging Face parent)
+    at its recorded commit in the local Hub cache, else restored from the artifact store (its DVC
+    cache or remote) into a temporary folder ($TMPDIR) that is removed afterwards. Exit 1 when a
+    parent is nowhere to be found or the re-merged files differ (named).
 
     \b
     Example:
       mergeops verify demo-merge@3
     """
+    from flows.dvc_store import DvcStore
     from registry.verify import verify_version
 
     s = _settings()
-    result = verify_version(s.tracking_uri, spec, audit_log_path=s.audit_log_path, public_key=_trusted_key(s),
-                            work_dir=None)
+    store = DvcStore(s.store_dir, s.dvc_remote_url)
+    governance = _governance_of(s)
+    result = verify_version(s.tracking_uri, spec, audit_log_path=s.audit_log_path, work_dir=None,
+                            public_key=governance.public_key(), restore=store.restore_parent,
+                            record=governance.record_verified)
+    for reference, content_id in result.restored.items():
+        click.echo(f"parent {reference}: restored from the store (content {content_id[:16]})")
     click.echo(f"{result.name} v{result.version}: reproduced bit for bit "
                f"({result.files} files, content {result.content_id[:16]})")
 

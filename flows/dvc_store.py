@@ -8,6 +8,10 @@ project's working tree stays clean) with a default remote (by default the folder
 revision of that commit go into the lineage record; ``dvc.lock`` (written by ``dvc repro`` of
 ``dvc.yaml``'s stages) records the same md5 for the same bytes, so the two can be compared.
 
+A parent updated in place keeps its old bytes here under its old content id: ``restore_parent``
+gives them back to ``mergeops verify`` (from the DVC cache, else the remote), so an old version
+replays bit for bit after its parents moved on.
+
 Real ``dvc`` and ``git`` executables are called (the ones next to this Python first), never a
 re-implementation of DVC's hashing.
 """
@@ -26,6 +30,7 @@ import yaml
 
 from flows.errors import StoreError
 from merge.faults import crash_point
+from registry.errors import ParentUnavailable
 
 _GIT_IDENTITY = ["-c", "user.name=mergeops", "-c", "user.email=mergeops@localhost"]
 
@@ -35,16 +40,30 @@ def _dvc_exe() -> str:
     return str(local) if local.exists() else "dvc"
 
 
+class _CommandFailed(StoreError):
+    """A git or dvc call exited non-zero; ``detail`` is the line of its output that says why."""
+
+    def __init__(self, cmd: list[str], cwd: Path, detail: str) -> None:
+        super().__init__(f"`{' '.join([Path(cmd[0]).name, *cmd[1:3]])}` failed in {cwd}: {detail}")
+        self.detail = detail
+
+
 def _run(cmd: list[str], cwd: Path) -> str:
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
         raise StoreError(f"{cmd[0]}: not found; install it (dvc and git are needed for versioning)") from exc
     if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        last = detail[-1] if detail else f"exit {proc.returncode}"
-        raise StoreError(f"`{' '.join(cmd[:3])}` failed in {cwd}: {last}")
+        detail = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+        # dvc ends its errors with an advert ("Having any troubles?"): say its ERROR line instead
+        last = ([line for line in detail if line.startswith("ERROR")] or detail or [f"exit {proc.returncode}"])[-1]
+        raise _CommandFailed(cmd, cwd, last)
     return proc.stdout
+
+
+def parent_path(content_id: str) -> str:
+    """Where the store versions a parent: by content id, so a parent changed in place keeps its old bytes."""
+    return f"parents/{content_id}"
 
 
 class DvcStore:
@@ -130,6 +149,37 @@ class DvcStore:
         """Upload everything tracked to the default remote."""
         with self._locked():
             _run([_dvc_exe(), "push", "-q"], self.root)
+
+    # -- reading back ----------------------------------------------------------------------
+    def restore(self, rel: str, dest: Path) -> None:
+        """Write the bytes committed at ``rel`` into ``dest`` (absent), by their md5: from the DVC
+        cache, else the remote; never from the store's working copy, which anyone may have edited."""
+        revision = self.revision()
+        if revision is None:
+            raise StoreError(f"{self.root}: no artifact store here")
+        # --rev reads the .dvc file from git and the data by hash; without it dvc copies the workspace.
+        _run([_dvc_exe(), "get", str(self.root), rel, "-o", str(Path(dest).absolute()), "--rev", revision], self.root)
+
+    def versions(self, rel: str) -> bool:
+        """Whether the store's last commit versions ``rel``."""
+        if not (self.root / ".git").exists():
+            return False
+        probe = subprocess.run(["git", "cat-file", "-e", f"HEAD:{rel}.dvc"], cwd=self.root, capture_output=True,
+                               check=False)
+        return probe.returncode == 0
+
+    def restore_parent(self, content_id: str, dest: Path) -> None:
+        """``mergeops verify``'s restorer (registry/verify.py ``RestoreParent``): the parent bytes
+        versioned under ``content_id`` into ``dest``, else ParentUnavailable saying how to get them."""
+        if not self.versions(parent_path(content_id)):
+            raise ParentUnavailable(f"the artifact store {self.root} does not version it (registered with "
+                                    f"another store? point MERGEOPS_HOME at that one)")
+        try:
+            self.restore(parent_path(content_id), dest)
+        except _CommandFailed as exc:
+            raise ParentUnavailable(f"the artifact store {self.root} versions it, but neither its DVC cache nor "
+                                    f"its remote {self.remote_url} holds the bytes (dvc get: {exc.detail}); "
+                                    f"`dvc push` them from a copy of the store that has them") from None
 
     def revision(self) -> str | None:
         if not (self.root / ".git").exists():

@@ -132,6 +132,17 @@ class Governance:
 
         record_event(self.settings.tracking_uri, name, version, self.settings.audit_log_path, event, **data)
 
+    def record_verified(self, info, data: dict) -> None:
+        """A ``verify`` outcome: the ``verified`` entry and the version's ``verify`` tag."""
+        if self.service is not None:
+            self.service.event(info.name, info.version, "verified", **data)
+            return
+        from registry.mlflow_registry import record_event, set_tags
+
+        record_event(self.settings.tracking_uri, info.name, info.version, self.settings.audit_log_path, "verified",
+                     **data)
+        set_tags(self.settings.tracking_uri, info, {"verify": data["outcome"]})
+
     def entries(self) -> list[dict]:
         """The audit log's entries, checked (chain and signatures)."""
         from registry.audit_log import AuditLog

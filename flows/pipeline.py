@@ -19,7 +19,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from flows import tasks
 from flows.approval import await_approval
-from flows.dvc_store import lock_md5s
+from flows.dvc_store import lock_md5s, parent_path
 from flows.governance import Governance
 from flows.locks import model_lock
 from flows.settings import get_settings
@@ -130,7 +130,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
                                   same.tag("dvc_rev"), summary).to_dict()
         info, revision = _version_and_register(name, recipe, merged, parent_ids, audit, evaluation, judged_by,
                                                requested_by)
-    tasks.push_artifacts(str(settings.home_dir / "store"), settings.dvc_remote_url)
+    tasks.push_artifacts(str(settings.store_dir), settings.dvc_remote_url)
     summary = _summary(name, info.version, merged, evaluation, status="registered with alias `candidate`")
     _link(settings.tracking_uri, name, info.version)
     status = "awaiting_approval"
@@ -151,11 +151,11 @@ def _version_and_register(name, recipe, merged, parent_ids, audit, evaluation, j
         plots = tasks.draw_plots(evaluation, tmp, "evaluation")
         audit_json = Path(tmp) / "audit.json"
         audit_json.write_text(audit.to_json())
-        items = {f"parents/{cid}": p for p, cid in parent_ids.items()}
+        items = {parent_path(cid): p for p, cid in parent_ids.items()}
         items |= {f"models/{merged.content_id}": merged.out_dir,
                   f"reports/{merged.content_id}/evaluation.json": str(eval_json),
                   f"reports/{merged.content_id}/audit.json": str(audit_json)}
-        md5s, revision = tasks.version_artifacts(str(settings.home_dir / "store"), settings.dvc_remote_url,
+        md5s, revision = tasks.version_artifacts(str(settings.store_dir), settings.dvc_remote_url,
                                                  items, f"{name}: {merged.content_id[:12]} by {requested_by}")
         for stage_outs in lock_md5s(settings.recipe_base_dir or Path.cwd()).values():
             md5s = {**stage_outs, **md5s}

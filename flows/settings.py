@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         return self.dvc_remote or str(self.home_dir / "dvc-remote")
 
     @property
+    def store_dir(self) -> Path:
+        """The artifact store: a git + DVC repo versioning parents, merged models and reports."""
+        return self.home_dir / "store"
+
+    @property
     def cache_dir(self) -> Path:
         return self.home_dir / "cache"
 

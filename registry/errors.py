@@ -41,6 +41,11 @@ class VerifyMismatch(CheckFailed):
     """Re-running a merge from its lineage did not reproduce the registered weights or parents."""
 
 
+class ParentUnavailable(VerifyMismatch):
+    """The artifact store holds no copy of a parent's recorded bytes (not versioned, or neither its
+    cache nor its remote has them)."""
+
+
 class AuditFailed(CheckFailed):
     """A source-model audit found an error-severity problem: these parents must not be merged."""
 

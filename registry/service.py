@@ -119,9 +119,13 @@ class Service:
         if not isinstance(data, dict):
             raise UsageError("data: a mapping is expected")
         version = body.get("version")
-        entry = reg.record_event(self.tracking_uri, _str(body, "name"), None if version is None else str(version),
+        name = _str(body, "name")
+        entry = reg.record_event(self.tracking_uri, name, None if version is None else str(version),
                                  self.log, event, actor=actor, **{k: v for k, v in data.items()
                                                                   if k not in ("model", "version")})
+        if event == "verified" and version is not None and data.get("outcome") in ("reproduced", "mismatch"):
+            reg.set_tags(self.tracking_uri, reg.get_version(self.tracking_uri, name, str(version)),
+                         {"verify": data["outcome"]})
         return {"seq": entry["seq"], "hash": entry["hash"]}
 
     def register(self, actor: Actor, body: dict) -> dict:

@@ -1,11 +1,13 @@
 """Bit-for-bit verification: re-run a registered merge from its lineage and compare content ids.
 
-First the registered model artifact is downloaded, re-hashed against the lineage's manifest and
-its model signature checked with the trusted public key.
-The parents are identified by content id, not by path: before merging, each parent is re-hashed
-where it is now (a Hugging Face parent at its recorded commit in this machine's Hub cache, any
-other at its recorded path), a parent whose bytes changed is named and refused (the merge would
-otherwise "verify" against different inputs), and the re-merge reads exactly those directories.
+First the registered model artifact is downloaded and re-hashed against the lineage's manifest.
+The parents are identified by content id, not by path. Each is looked for, in order, where the
+lineage recorded it, then (a Hugging Face parent) at its recorded commit in this machine's Hub
+cache, then in the artifact store: ``restore`` (flows passes the DVC store's) copies the bytes
+versioned under that content id into a temporary directory, which is re-hashed like any other
+copy. The first copy whose content id is the recorded one is used; the re-merge reads exactly
+those directories, and the restored copies are removed afterwards, on failure and Ctrl-C too.
+A parent with no such copy anywhere is named, with what is missing and how to restore it.
 The recipe is the lineage's full text, parsed against its recorded base dir, with the recorded
 seed. Every outcome writes a ``verified`` audit-log entry.
 """
@@ -13,6 +15,7 @@ seed. Every outcome writes a ``verified`` audit-log entry.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +23,13 @@ from merge.errors import SourceNotFound
 from merge.hub import resolve_model
 from merge.manifest import content_id, file_entries
 from registry import mlflow_registry as reg
-from registry.errors import ArtifactMismatch, VerifyMismatch
+from registry.errors import ArtifactMismatch, ParentUnavailable, VerifyMismatch
 from registry.lineage import code_version
+
+RestoreParent = Callable[[str, Path], None]
+"""``restore(content_id, dest)``: write the bytes an artifact store versions under ``content_id``
+into the new directory ``dest``; raise ParentUnavailable saying what is missing and how to restore
+it when the store cannot."""
 
 
 @dataclass(frozen=True)
@@ -30,33 +38,52 @@ class VerifyResult:
     version: str
     content_id: str
     files: int
+    restored: dict[str, str]  # {parent reference: content id} of the parents restored from the store
 
 
-def _parent_dir(parent) -> Path:
-    """Where a recorded parent is now: a Hub parent at its recorded commit in this machine's Hugging
-    Face cache (the branch may have moved on, the cache may live elsewhere), else its recorded path."""
-    if parent.repo_id and parent.commit:
-        try:
-            return resolve_model(f"{parent.repo_id}@{parent.commit}").path
-        except SourceNotFound as exc:
-            raise VerifyMismatch(f"parent {parent.reference}: {exc}") from None
+def _local_copies(parent) -> list[tuple[Path | None, str]]:
+    """Where a parent may still be on this machine: (directory, what to say when it is not there)."""
     path = Path(parent.path)
-    if not path.is_dir():
-        raise VerifyMismatch(f"parent {parent.reference}: {path} is gone; restore it (e.g. `dvc pull`) to verify")
-    return path
+    copies: list[tuple[Path | None, str]] = [(path, f"{path} is gone")]
+    if parent.repo_id and parent.commit:
+        # The branch may have moved on, and the cache may live elsewhere than at registration.
+        try:
+            hub = resolve_model(f"{parent.repo_id}@{parent.commit}").path
+        except SourceNotFound:
+            copies.append((None, f"{parent.repo_id}@{parent.commit[:12]} is not in this machine's Hugging Face cache"))
+        else:
+            if hub.resolve() != path.resolve():
+                copies.append((hub, f"{hub} is gone"))
+    return copies
 
 
-def _check_parents(lineage) -> dict[str, Path]:
-    """Re-hash every parent where it is now; {reference: dir} for the re-merge."""
-    dirs = {}
-    for parent in lineage.parents:
-        path = _parent_dir(parent)
+def _find_parent(parent, restore: RestoreParent | None, work: Path) -> tuple[Path, bool]:
+    """A directory holding exactly the parent's recorded bytes, and whether it came from the store."""
+    misses = []
+    for path, gone in _local_copies(parent):
+        if path is None or not path.is_dir():
+            misses.append(gone)
+            continue
         now = content_id(path)
-        if now != parent.content_id:
-            raise VerifyMismatch(f"parent {parent.reference}: content id is now {now[:16]}, lineage recorded "
-                                 f"{parent.content_id[:16]}; the parent changed since registration")
-        dirs[parent.reference] = path
-    return dirs
+        if now == parent.content_id:
+            return path, False
+        misses.append(f"{path} now holds content {now[:16]}")
+    where = f"parent {parent.reference} (content {parent.content_id[:16]})"
+    back = (f"download {parent.repo_id}@{parent.commit} into the Hugging Face cache" if parent.repo_id and parent.commit
+            else f"put its recorded bytes back at {parent.path}")
+    if restore is None:
+        raise VerifyMismatch(f"{where}: {'; '.join(misses)}; {back} to verify")
+    dest = work / "parents" / parent.content_id
+    dest.parent.mkdir(exist_ok=True)
+    try:
+        restore(parent.content_id, dest)
+    except ParentUnavailable as exc:
+        raise VerifyMismatch(f"{where}: {'; '.join(misses)}; {exc}; or {back}") from None
+    got = content_id(dest)
+    if got != parent.content_id:
+        raise VerifyMismatch(f"{where}: the copy restored from the store hashes to {got[:16]}, not the "
+                             f"recorded content id; refusing it (the store's copy is damaged)")
+    return dest, True
 
 
 def _code_hint(lineage) -> str:
@@ -78,17 +105,57 @@ def _remerge(lineage, work: Path, parents: dict[str, Path]):
     from merge.run import run_merge
 
     recipe = parse_recipe(lineage.recipe.text, Path(lineage.recipe.base_dir))
-    # Each reference reads the bytes just re-hashed (a Hub ref at its recorded commit, not today's).
+    # Each reference reads the bytes just re-hashed (a Hub ref at its recorded commit, not today's;
+    # a parent changed in place from its restored copy).
     recipe = recipe.model_copy(update={"locked": {r: p for r, p in parents.items() if r in recipe.model_refs()}})
     if lineage.seed is not None and getattr(recipe, "seed", lineage.seed) != lineage.seed:
         recipe = recipe.model_copy(update={"seed": lineage.seed})
     return run_merge(recipe, work / "merged", progress=False)
 
 
+def _reproduce(info, lineage, work: Path, restore: RestoreParent | None) -> tuple[int, dict[str, str]]:
+    """Find the parents, re-merge in ``work``; (files, {reference: content id} restored) or VerifyMismatch."""
+    parents, restored = {}, {}
+    for parent in lineage.parents:
+        parents[parent.reference], from_store = _find_parent(parent, restore, work)
+        if from_store:
+            restored[parent.reference] = parent.content_id
+    result = _remerge(lineage, work, parents)
+    out = Path(result.out_dir)
+    if result.content_id != lineage.merged.content_id:
+        hint = _code_hint(lineage)
+        try:
+            reg.diff_files(lineage.merged.files, file_entries(out), where="the re-merged model")
+        except ArtifactMismatch as exc:
+            raise VerifyMismatch(f"{info.name} v{info.version}: not reproduced; {exc}{hint}") from exc
+        raise VerifyMismatch(f"{info.name} v{info.version}: content id {result.content_id[:16]} "
+                             f"differs from {lineage.merged.content_id[:16]}{hint}")
+    return len(file_entries(out)), restored
+
+
+Recorder = Callable[[reg.VersionInfo, dict], None]
+
+
+def _recorder(tracking_uri: str, audit_log_path: Path) -> Recorder:
+    def record(info: reg.VersionInfo, data: dict) -> None:
+        reg.record_event(tracking_uri, info.name, info.version, audit_log_path, "verified", **data)
+        reg.set_tags(tracking_uri, info, {"verify": data["outcome"]})
+    return record
+
+
 def verify_version(tracking_uri: str, spec: str, *, audit_log_path: Path, public_key: bytes,
-                   work_dir: Path | None = None) -> VerifyResult:
+                   work_dir: Path | None = None, restore: RestoreParent | None = None,
+                   record: Recorder | None = None) -> VerifyResult:
     """Re-create ``NAME@VERSION`` from its lineage; raise VerifyMismatch naming what differs.
-    ``public_key`` (PEM) is the trusted key the model's signature is checked with."""
+
+    ``public_key`` (PEM) is the trusted key the model's signature is checked with. ``restore``
+    fetches a parent that moved on from the artifact store by its content id (None: only the copies
+    on this machine count). Restored parents and the re-merge live in a temporary directory under
+    ``work_dir`` (the system's by default), removed whatever happens. ``record(info, data)`` writes
+    the ``verified`` outcome (default: this store's audit log and the version's ``verify`` tag; with
+    a governance service, the service does both).
+    """
+    record = record or _recorder(tracking_uri, audit_log_path)
     info = reg.resolve(tracking_uri, spec)
     lineage = reg.load_lineage(tracking_uri, info)
     try:
@@ -96,25 +163,11 @@ def verify_version(tracking_uri: str, spec: str, *, audit_log_path: Path, public
             reg.check_model_artifact(tracking_uri, info, lineage, public_key=public_key)
         except ArtifactMismatch as exc:
             raise VerifyMismatch(str(exc)) from exc
-        parents = _check_parents(lineage)
         with tempfile.TemporaryDirectory(dir=work_dir, prefix="mergeops-verify-") as tmp:
-            result = _remerge(lineage, Path(tmp), parents)
-            out = Path(result.out_dir)
-            if result.content_id != lineage.merged.content_id:
-                hint = _code_hint(lineage)
-                try:
-                    reg.diff_files(lineage.merged.files, file_entries(out), where="the re-merged model")
-                except ArtifactMismatch as exc:
-                    raise VerifyMismatch(f"{info.name} v{info.version}: not reproduced; {exc}{hint}") from exc
-                raise VerifyMismatch(f"{info.name} v{info.version}: content id {result.content_id[:16]} "
-                                     f"differs from {lineage.merged.content_id[:16]}{hint}")
-            files = len(file_entries(out))
+            files, restored = _reproduce(info, lineage, Path(tmp), restore)
     except VerifyMismatch as exc:
-        reg.record_event(tracking_uri, info.name, info.version, audit_log_path, "verified",
-                         outcome="mismatch", reason=str(exc))
-        reg.set_tags(tracking_uri, info, {"verify": "mismatch"})
+        record(info, {"outcome": "mismatch", "reason": str(exc)})
         raise
-    reg.record_event(tracking_uri, info.name, info.version, audit_log_path, "verified",
-                     outcome="reproduced", content_id=lineage.merged.content_id)
-    reg.set_tags(tracking_uri, info, {"verify": "reproduced"})
-    return VerifyResult(info.name, info.version, lineage.merged.content_id, files)
+    record(info, {"outcome": "reproduced", "content_id": lineage.merged.content_id,
+                  **({"restored_from_store": sorted(restored)} if restored else {})})
+    return VerifyResult(info.name, info.version, lineage.merged.content_id, files, restored)

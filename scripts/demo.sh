@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the governed pipeline on the demo zoo, end to end, from a fresh clone.
 #   zoo (DVC) → run a passing recipe → run a leaky one (stopped) → lineage → four-eyes approval and
-#   promotion → a parent publishes a new revision → `mergeops watch --once` → one new candidate.
+#   promotion → a parent publishes a new revision → `mergeops watch --once` → one new candidate →
+#   `mergeops verify` replays the champion bit for bit, its old parent restored from the DVC store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,7 +77,10 @@ print("candidate parents:", ", ".join(p["reference"] + " " + p["content_id"][:12
 print("judged by suite", r["suite"]["name"], r["suite"]["sha256"][:12], "and policy", r["policy"]["name"],
       r["policy"]["sha256"][:12])'
 
-step "7. the audit log's hash chain"
+step "7. an auditor replays v1, whose parent $SPECIALIST has changed since: its old bytes come from the DVC store"
+mergeops verify "$NAME@1"
+
+step "8. the audit log's hash chain"
 mergeops log verify
 
 elapsed=$(( $(date +%s) - started ))
@@ -88,6 +92,7 @@ Demo finished in $((elapsed / 60)) min $((elapsed % 60)) s. Next:
   PREFECT_HOME=$PREFECT_HOME prefect server start   # the demo's flow runs, summaries, gate tables
   export PREFECT_API_URL=http://127.0.0.1:4200/api          # from then on, runs pause for approval in the UI
   mergeops approve $NAME 2 --reviewer carol --comment "..."    # the watch's candidate
-  mergeops verify $NAME@champion                             # re-create the champion bit for bit
+  mergeops verify $NAME@2                                    # the candidate: its parents are on disk as they are
+  mergeops verify $NAME@champion                             # v1 again: parents that moved on come from the DVC store
   mergeops watch                                            # serve the watch: cron + mergeops.parent.updated
 EOF

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.dvc_store import DvcStore, lock_md5s
+from flows.dvc_store import DvcStore, lock_md5s, parent_path
 from flows.errors import StoreError
+from registry.errors import ParentUnavailable
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -108,3 +109,22 @@ def test_a_store_that_committed_raw_weights_to_git_recovers(tmp_path: Path, arti
     tracked = _git(store.root, "ls-files").split()
     assert "models/abc.dvc" in tracked and not any(p.startswith("models/abc/") for p in tracked)
     assert md5s["models/abc"].endswith(".dir")
+
+
+def test_restore_gives_the_committed_bytes_from_the_cache_else_the_remote(tmp_path: Path, artifact: Path) -> None:
+    store = DvcStore(tmp_path / "store", str(tmp_path / "remote")).ensure()
+    store.track({parent_path("abc"): artifact}, "a parent")
+    store.push()
+    (store.root / "parents" / "abc" / "config.json").write_text('{"edited": "in the working copy"}')
+    store.restore_parent("abc", tmp_path / "from-cache")  # by md5, never the edited working copy
+    assert (tmp_path / "from-cache" / "config.json").read_text() == '{"a": 1}'
+    shutil.rmtree(store.root / ".dvc" / "cache")
+    store.restore_parent("abc", tmp_path / "from-remote")
+    assert (tmp_path / "from-remote" / "weights.bin").read_bytes() == (artifact / "weights.bin").read_bytes()
+    with pytest.raises(ParentUnavailable, match=f"{store.root} does not version it"):
+        store.restore_parent("def", tmp_path / "unknown")
+    shutil.rmtree(tmp_path / "remote")
+    with pytest.raises(ParentUnavailable, match="neither its DVC cache nor its remote .* holds the bytes "
+                                                r"\(dvc get: ERROR: .*No storage files available"):
+        store.restore_parent("abc", tmp_path / "nowhere")
+    assert not DvcStore(tmp_path / "no-store", str(tmp_path / "remote")).versions(parent_path("abc"))

@@ -210,6 +210,17 @@ def test_verify_replays_the_recorded_commit_after_main_moved(hub, tmp_path, monk
     # The repo publishes new weights: main moves on, the recorded commit stays in the cache.
     mirror(write_llama(tmp_path / "newer", seed=9, **SHAPE), cache, REPO, "f" * 40, refs=("main",))
     assert resolve_model(REPO).commit == "f" * 40
-    result = verify_version(uri, "hub-verify@1", audit_log_path=tmp_path / "log.jsonl", public_key=key.public)
-    assert result.content_id == merged.content_id == info.tag("content_id")
+    result = verify_version(uri, "hub-verify@1", audit_log_path=tmp_path / "log.jsonl",
+                            public_key=key.public)
+    assert result.content_id == merged.content_id == info.tag("content_id") and result.restored == {}
     assert info.tag("parent.0.repo_id") == REPO and info.tag("parent.0.commit") == COMMIT
+
+    # The recorded commit leaves this machine's cache: the artifact store that versioned it has it.
+    from flows.dvc_store import DvcStore, parent_path
+
+    store = DvcStore(tmp_path / "store", str(tmp_path / "remote")).ensure()
+    store.track({parent_path(p["content_id"]): Path(p["path"]) for p in merged.parents}, "parents")
+    shutil.rmtree(cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT)
+    result = verify_version(uri, "hub-verify@1", audit_log_path=tmp_path / "log.jsonl", restore=store.restore_parent)
+    assert result.content_id == merged.content_id
+    assert result.restored == {REPO: content_id(hub["base"])}

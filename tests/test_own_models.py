@@ -4,7 +4,8 @@ model named by repo id from a local Hugging Face cache.
 
 run → candidate; approve by another user → promote → lineage → verify → log verify; a parent is
 updated and `watch --once` (settings from mergeops.yaml) makes exactly one new candidate; a second
-pass makes none; a re-merge that a gate stops exits 1 with one error line.
+pass makes none; v1 still verifies, its old parent restored from the DVC store; a re-merge that a
+gate stops exits 1 with one error line.
 """
 
 from __future__ import annotations
@@ -137,6 +138,12 @@ def test_a_parent_update_makes_exactly_one_candidate_and_a_stopped_remerge_exits
     assert f"{name}: re-merged" in first.stdout and f"{name} v2: awaiting approval" in first.stdout
     again = mergeops("watch", "--once")
     assert again.returncode == 0 and f"{name}: unchanged" in again.stdout
+    # v1's parent has moved on: verify takes its recorded bytes back from the DVC store
+    replayed = mergeops("verify", f"{name}@1")
+    assert replayed.returncode == 0, replayed.stderr
+    restored, done = replayed.stdout.splitlines()
+    assert restored.startswith(f"parent models/{proj.finetune_plain.name}: restored from the store (content ")
+    assert done.startswith(f"{name} v1: reproduced bit for bit")
     uri = f"sqlite:///{proj.root / '.mergeops' / 'mlflow.db'}"
     assert [v.version for v in reg.list_versions(uri, name)] == ["1", "2"]
 

@@ -66,11 +66,12 @@ def test_verify_reproduces_then_refuses_a_changed_parent(store, tmp_path, tiny_z
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01
     weights.write_bytes(bytes(data))
-    with pytest.raises(VerifyMismatch, match="parent sort: content id is now"):
+    with pytest.raises(VerifyMismatch, match=r"parent sort \(content [0-9a-f]{16}\): .*/sort now holds content "
+                                             r"[0-9a-f]{16}; put its recorded bytes back at .*/sort to verify"):
         verify_version(store["uri"], f"verify-ok@{info.version}", audit_log_path=store["log"],
                        public_key=store["key"].public)
-    bad = _cli(store, "verify", f"verify-ok@{info.version}")
-    assert bad.exit_code == 1 and "parent sort" in bad.output
+    bad = _cli(store, "verify", f"verify-ok@{info.version}")  # the CLI looks in the artifact store, which has none
+    assert bad.exit_code == 1 and "parent sort" in bad.output and "does not version it" in bad.output
     assert reg.get_version(store["uri"], "verify-ok", info.version).tag("verify") == "mismatch"
 
 
