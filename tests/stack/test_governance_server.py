@@ -8,7 +8,6 @@ where a person would use the CLI.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -20,12 +19,10 @@ from mlflow.exceptions import MlflowException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from servers import BIN, as_user, decide, governance_service, mlflow_basic_auth  # noqa: E402
-from test_lineage import make_lineage  # noqa: E402
+from servers import as_user, decide, governance_service, mergeops, mlflow_basic_auth, register  # noqa: E402
 
 from registry import mlflow_registry as reg  # noqa: E402
 from registry.audit_log import AuditLog  # noqa: E402
-from registry.service_client import ServiceClient, submit_registration  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,35 +30,6 @@ def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("governance")
     with mlflow_basic_auth(root / "mlflow") as mlflow, governance_service(mlflow["uri"], root / "service") as svc:
         yield {**mlflow, **svc, "tmp": root}
-
-
-def mergeops(stack, user: str, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """`mergeops ARGS` as ``user``, pointed at the server and the service, the key pinned."""
-    cwd = stack["tmp"] / f"cwd-{user}"
-    cwd.mkdir(exist_ok=True)
-    return subprocess.run([str(BIN / "mergeops"), *args], capture_output=True, text=True, cwd=cwd, timeout=300,
-                          env=as_user(user, MLFLOW_TRACKING_URI=stack["uri"], MERGEOPS_SERVICE_URL=stack["url"],
-                                      MERGEOPS_SERVICE_PUBLIC_KEY=str(stack["public_key"]),
-                                      MERGEOPS_HOME=str(cwd / ".mergeops"), **env))
-
-
-def _client(user: str) -> ServiceClient:
-    env = as_user(user)
-    return ServiceClient("", env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
-
-
-def register(stack, name: str, seed: int, requester: str = "alice", monkeypatch=None) -> str:
-    """A candidate submitted by ``requester`` and registered by the service; its version."""
-    work = stack["tmp"] / f"{name}-{seed}"
-    record, merged = make_lineage(work, merged_seed=seed, requested_by="somebody-typed")
-    client = _client(requester)
-    client.url = stack["url"]
-    env = as_user(requester)
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", env["MLFLOW_TRACKING_USERNAME"])
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", env["MLFLOW_TRACKING_PASSWORD"])
-    answer = submit_registration(client, stack["uri"], name=name, model_dir=merged, lineage=record)
-    assert answer["status"] == "registered"
-    return answer["version"]
 
 
 def _admin(stack, monkeypatch) -> MlflowClient:
