@@ -69,8 +69,7 @@ def _champion(path: str | None) -> dict[str, float] | None:
               help="Where suites and results are cached (default: $MERGEOPS_HOME/cache/evaluations).")
 @click.option("--threads", default=None, type=click.IntRange(min=1), metavar="N",
               help="torch CPU threads while evaluating (1 is fastest for tiny models on a busy machine).")
-@click.pass_context
-def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None, suite: str, zoo_dir: str | None,
+def evaluate(model_dirs: tuple[str, ...], merged: str | None, suite: str, zoo_dir: str | None,
              policy: str | None, audit_json: str | None, champion: str | None, json_path: str | None,
              cache_dir: str | None, threads: int | None) -> None:
     """Evaluate a merged model and its parents on every domain of a suite (lm-eval, in memory,
@@ -118,4 +117,7 @@ def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None
         for path in write_report(report, Path(json_path)):
             click.echo(f"wrote {path}")
     if report.passed is False:
-        ctx.exit(1)
+        from evaluation.errors import GateFailed
+
+        failed = [g for g in report.gates if not g.passed]
+        raise GateFailed("gate failed: " + "; ".join(g.reason or g.gate for g in failed))

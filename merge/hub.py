@@ -91,6 +91,8 @@ def resolve_model(reference: str, base_dir: Path | None = None) -> ModelSource:
     ``base_dir``), else a snapshot in the local Hugging Face cache. Raises SourceNotFound, one line
     naming the reference, where it looked and what to do; never reaches the network."""
     ref = str(reference)
+    if not ref.strip():  # Path("") is the working directory: an empty argument is a mistake
+        raise SourceNotFound("empty model reference: give a model directory or ORG/NAME[@REVISION]")
     local = Path(ref).expanduser()
     if not local.is_absolute() and base_dir is not None:
         local = Path(base_dir) / local
