@@ -51,6 +51,10 @@ def compute_statistics(model_dir: Path, data: Path, *, kind: str, out: Path, sam
 
     if kind not in ("fisher", "gram"):
         raise UsageError(f"unknown statistics kind {kind!r}; use fisher or gram")
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise UsageError(f"{out}: --out is a symbolic link, a directory or a special file; give the path of a "
+                         "new or regular .safetensors file")
     check_loadable(model_dir)  # no pickle under any name, no FIFO or /dev/zero, before transformers
     examples = _examples(data, samples)
     with quiet_libraries():  # no "Loading weights" bar in a log
@@ -58,7 +62,6 @@ def compute_statistics(model_dir: Path, data: Path, *, kind: str, out: Path, sam
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True)
     model.eval()
     stats = _fisher(model, tok, examples) if kind == "fisher" else _gram(model, tok, examples)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp), metadata={"mergeops.statistics": kind})

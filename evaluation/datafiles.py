@@ -12,7 +12,11 @@ import json
 from pathlib import Path
 
 from evaluation.errors import DataFileError
+from merge.bounded import MIB, read_text, regular_file
+from merge.errors import UsageError
 
+# An eval or training set of a suite; a FIFO, a device or a file past this is refused unread.
+DATA_LIMIT = 2048 * MIB
 # file suffix -> the Hugging Face `datasets` builder (lm-eval's `dataset_path`) that reads it
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TEXT_SUFFIXES = (".txt", ".md")  # training data only: one text per non-empty line
@@ -31,6 +35,7 @@ def read_rows(path: Path) -> list[dict]:
     """Every row of a JSONL/JSON, CSV or Parquet file as a dict (CSV cells parsed as pandas does)."""
     path = Path(path)
     fmt = builder(path)
+    _check_file(path)
     try:
         if fmt == "json":
             return _json_rows(path)
@@ -49,8 +54,20 @@ def read_rows(path: Path) -> list[dict]:
         raise DataFileError(f"{path}: cannot be read as {fmt} ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
 
 
+def _check_file(path: Path) -> None:
+    """A regular file within ``DATA_LIMIT`` (pandas and pyarrow would block on a FIFO, never end
+    on /dev/zero and load any size); one DataFileError line otherwise."""
+    try:
+        info = regular_file(path, what="data file")
+    except UsageError as exc:
+        raise DataFileError(str(exc)) from None
+    if info.st_size > DATA_LIMIT:
+        raise DataFileError(f"{path}: data file is {info.st_size:,} bytes, over the {DATA_LIMIT:,}-byte limit; "
+                            "is it the right file?")
+
+
 def _json_rows(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, limit=DATA_LIMIT, what="data file")
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         rows = json.loads(text)
     else:
@@ -93,9 +110,10 @@ def texts(path: Path) -> list[str]:
     path = Path(path)
     if path.suffix.lower() in TEXT_SUFFIXES:
         try:
-            return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataFileError(f"{path}: unreadable ({exc})") from None
+            return [line for line in read_text(path, limit=DATA_LIMIT, what="data file").splitlines()
+                    if line.strip()]
+        except UsageError as exc:
+            raise DataFileError(str(exc)) from None
     return [t for t in (row_text(r) for r in read_rows(path)) if t]
 
 

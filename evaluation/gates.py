@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from evaluation.errors import PolicyError
+from merge.bounded import load_yaml, read_text
+from merge.errors import UsageError
 from evaluation.leakage import LeakagePolicy, LeakageRecord
 
 
@@ -88,12 +90,10 @@ def load_gate_policy(path: str | Path | None = None) -> GatePolicy:
     if path is None:
         return parse_gate_policy(None, "evaluation/gate_policy.yaml")
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PolicyError(f"{path}: policy file not found") from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:  # bounded: a regular file, strict UTF-8, YAML whose aliases cannot explode
+        doc = load_yaml(read_text(path, what="gate policy"), what=str(path))
+    except UsageError as exc:
+        raise PolicyError(str(exc)) from None
     return parse_gate_policy(doc, str(path))
 
 

@@ -16,9 +16,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from evaluation.errors import PolicyError, SuiteError
+from evaluation.errors import PolicyError
 from evaluation.gates import load_gate_policy
+from evaluation.suite_file import read_suite_text
 from evaluation.suites import load_suite, materialize
+from merge.bounded import read_text
+from merge.errors import UsageError
 from merge.manifest import canonical_json
 
 SHIPPED = "shipped with mergeops"
@@ -51,10 +54,7 @@ def suite_settings(suite: str | Path, *, zoo_dir: Path | None, cache_dir: Path) 
         source = SHIPPED
     else:
         source = str(Path(suite).resolve())
-        try:
-            text = Path(suite).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SuiteError(f"{suite}: cannot read ({exc})") from None
+        text = read_suite_text(Path(suite))
     return SettingsFile(name=loaded.name, source=source, text=text, sha256=_sha256(text),
                         digest=materialized.suite_hash)
 
@@ -67,9 +67,9 @@ def policy_settings(policy: str | Path | None) -> SettingsFile:
         text, source = resources.files("evaluation").joinpath("gate_policy.yaml").read_text(encoding="utf-8"), SHIPPED
     else:
         try:
-            text, source = Path(policy).read_text(encoding="utf-8"), str(Path(policy).resolve())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PolicyError(f"{policy}: cannot read ({exc})") from None
+            text, source = read_text(policy, what="gate policy"), str(Path(policy).resolve())
+        except UsageError as exc:
+            raise PolicyError(str(exc)) from None
     digest = hashlib.sha256(canonical_json(json.loads(effective.model_dump_json()))).hexdigest()
     return SettingsFile(name="default" if shipped else Path(policy).name, source=source, text=text,
                         sha256=_sha256(text), digest=digest)

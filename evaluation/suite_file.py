@@ -33,6 +33,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evaluation.errors import SuiteError
+from merge.bounded import load_yaml, read_text
+from merge.errors import UsageError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # domain and task names become file names
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # columns are read by a Jinja template
@@ -206,6 +208,15 @@ def _one_line(name: str, exc: ValidationError) -> str:
     return f"suite {name!r}: {where}: {msg}" if where else f"suite {name!r}: {msg}"
 
 
+def read_suite_text(path: Path) -> str:
+    """A suite file's text, read within bounds (a regular file, strict UTF-8): a FIFO, a directory
+    or a link to /dev/zero is one SuiteError line."""
+    try:
+        return read_text(path, what="suite file")
+    except UsageError as exc:
+        raise SuiteError(str(exc)) from None
+
+
 def load_suite(name_or_path: str | Path) -> tuple[Suite, Path | None]:
     """A shipped suite by name, or a suite YAML file by path -> (suite, the file's directory).
     Checks the file's shape only; ``materialize`` checks the data it points at."""
@@ -214,13 +225,14 @@ def load_suite(name_or_path: str | Path) -> tuple[Suite, Path | None]:
         doc, base = {"name": str(name_or_path), **shipped[str(name_or_path)]}, None
     else:
         path = Path(name_or_path)
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise SuiteError(f"unknown suite {str(name_or_path)!r}: give one of {', '.join(sorted(shipped))} "
                              "or the path of a suite YAML file")
+        text = read_suite_text(path)
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise SuiteError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            doc = load_yaml(text, what=str(path))
+        except UsageError as exc:
+            raise SuiteError(str(exc)) from None
         if not isinstance(doc, dict):
             raise SuiteError(f"{path}: a suite file is a mapping with `domains:` (see evaluation/suite_file.py)")
         doc.setdefault("name", path.stem)

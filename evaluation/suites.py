@@ -114,8 +114,10 @@ def _own_task(suite: Suite, plan: PlannedTask, base_dir: Path | None) -> tuple[d
                 TaskSpec(name=plan.name, domain=plan.domain, metrics=(plan.metric,), primary=primary, n=task.n))
     data = Path(task.data)
     data = (data if data.is_absolute() else (base_dir or Path.cwd()) / data).resolve()
-    if not data.is_file():
+    if not data.exists():
         raise SuiteError(f"{where}: data file {task.data} not found (looked at {data})")
+    if not data.is_file():  # a FIFO, a device or a directory: never opened
+        raise SuiteError(f"{where}: data file {task.data} is not a regular file ({data})")
     try:
         n = check_columns(data, [task.prompt, task.target])
     except DataFileError as exc:

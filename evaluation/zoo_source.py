@@ -16,9 +16,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from evaluation.errors import ZooIndexError
+from merge.bounded import MIB, loads_json, read_bytes
+from merge.errors import UsageError
 from merge.manifest import content_id
 
 ZOO_INDEX_NAME = "zoo.json"
+ZOO_INDEX_LIMIT = 16 * MIB  # a few KiB: its models, domains and scorecard
 
 
 class ZooModel(BaseModel):
@@ -73,10 +76,13 @@ class ZooIndex(BaseModel):
 def load_zoo(zoo_dir: Path) -> ZooIndex:
     """Read and validate ``zoo_dir``/zoo.json."""
     path = Path(zoo_dir) / ZOO_INDEX_NAME
-    try:
-        return ZooIndex.model_validate_json(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ZooIndexError(f"{zoo_dir}: no {ZOO_INDEX_NAME}; build one with `mergeops zoo build --out {zoo_dir}`") from None
+    if not path.exists() and not path.is_symlink():
+        raise ZooIndexError(f"{zoo_dir}: no {ZOO_INDEX_NAME}; build one with `mergeops zoo build --out {zoo_dir}`")
+    try:  # bounded: a regular file (not a FIFO or /dev/zero), strict UTF-8, JSON of bounded depth
+        return ZooIndex.model_validate(loads_json(read_bytes(path, limit=ZOO_INDEX_LIMIT, what="zoo index"),
+                                                  what=str(path)))
+    except UsageError as exc:
+        raise ZooIndexError(str(exc)) from None
     except ValidationError as exc:
         raise ZooIndexError(f"{path}: not a valid zoo index ({exc.error_count()} errors, first: "
                             f"{exc.errors()[0]['msg']})") from None

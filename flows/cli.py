@@ -13,8 +13,28 @@ import click
 from merge.errors import MergeopsError
 
 
+class _OneLine(click.ClickException):
+    """A usage error of click's own (a missing argument, a bad option value) as one ``error:`` line
+    and exit 2, like every other bad input, instead of click's usage block."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
 class _Group(click.Group):
-    """Maps every MergeopsError raised by a command to one clear line and its exit code."""
+    """Maps every MergeopsError raised by a command to one clear line and its exit code; click's
+    own usage errors and what the file system refuses (a path that is a directory, a full disk)
+    become one line too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _OneLine(_usage_line(exc)) from None
 
     def invoke(self, ctx: click.Context):
         try:
@@ -22,6 +42,19 @@ class _Group(click.Group):
         except MergeopsError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _OneLine(_usage_line(exc)) from None
+        except OSError as exc:  # a failure no check foresaw: still one line naming the file
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            ctx.exit(2)
+
+
+def _usage_line(exc: click.UsageError) -> str:
+    command = exc.ctx.command_path if exc.ctx is not None else "mergeops"
+    return f"{exc.format_message()} (see `{command} --help`)"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

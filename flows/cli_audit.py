@@ -55,8 +55,7 @@ def format_report(report) -> str:
 @click.option("--pin", "pins", multiple=True, metavar="MODEL_DIR=ID",
               help="Refuse MODEL_DIR unless its content id (or git revision) is ID. Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (keys per DESIGN.md).")
-@click.pass_context
-def audit(ctx: click.Context, model_dirs: tuple[str, ...], intended_use: str, policy: str | None,
+def audit(model_dirs: tuple[str, ...], intended_use: str, policy: str | None,
           base: str | None, pins: tuple[str, ...], as_json: bool) -> None:
     """Audit model directories before they are merged: format safety (safetensors only, pickles
     refused unopened), sha256 manifest and content id, licence and obligations, architecture and
@@ -78,5 +77,4 @@ def audit(ctx: click.Context, model_dirs: tuple[str, ...], intended_use: str, po
     report = audit_models(list(model_dirs), intended_use=intended_use, policy=policy, base=base,
                           pins=_parse_pins(pins))
     click.echo(report.to_json() if as_json else format_report(report))
-    if report.verdict != "pass":
-        ctx.exit(1)
+    report.raise_for_verdict()  # a failed audit: the report above, then one `error:` line (exit 1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import click
@@ -11,18 +11,30 @@ from flows.cli_options import suite_option, zoo_option
 from merge.errors import UsageError
 
 
+def _read_json(option: str, path: str) -> object:
+    """A JSON file given on the command line: a regular file within bounds (never a FIFO or
+    /dev/zero), strict UTF-8, bounded depth; any failure is one line naming the option."""
+    from merge.bounded import loads_json, read_bytes
+
+    try:
+        return loads_json(read_bytes(path, what="JSON file"), what=path)
+    except UsageError as exc:
+        raise UsageError(f"{option} {exc}") from None
+
+
 def _verdicts(audit_json: str | None) -> tuple[str | None, str | None]:
     """(audit verdict, licence verdict) from `mergeops audit --json` output; licence fails on any
     error finding of a licence check."""
     if audit_json is None:
         return None, None
-    try:
-        doc = json.loads(Path(audit_json).read_text(encoding="utf-8"))
-        verdict = doc["verdict"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UsageError(f"--audit {audit_json}: not the JSON of `mergeops audit --json` ({exc})") from None
-    licence_errors = [f for f in doc.get("findings", [])
-                      if f.get("severity") == "error" and "licen" in str(f.get("check", "")).lower()]
+    doc = _read_json("--audit", audit_json)
+    verdict = doc.get("verdict") if isinstance(doc, dict) else None
+    findings = doc.get("findings", []) if isinstance(doc, dict) else None
+    if verdict not in ("pass", "fail") or not isinstance(findings, list):
+        raise UsageError(f"--audit {audit_json}: not the JSON of `mergeops audit --json` "
+                         "(a \"verdict\" of pass or fail and a \"findings\" list)")
+    licence_errors = [f for f in findings if isinstance(f, dict)
+                      and f.get("severity") == "error" and "licen" in str(f.get("check", "")).lower()]
     return verdict, "fail" if licence_errors else "pass"
 
 
@@ -30,13 +42,11 @@ def _champion(path: str | None) -> dict[str, float] | None:
     """Per-domain champion scores: a {domain: score} JSON, or an earlier `evaluate --json` file."""
     if path is None:
         return None
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"--champion {path}: unreadable JSON ({exc})") from None
+    doc = _read_json("--champion", path)
     if isinstance(doc, dict) and "merged_scores" in doc:
         doc = doc["merged_scores"]
-    if not isinstance(doc, dict) or not all(isinstance(v, (int, float)) for v in doc.values()):
+    if not isinstance(doc, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                            and math.isfinite(v) for v in doc.values()):
         raise UsageError(f"--champion {path}: expected {{domain: score}} or an `evaluate --json` file")
     return {str(k): float(v) for k, v in doc.items()}
 
@@ -59,8 +69,7 @@ def _champion(path: str | None) -> dict[str, float] | None:
               help="Where suites and results are cached (default: $MERGEOPS_HOME/cache/evaluations).")
 @click.option("--threads", default=None, type=click.IntRange(min=1), metavar="N",
               help="torch CPU threads while evaluating (1 is fastest for tiny models on a busy machine).")
-@click.pass_context
-def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None, suite: str, zoo_dir: str | None,
+def evaluate(model_dirs: tuple[str, ...], merged: str | None, suite: str, zoo_dir: str | None,
              policy: str | None, audit_json: str | None, champion: str | None, json_path: str | None,
              cache_dir: str | None, threads: int | None) -> None:
     """Evaluate a merged model and its parents on every domain of a suite (lm-eval, in memory,
@@ -108,4 +117,7 @@ def evaluate(ctx: click.Context, model_dirs: tuple[str, ...], merged: str | None
         for path in write_report(report, Path(json_path)):
             click.echo(f"wrote {path}")
     if report.passed is False:
-        ctx.exit(1)
+        from evaluation.errors import GateFailed
+
+        failed = [g for g in report.gates if not g.passed]
+        raise GateFailed("gate failed: " + "; ".join(g.reason or g.gate for g in failed))

@@ -6,6 +6,8 @@ for ``watch``, the watched recipes with their settings. An option given here win
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from flows.cli_options import suite_option, zoo_option
@@ -23,21 +25,36 @@ def _print_result(result: dict) -> None:
                    f"(someone other than the requester)")
 
 
-def _prefect_ready():
+def _prefect_ready(check=None):
     """Start Prefect's local API (unless PREFECT_API_URL names a server) before Prefect is imported,
     quiet its console, import the heavy libraries while the server boots, and return once both are
-    ready (the flows import nothing slow after this)."""
+    ready (the flows import nothing slow after this). ``check`` runs while the server boots: a bad
+    recipe is one error line before any flow starts."""
     from flows.runtime import LocalPrefectApi, quiet_prefect_console
     from flows.settings import get_settings
 
     get_settings().check_servers()  # an unreachable server is one line now, not a hang later
     api = LocalPrefectApi().begin()
     quiet_prefect_console()
+    if check is not None:
+        try:
+            check()
+        except BaseException:
+            api.stop()
+            raise
     import mlflow  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
     api.wait()
+
+
+def _check_recipes(*paths: str) -> None:
+    from flows.settings import get_settings
+    from merge.recipe import load_recipe
+
+    for path in paths:
+        load_recipe(Path(path), get_settings().recipe_base_dir)
 
 
 def policy_option(fn):
@@ -62,7 +79,7 @@ def run(recipe: str, policy: str | None, requested_by: str | None, zoo_dir: str 
       mergeops run recipes/demo.yaml --requested-by alice
       mergeops run acme.yaml --suite suites/acme.yaml --policy policy.yaml --requested-by alice
     """
-    _prefect_ready()
+    _prefect_ready(lambda: _check_recipes(recipe))
     from flows.pipeline import merge_pipeline
 
     _print_result(merge_pipeline(recipe, policy_path=policy, requested_by=requested_by, zoo_dir=zoo_dir,
@@ -93,8 +110,8 @@ def watch(ctx: click.Context, once: bool, recipes: tuple[str, ...], policy: str 
     """
     from flows import watch as watching
 
-    watching.watched(list(recipes) or None, policy=policy, suite=suite, zoo=zoo_dir)  # fails fast if none
-    _prefect_ready()
+    entries = watching.watched(list(recipes) or None, policy=policy, suite=suite, zoo=zoo_dir)  # none: fails fast
+    _prefect_ready(lambda: _check_recipes(*(e.recipe for e in entries)))
     if not once:
         watching.serve(list(recipes) or None, policy, cron, suite=suite, zoo_dir=zoo_dir)
         return

@@ -82,7 +82,7 @@ class _ConsoleFilter(logging.Filter):
         if isinstance(exc, MergeopsError) or getattr(record, "mergeops_console", True) is False:
             return False  # the CLI prints it once, as `error: ...`
         if record.levelno >= logging.WARNING:
-            return not _repeats_refusal(record)
+            return not _repeats_refusal(record) and not _flushing_at_exit(record)
         return record.pathname.startswith(_FLOWS_DIR)
 
 
@@ -90,6 +90,12 @@ def _repeats_refusal(record: logging.LogRecord) -> bool:
     """Prefect's "Finished in state Failed('... AuditFailed: ...')" lines name a mergeops error class."""
     message = record.getMessage()
     return "Finished in state Failed" in message or "Encountered exception during execution" in message
+
+
+def _flushing_at_exit(record: logging.LogRecord) -> bool:
+    """Prefect's background services (``EventsWorker``, ...) count down their queues while the
+    process exits: "Still processing items: 1 items remaining..." is progress, not a problem."""
+    return record.getMessage().startswith("Still processing items")
 
 
 def quiet_prefect_console() -> None:
@@ -198,3 +204,7 @@ class LocalPrefectApi:
             self._proc.kill()
             self._proc.wait()
         self._proc = None
+        url = f"http://127.0.0.1:{self._port}/api"
+        for var in ("PREFECT_API_URL", self.ENV):  # nothing points at the stopped server any more
+            if os.environ.get(var) == url:
+                del os.environ[var]

@@ -18,8 +18,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flows.config import CONFIG_NAME, ENV_VAR, ProjectConfig, load_config
 from flows.errors import StoreMissing
+from merge.bounded import regular_file
 
 _DEFAULT_HOME = Path(".mergeops")
+# Where MLflow can keep runs and versions (mlflow's own list, less Databricks' hosted stores).
+_TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks",
+                     "databricks-uc", "uc")
 
 
 class Settings(BaseSettings):
@@ -102,22 +106,34 @@ class Settings(BaseSettings):
         """The MLflow and Prefect servers these settings name answer (ServerUnreachable if not)."""
         from flows.runtime import check_reachable
 
+        self._check_scheme()
         if self.tracking_uri.startswith(("http://", "https://")):
             check_reachable(self.tracking_uri.rstrip("/") + "/health", "the MLflow server", "MLFLOW_TRACKING_URI")
         if self.prefect_server:
             check_reachable(self.prefect_server.rstrip("/") + "/health", "the Prefect server", "PREFECT_API_URL")
         return self
 
+    def _check_scheme(self) -> None:
+        scheme = self.tracking_uri.partition(":")[0].partition("+")[0]
+        if scheme not in _TRACKING_SCHEMES:
+            raise StoreMissing(f"MLFLOW_TRACKING_URI {self.tracking_uri}: not a store MLflow can use; give "
+                               "http(s)://HOST:PORT of an MLflow server or a database URI (sqlite, postgresql, mysql)")
+
     def require_store(self) -> "Settings":
         """Commands that read the registry need one: reading must never create an empty store, and
         an MLflow server that does not answer is one line within seconds, not minutes of retries."""
+        self._check_scheme()
         uri = self.tracking_uri
+        log = self.audit_log_path
+        if log.exists() or log.is_symlink():  # a FIFO, a directory or a link loop: one line, not a hang
+            regular_file(log, what="audit log")
         if uri.startswith(("http://", "https://")):
             return self.check_servers()
         if not uri.startswith("sqlite:///"):
             return self  # another database URI: the store answers for itself
         db = Path(uri.removeprefix("sqlite:///"))
         if db.is_file():
+            _check_sqlite(db)
             return self
         if self.config_file:
             looked = f"home from {self.config_file}"
@@ -128,6 +144,17 @@ class Settings(BaseSettings):
             f"no mergeops store at {self.home_dir} (no {db.name}; {looked}; MERGEOPS_HOME "
             f"{'=' + env if env else 'unset'}): run inside your project, point MERGEOPS_HOME or "
             f"{ENV_VAR} at it, or register a first version with `mergeops run`")
+
+
+def _check_sqlite(db: Path) -> None:
+    """A store's database is an SQLite file: anything else is one line, not an SQLAlchemy traceback."""
+    try:
+        with open(db, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise StoreMissing(f"{db}: cannot read the store's database ({exc.strerror})") from None
+    if head and head != b"SQLite format 3\x00":
+        raise StoreMissing(f"{db}: not an SQLite database; point MERGEOPS_HOME at a mergeops store")
 
 
 def get_settings(config: ProjectConfig | None = None) -> Settings:

@@ -27,7 +27,8 @@ from flows.runtime import UI_ONLY
 from flows.pipeline import merge_pipeline, model_name, parent_dirs
 from flows.settings import get_settings
 from flows.versions import baseline, find_same, parent_ids
-from merge.errors import MergeopsError
+from merge.bounded import regular_file
+from merge.errors import MergeopsError, UsageError
 from merge.manifest import content_id
 
 PARENT_UPDATED = "mergeops.parent.updated"
@@ -48,9 +49,11 @@ def watched(recipes: list[str] | None = None, *, policy: str | None = None, suit
         where = settings.config_file or f"no {CONFIG_NAME} in {Path.cwd()} or above"
         raise WatchConfigError(f"nothing to watch: pass --recipe RECIPE.yaml or list recipes under `watch:` "
                                f"in {CONFIG_NAME} ({where})")
-    for entry in entries:
-        if not Path(entry.recipe).is_file():
-            raise WatchConfigError(f"watched recipe {entry.recipe} not found ({settings.config_file or 'option'})")
+    for entry in entries:  # a regular file: a FIFO or /dev/zero is refused before it is opened
+        try:
+            regular_file(Path(entry.recipe), what="watched recipe")
+        except UsageError as exc:
+            raise WatchConfigError(f"{exc} ({settings.config_file or '--recipe'})") from None
     return [WatchEntry(recipe=e.recipe, policy=policy or e.policy, suite=suite or e.suite or settings.suite,
                        zoo=zoo or e.zoo or settings.zoo,
                        requested_by=requested_by or e.requested_by or "mergeops-watch") for e in entries]

@@ -25,7 +25,7 @@ KIB, MIB = 1 << 10, 1 << 20
 TEXT_LIMIT = 4 * MIB
 # Aliases may repeat a subtree; beyond this many nodes after expansion it is a bomb, not a recipe.
 YAML_MAX_NODES = 200_000
-JSON_MAX_DEPTH = 64
+YAML_MAX_DEPTH = JSON_MAX_DEPTH = 64
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKETS = re.compile(r"[\[\]{}]")
 
@@ -45,7 +45,11 @@ def read_bytes(path: Path | str, *, limit: int = TEXT_LIMIT, what: str = "file",
     except OSError as exc:
         raise UsageError(f"{path}: cannot read {what} ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as fh:
-        data = fh.read(limit + 1)
+        # read(n) allocates n bytes up front: ask for the file's size, not the limit (2 GiB for a data file)
+        size = os.fstat(fd).st_size
+        data = fh.read(min(limit, size) + 1)
+        if size < len(data) <= limit:  # it grew since fstat (or /proc reports 0): the rest, within the limit
+            data += fh.read(limit + 1 - len(data))
     if len(data) > limit:
         raise UnsafeInput(f"{path}: {what} is over the {limit:,}-byte limit; is it the right file?")
     return data
@@ -88,13 +92,15 @@ class _AliasBomb(yaml.YAMLError):
 
 
 class _BudgetLoader(yaml.SafeLoader):
-    """SafeLoader that counts the nodes aliases would expand to and stops past a budget."""
+    """SafeLoader that counts the nodes aliases would expand to and stops past a budget, and stops
+    nesting deeper than YAML_MAX_DEPTH (the composer recurses once per level)."""
 
     max_nodes = YAML_MAX_NODES
 
     def __init__(self, stream) -> None:
         super().__init__(stream)
         self._expanded = 0
+        self._depth = 0
         self._sizes: dict[int, int] = {}
 
     def _size(self, node: yaml.Node) -> int:
@@ -115,7 +121,13 @@ class _BudgetLoader(yaml.SafeLoader):
                 if self._expanded > self.max_nodes:
                     raise _AliasBomb(f"aliases expand to more than {self.max_nodes:,} nodes "
                                          f"(repeated anchor &{anchor})")
-        return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                raise _AliasBomb(f"nested deeper than {YAML_MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def load_yaml(text: str, *, what: str) -> Any:
@@ -129,6 +141,8 @@ def load_yaml(text: str, *, what: str) -> Any:
         raise UsageError(f"{what}: not valid YAML ({' '.join(first[:2]) if first else 'unreadable'})") from None
     except RecursionError:
         raise UnsafeInput(f"{what}: YAML nested too deeply") from None
+    except ValueError as exc:  # a number past what Python converts (an integer of 4,300+ digits)
+        raise UsageError(f"{what}: not valid YAML ({str(exc)[:120]})") from None
 
 
 def loads_json(data: bytes | str, *, what: str, max_depth: int = JSON_MAX_DEPTH) -> Any:

@@ -22,11 +22,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from merge.bounded import read_text
 from merge.errors import SourceNotFound
 
 DEFAULT_REVISION = "main"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _COMMIT_PREFIX = re.compile(r"^[0-9a-f]{7,40}$")  # git's shortest default abbreviation is 7
+_REF_LIMIT = 1024  # a ref file holds one 40-hex commit
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ def resolve_model(reference: str, base_dir: Path | None = None) -> ModelSource:
     ``base_dir``), else a snapshot in the local Hugging Face cache. Raises SourceNotFound, one line
     naming the reference, where it looked and what to do; never reaches the network."""
     ref = str(reference)
+    if not ref.strip():  # Path("") is the working directory: an empty argument is a mistake
+        raise SourceNotFound("empty model reference: give a model directory or ORG/NAME[@REVISION]")
     local = Path(ref).expanduser()
     if not local.is_absolute() and base_dir is not None:
         local = Path(base_dir) / local
@@ -127,8 +131,9 @@ def _commits(repo_dir: Path, revision: str) -> list[str]:
     """The full commits ``revision`` may mean: a ref file's, a full commit, or the snapshots a
     commit prefix matches (more than one: ambiguous)."""
     ref_file = repo_dir / "refs" / revision
-    if ".." not in Path(revision).parts and ref_file.is_file():
-        commit = ref_file.read_text(encoding="utf-8").strip()
+    if ".." not in Path(revision).parts and (ref_file.is_file() or ref_file.is_symlink()):
+        # Bounded: a ref linked to /dev/zero, a FIFO or a huge file is one error line, not a hang.
+        commit = read_text(ref_file, limit=_REF_LIMIT, what="Hugging Face cache ref").strip()
         return [commit] if _COMMIT.match(commit) else []
     if not _COMMIT_PREFIX.match(revision) or not (repo_dir / "snapshots").is_dir():
         return []

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Callable
 
+from merge.bounded import regular_file
 from merge.manifest import canonical_json
 from registry.errors import AuditLogTampered, RegistryError
 from registry.identity import Actor
@@ -69,6 +70,8 @@ class AuditLog:
         if event not in EVENTS:
             raise RegistryError(f"unknown audit-log event {event!r}; use one of {', '.join(EVENTS)}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            regular_file(self.path, what="audit log")  # a FIFO or /dev/zero: one line, not a hang
         with open(self.path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -77,7 +80,7 @@ class AuditLog:
                 try:
                     entries = [json.loads(ln) for ln in (lines if check else lines[-1:])]
                     prev = entries[-1]["hash"] if entries else GENESIS
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                except (ValueError, RecursionError, KeyError, TypeError) as exc:
                     raise AuditLogTampered(f"{self.path}:{len(lines)}: unreadable entry; "
                                            "run `mergeops log verify` and restore the log") from exc
                 if check:
@@ -118,6 +121,7 @@ class AuditLog:
             if anchors:
                 raise AuditLogTampered(f"{self.path}: missing, but {anchors[0][2]} records entry {anchors[0][0]}")
             return 0, GENESIS
+        regular_file(self.path, what="audit log")  # a FIFO, directory or /dev/zero: one line, not a hang
         with open(self.path, "rb") as fh:
             fcntl.flock(fh, fcntl.LOCK_SH)
             try:
@@ -131,8 +135,9 @@ class AuditLog:
             where = f"{self.path}:{lineno}"
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AuditLogTampered(f"{where}: not valid JSON ({exc.msg}); the line was edited") from exc
+            except (ValueError, RecursionError) as exc:  # also bytes that are not UTF-8, nesting too deep
+                raise AuditLogTampered(f"{where}: not valid JSON ({getattr(exc, 'msg', type(exc).__name__)}); "
+                                       "the line was edited") from None
             if not isinstance(entry, dict) or canonical_json(entry) != line:
                 raise AuditLogTampered(f"{where}: not in canonical form; the line was edited")
             if entry.get("seq") != lineno:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from merge.errors import UsageError
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id_of, file_entries
+from merge.model_dir import read_model_json
 from registry.errors import ArtifactMismatch, RegistryError
 from registry.release_files import RELEASE_NAMES
 
@@ -15,11 +18,20 @@ from registry.release_files import RELEASE_NAMES
 def check_model_dir(model_dir: Path) -> dict:
     """Re-hash ``model_dir`` against its ``mergeops.manifest.json``; return the manifest."""
     path = Path(model_dir) / MANIFEST_NAME
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise RegistryError(f"{model_dir}: no {MANIFEST_NAME}; register only directories written by `mergeops merge`")
-    manifest = json.loads(path.read_text())
-    diff_files([FileEntry(**f) for f in manifest["files"]], file_entries(Path(model_dir)), where=str(model_dir))
-    if content_id_of(file_entries(Path(model_dir))) != manifest["content_id"]:
+    try:  # bounded: a regular file inside the dir, at most 32 MiB, JSON of bounded depth
+        manifest = read_model_json(Path(model_dir), MANIFEST_NAME)
+        files = [FileEntry.model_validate(f) for f in manifest["files"]]
+        expected_id = manifest["content_id"]
+    except UsageError as exc:
+        raise ArtifactMismatch(f"{exc}; re-merge it") from None
+    except (TypeError, KeyError, ValidationError):
+        raise ArtifactMismatch(f"{path}: not a mergeops manifest (a \"files\" list and a \"content_id\"); "
+                               "re-merge it") from None
+    actual = file_entries(Path(model_dir))
+    diff_files(files, actual, where=str(model_dir))
+    if content_id_of(actual) != expected_id:
         raise ArtifactMismatch(f"{model_dir}: content id differs from its manifest")
     return manifest
 

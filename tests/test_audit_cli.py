@@ -63,7 +63,7 @@ def test_cli_exit_codes(models, tmp_path):
 def test_cli_json_keys(models):
     result = run(str(models / "base"), str(models / "swap"), str(models / "odd-pickle"), "--json")
     assert result.exit_code == 1
-    doc = json.loads(result.output)
+    doc = json.loads(result.stdout)
     assert {"verdict", "effective_license", "obligations", "parents", "findings"} <= set(doc)
     assert doc["verdict"] == "fail" and isinstance(doc["obligations"], list)
     for parent in doc["parents"]:
@@ -77,7 +77,7 @@ def test_cli_json_keys(models):
 def test_cli_pin_mismatch_exits_1(models):
     result = run(str(models / "sort"), "--pin", f"{models / 'sort'}={'0' * 64}", "--json")
     assert result.exit_code == 1
-    assert [f["check"] for f in json.loads(result.output)["findings"]] == ["integrity.pin"]
+    assert [f["check"] for f in json.loads(result.stdout)["findings"]] == ["integrity.pin"]
 
 
 def test_cli_never_unpickles(tmp_path):

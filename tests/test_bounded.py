@@ -52,3 +52,60 @@ def test_devices_fifos_big_files_and_links_out_are_refused_without_reading(tmp_p
     (tmp_path / "u16.yaml").write_bytes("a: 1".encode("utf-16"))
     with pytest.raises(UsageError, match="looks like UTF-16"):
         read_text(tmp_path / "u16.yaml", what="recipe")
+
+
+def _hostile(tmp_path, name: str, kind: str):
+    """``tmp_path/name`` as a hostile file of ``kind``: a FIFO, a link to /dev/zero, 40 MiB of
+    JSON, a directory, binary garbage or JSON of the wrong shape."""
+    path = tmp_path / name
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "big":
+        with open(path, "wb") as fh:
+            fh.truncate(40 << 20)
+    elif kind == "dir":
+        path.mkdir()
+    elif kind == "garbage":
+        path.write_bytes(b"\xff\xfe\x00{" * 64)
+    else:
+        path.write_text('{"files": 7, "content_id": []}')
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "big", "dir", "garbage", "shape"])
+def test_a_hostile_merge_manifest_is_one_error_line(tmp_path, kind) -> None:
+    from merge.errors import MergeopsError
+    from registry.model_files import check_model_dir
+
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    _hostile(tmp_path, "mergeops.manifest.json", kind)
+    with pytest.raises(MergeopsError) as info:
+        check_model_dir(tmp_path)
+    assert "mergeops.manifest.json" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "big", "dir", "garbage", "shape"])
+def test_hostile_champion_and_audit_files_are_one_error_line(tmp_path, kind) -> None:
+    from flows.cli_evaluate import _champion, _verdicts
+
+    path = str(_hostile(tmp_path, "scores.json", kind))
+    for option, read in (("--champion", _champion), ("--audit", _verdicts)):
+        with pytest.raises(UsageError, match=f"^{option} ") as info:
+            read(path)
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "big", "garbage"])
+def test_a_hostile_hugging_face_ref_file_is_one_error_line(tmp_path, monkeypatch, kind) -> None:
+    from merge.errors import MergeopsError
+    from merge.hub import resolve_model
+
+    refs = tmp_path / "models--acme--tiny" / "refs"
+    refs.mkdir(parents=True)
+    _hostile(refs, "main", kind)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(MergeopsError) as info:
+        resolve_model("acme/tiny@main")
+    assert "\n" not in str(info.value)

@@ -38,7 +38,7 @@ def test_watched_recipes_come_from_options_or_mergeops_yaml(tmp_path: Path, monk
     with pytest.raises(WatchConfigError, match="--recipe"):
         watched()
     (tmp_path / "mergeops.yaml").write_text("watch: [recipes/gone.yaml]\n")
-    with pytest.raises(WatchConfigError, match="gone.yaml not found"):
+    with pytest.raises(WatchConfigError, match="gone.yaml: watched recipe not found"):
         watched()
 
 
