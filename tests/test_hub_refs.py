@@ -221,6 +221,7 @@ def test_verify_replays_the_recorded_commit_after_main_moved(hub, tmp_path, monk
     store = DvcStore(tmp_path / "store", str(tmp_path / "remote")).ensure()
     store.track({parent_path(p["content_id"]): Path(p["path"]) for p in merged.parents}, "parents")
     shutil.rmtree(cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT)
-    result = verify_version(uri, "hub-verify@1", audit_log_path=tmp_path / "log.jsonl", restore=store.restore_parent)
+    result = verify_version(uri, "hub-verify@1", audit_log_path=tmp_path / "log.jsonl", public_key=key.public,
+                            restore=store.restore_parent)
     assert result.content_id == merged.content_id
     assert result.restored == {REPO: content_id(hub["base"])}

@@ -24,6 +24,7 @@ from flows.cli import cli
 from registry import approvals
 from registry import mlflow_registry as reg
 from registry.audit_log import AuditLog
+from registry.identity import Actor
 from registry.keys import load_signing_key
 from registry.lineage import GateRecord, LeakageResult
 from registry.report import NO_PUBLIC_KEY, collect, signature_statuses
@@ -68,10 +69,12 @@ def store(tmp_path_factory) -> dict:
     (home / "audit.json").write_text(json.dumps(audit))
     info = reg.register_candidate(tracking_uri=uri, name=NAME, model_dir=merged, lineage=record,
                                   audit_log_path=log, audit_reports=[home / "audit.json"],
-                                  artifact_location=(home / "mlartifacts").as_uri())
-    approvals.approve(uri, NAME, info.version, reviewer="bob@example.com", comment=f"fine {HOSTILE}",
+                                  artifact_location=(home / "mlartifacts").as_uri(), signing_key=key)
+    approvals.approve(uri, NAME, info.version, reviewer=Actor("bob@example.com", authenticated=True),
+                      comment=f"fine {HOSTILE}",
                       audit_log_path=log)
-    approvals.promote(uri, NAME, info.version, by="carol@example.com", audit_log_path=log)
+    approvals.promote(uri, NAME, info.version, by=Actor("carol@example.com", authenticated=True),
+                      audit_log_path=log)  # as the governance service decides: signed-in people
     reg.record_event(uri, NAME, info.version, log, "verified", outcome="reproduced",
                      content_id=record.merged.content_id)
     reg.set_tags(uri, info, {"verify": "reproduced"})
@@ -179,8 +182,9 @@ def test_signature_status_per_entry(store):
     key = store["key"]
     signed = {**entries[0], "sig": key.sign(entries[0]["hash"].encode("ascii")), "key_id": key.key_id}
     forged = {**entries[1], "sig": key.sign(entries[0]["hash"].encode("ascii"))}  # another entry's signature
-    assert signature_statuses([signed, forged, entries[2]], key.public) == ["valid", "invalid", "unsigned"]
-    assert signature_statuses([signed, entries[2]], None) == [NO_PUBLIC_KEY, "unsigned"]
+    unsigned = {k: v for k, v in entries[2].items() if k not in ("sig", "key_id")}  # as older logs hold
+    assert signature_statuses([signed, forged, unsigned], key.public) == ["valid", "invalid", "unsigned"]
+    assert signature_statuses([signed, unsigned], None) == [NO_PUBLIC_KEY, "unsigned"]
     # the page shows each status beside its entry
     data = collect(store["uri"], f"{NAME}@{store['version']}", audit_log_path=store["log"], public_key=key.public)
     approved = next(e for e in data.events if e["event"] == "approved")
@@ -203,7 +207,8 @@ def test_a_broken_log_and_a_missing_audit_report_are_said_not_hidden(store, tmp_
     log = tmp_path / "other-log.jsonl"
     record, merged = make_lineage(tmp_path / "models")
     info = reg.register_candidate(tracking_uri=store["uri"], name="bare-merge", model_dir=merged, lineage=record,
-                                  audit_log_path=log, artifact_location=(store["home"] / "mlartifacts").as_uri())
+                                  audit_log_path=log, artifact_location=(store["home"] / "mlartifacts").as_uri(),
+                                  signing_key=load_signing_key(store["home"] / "keys" / "signing-key.pem", create=False))
     log.write_text(log.read_text().replace('"registered"', '"approved"'))  # an edited entry
     data = collect(store["uri"], f"bare-merge@{info.version}", audit_log_path=log, public_key=None)
     assert data.audit_report is None and data.events == [] and "the line was edited" in data.log_problem

@@ -26,6 +26,7 @@ from merge.manifest import content_id, file_entries, sha256_file
 from merge.recipe import parse_recipe
 from merge.run import run_merge
 from registry import mlflow_registry as reg
+from registry.keys import load_signing_key
 from registry.audit_log import AuditLog
 from registry.errors import VerifyMismatch
 from registry.lineage import build_lineage
@@ -55,14 +56,15 @@ def replay(tmp_path_factory, tiny_zoo):
                            recipe_base_dir=parents, merge_manifest={**merged.manifest, "parents": merged.parents},
                            audit_report=audit, requested_by="alice")
     uri = f"sqlite:///{home / 'mlflow.db'}"
+    key = load_signing_key(home / "keys" / "signing-key.pem", create=True)  # where the CLI finds it
     info = reg.register_candidate(tracking_uri=uri, name="replay", model_dir=merged.out_dir, lineage=record,
                                   audit_log_path=home / "audit-log.jsonl",
-                                  artifact_location=(home / "mlartifacts").as_uri())
+                                  artifact_location=(home / "mlartifacts").as_uri(), signing_key=key)
     sort_id = next(p["content_id"] for p in merged.parents if Path(p["path"]).name == "sort")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MERGEOPS_", "MLFLOW_"))}
     env |= {"MERGEOPS_HOME": str(home), "PYTHONPATH": str(REPO), "TMPDIR": str(root / "tmp")}
     (root / "tmp").mkdir()
-    return SimpleNamespace(root=root, home=home, uri=uri, log=home / "audit-log.jsonl", store=store, info=info,
+    return SimpleNamespace(root=root, home=home, uri=uri, key=key, log=home / "audit-log.jsonl", store=store, info=info,
                            sort=parents / "sort", sort_id=sort_id, merged_id=merged.content_id, env=env,
                            files=len(file_entries(Path(merged.out_dir))),
                            weights=sha256_file(parents / "sort" / "model.safetensors"))
@@ -70,7 +72,7 @@ def replay(tmp_path_factory, tiny_zoo):
 
 def _verify(replay, restore=None, work: Path | None = None):
     return verify_version(replay.uri, "replay@1", audit_log_path=replay.log, work_dir=work,
-                          restore=restore or replay.store.restore_parent)
+                          public_key=replay.key.public, restore=restore or replay.store.restore_parent)
 
 
 def _cli(replay, *args: str, **kwargs) -> subprocess.Popen:
