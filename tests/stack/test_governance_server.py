@@ -176,3 +176,61 @@ def test_racing_approve_and_reject_give_one_decision_each(stack, monkeypatch):
         assert len(decided) == 1
         assert reg.get_version(stack["uri"], "gov-race", v).tag("approval") == decided[0]["event"]
     assert mergeops(stack, "carol", "log", "verify").returncode == 0
+
+
+def test_verify_of_v1_after_its_parent_moved_on_replays_it_bit_for_bit(stack, tiny_zoo, monkeypatch):
+    """A real merge registered through the service; its parent is updated in place; carol's `verify`
+    restores the old parent from the DVC store by content id, re-merges, and the service logs it."""
+    import hashlib
+    import shutil
+
+    from flows.demo import update_parent
+    from flows.dvc_store import DvcStore, parent_path
+    from merge.manifest import content_id
+    from merge.recipe import parse_recipe
+    from merge.run import run_merge
+    from registry.lineage import build_lineage
+    from registry.service_client import submit_registration
+
+    recipe = ("merge_method: linear\nname: replayed\nseed: 0\nmodels:\n  - model: base\n    parameters: {weight: 0.5}\n"
+              "  - model: sort\n    parameters: {weight: 0.5}\n")
+    root = stack["tmp"] / "replay"
+    for model in ("base", "sort"):
+        shutil.copytree(tiny_zoo / "models" / model, root / "parents" / model)
+    merged = run_merge(parse_recipe(recipe, root / "parents"), root / "merged", progress=False)
+    # the team's artifact store, where carol's settings find it (MERGEOPS_HOME of her `mergeops`)
+    home = stack["tmp"] / "cwd-carol" / ".mergeops"
+    store = DvcStore(home / "store", str(home / "dvc-remote")).ensure()
+    store.track({parent_path(p["content_id"]): Path(p["path"]) for p in merged.parents}, "replayed parents")
+    store.push()
+    audit = {"verdict": "pass", "effective_license": "apache-2.0", "obligations": [],
+             "parents": [{"path": p["path"], "content_id": p["content_id"], "license": "apache-2.0",
+                          "verdict": "pass"} for p in merged.parents]}
+    record = build_lineage(name="replayed", recipe_text=recipe, recipe_sha256=hashlib.sha256(recipe.encode()).hexdigest(),
+                           recipe_base_dir=root / "parents", merge_manifest={**merged.manifest, "parents": merged.parents},
+                           audit_report=audit, requested_by="typed")
+    client = _client_as(stack, "alice", monkeypatch)
+    answer = submit_registration(client, stack["uri"], name="replayed", model_dir=merged.out_dir, lineage=record)
+    assert (answer["status"], answer["version"]) == ("registered", "1")
+
+    old = content_id(root / "parents" / "sort")
+    update_parent(root / "parents" / "sort")
+    assert content_id(root / "parents" / "sort") != old
+    verified = mergeops(stack, "carol", "verify", "replayed@1")
+    assert verified.returncode == 0, verified.stderr
+    assert f"parent sort: restored from the store (content {old[:16]})" in verified.stdout
+    assert f"replayed v1: reproduced bit for bit" in verified.stdout and merged.content_id[:16] in verified.stdout
+    last = AuditLog(stack["log"]).entries()[-1]
+    assert (last["event"], last["actor"], last["authenticated"], last["data"]["outcome"]) == (
+        "verified", "carol", True, "reproduced")
+    assert last["data"]["restored_from_store"] == ["sort"]
+    assert reg.get_version(stack["uri"], "replayed", "1").tag("verify") == "reproduced"
+
+
+def _client_as(stack, user: str, monkeypatch):
+    from registry.service_client import ServiceClient
+
+    env = as_user(user)
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, env[key])
+    return ServiceClient(stack["url"], env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
