@@ -12,18 +12,22 @@ reference's tensors, mergeops must give the same bits.
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 
+from flows.cli import cli  # noqa: E402
 from merge.errors import MergeopsError  # noqa: E402
 from merge.recipe import parse_recipe  # noqa: E402
 from merge.run import run_merge  # noqa: E402
@@ -42,8 +46,7 @@ class Family:
     stacks: tuple[str, ...]  # layer-stack prefixes (<prefix>.<i>.<rest>)
     post: tuple[str, ...]  # name prefixes of the non-layer tensors that come after the layers
     inputs: str = "text"  # text | seq2seq | image | text+image
-    sliceable: bool = True  # one layer stack: slices are defined
-    extra: dict = field(default_factory=dict)
+    refuse_slices: str | None = None  # the passthrough recipe is refused, with this in the message
 
 
 FAMILIES = [
@@ -58,7 +61,7 @@ FAMILIES = [
     Family("qwen3_moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
            {**DEC, "head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 8,
             "mlp_only_layers": [0], "decoder_sparse_step": 1},
-           ("model.layers",), ("model.norm", "lm_head")),
+           ("model.layers",), ("model.norm", "lm_head"), refuse_slices="hold different tensors"),
     Family("mixtral", "MixtralConfig", "MixtralForCausalLM", {**DEC, "num_local_experts": 4, "num_experts_per_tok": 2},
            ("model.layers",), ("model.norm", "lm_head")),
     Family("gemma2", "Gemma2Config", "Gemma2ForCausalLM", {**DEC, "head_dim": 8, "sliding_window": 8},
@@ -100,19 +103,19 @@ FAMILIES = [
     Family("t5", "T5Config", "T5ForConditionalGeneration",
            dict(vocab_size=V, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=3, num_heads=2,
                 relative_attention_num_buckets=8, decoder_start_token_id=0),
-           ("encoder.block", "decoder.block"), (), inputs="seq2seq", sliceable=False),
+           ("encoder.block", "decoder.block"), (), inputs="seq2seq", refuse_slices="2 layer stacks"),
     Family("t5_v1_1", "T5Config", "T5ForConditionalGeneration",
            dict(vocab_size=V, d_model=16, d_kv=8, d_ff=32, num_layers=3, num_decoder_layers=3, num_heads=2,
                 relative_attention_num_buckets=8, decoder_start_token_id=0, feed_forward_proj="gated-gelu",
                 tie_word_embeddings=False),
-           ("encoder.block", "decoder.block"), (), inputs="seq2seq", sliceable=False),
+           ("encoder.block", "decoder.block"), (), inputs="seq2seq", refuse_slices="2 layer stacks"),
     Family("clip", "CLIPConfig", "CLIPModel",
            dict(text_config=dict(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
                                  num_attention_heads=2, max_position_embeddings=32),
                 vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
                                    image_size=8, patch_size=4),
                 projection_dim=8),
-           ("text_model.encoder.layers", "vision_model.encoder.layers"), (), inputs="text+image", sliceable=False),
+           ("text_model.encoder.layers", "vision_model.encoder.layers"), (), inputs="text+image", refuse_slices="2 layer stacks"),
 ]
 BY_NAME = {f.name: f for f in FAMILIES}
 
@@ -159,6 +162,8 @@ def parents(tmp_path_factory):
 RECIPES = {
     "linear": {"merge_method": "linear", "models": [{"model": "A", "parameters": {"weight": 0.3}},
                                                     {"model": "B", "parameters": {"weight": 0.7}}]},
+    "slerp": {"merge_method": "slerp", "base_model": "BASE", "models": [{"model": "BASE"}, {"model": "B"}],
+              "parameters": {"t": 0.4}},
     "slerp_gradient": {"merge_method": "slerp", "base_model": "BASE",
                        "models": [{"model": "BASE"}, {"model": "A"}], "parameters": {"t": [0.2, 0.8]}},
     "ties": {"merge_method": "ties", "base_model": "BASE",
@@ -239,6 +244,8 @@ def _reference(fam: Family, recipe: str, p: dict[str, dict[str, torch.Tensor]]) 
             out[name] = x
         elif recipe == "linear":
             out[name] = 0.3 * a[name].double() + 0.7 * b[name].double()
+        elif recipe == "slerp":
+            out[name] = _slerp(0.4, x, b[name])
         elif recipe == "slerp_gradient":
             out[name] = _slerp(_t(fam, name, counts, 0.2, 0.8), x, a[name])
         elif recipe == "ties":
@@ -247,6 +254,16 @@ def _reference(fam: Family, recipe: str, p: dict[str, dict[str, torch.Tensor]]) 
             wb = _t(fam, name, counts, 0.1, 0.9)
             out[name] = x.double() + 0.5 * (a[name].double() - x.double()) + wb * (b[name].double() - x.double())
     return out
+
+
+_PARENT_TENSORS: dict[Path, dict[str, torch.Tensor]] = {}
+
+
+def _tensors(d: Path) -> dict[str, torch.Tensor]:
+    """A parent's tensors, read once per module (tests only read them)."""
+    if d not in _PARENT_TENSORS:
+        _PARENT_TENSORS[d] = _load(d)
+    return _PARENT_TENSORS[d]
 
 
 def _load(d: Path) -> dict[str, torch.Tensor]:
@@ -294,28 +311,118 @@ def _substitute(obj, dirs):
     return str(dirs[obj]) if isinstance(obj, str) and obj in dirs else obj
 
 
+def _mergekit(doc: dict, dirs: dict[str, Path], out: Path) -> dict[str, torch.Tensor] | None:
+    """mergekit 0.1.5's tensors for the same recipe, or None where it is not installed or refuses."""
+    try:
+        from mergekit.config import MergeConfiguration
+        from mergekit.merge import run_merge as mergekit_merge
+        from mergekit.options import MergeOptions
+    except ImportError:
+        return None
+    try:
+        mergekit_merge(MergeConfiguration.model_validate(_substitute(doc, dirs)), str(out),
+                       MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False))
+    except Exception:  # noqa: BLE001 - mergekit has no error hierarchy; a refusal is all we record
+        return None
+    return _load(out)
+
+
+def _matches(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], exact: bool) -> bool:
+    if sorted(got) != sorted(expected):
+        return False
+    if exact:
+        return all(torch.equal(got[n], w) for n, w in expected.items())
+    return all(got[n].shape == w.shape and torch.allclose(got[n].double(), w.double(), rtol=1e-5, atol=1e-6)
+               for n, w in expected.items())
+
+
 CELLS = [(f.name, r) for f in FAMILIES for r in RECIPES]
 
 
 @pytest.mark.parametrize(("family", "recipe"), CELLS, ids=[f"{f}-{r}" for f, r in CELLS])
 def test_merged_right_and_loads(family, recipe, parents, tmp_path):
     fam, dirs = BY_NAME[family], parents(family)
-    if recipe == "passthrough" and not fam.sliceable:
+    if recipe == "passthrough" and fam.refuse_slices:
         with pytest.raises(MergeopsError) as exc:
             _merge(RECIPES[recipe], dirs, tmp_path / "out")
         message = str(exc.value)
-        assert "\n" not in message and fam.model in message and "layer stacks" in message, message
+        assert "\n" not in message and fam.model in message and fam.refuse_slices in message, message
         assert not (tmp_path / "out").exists()
         return
     _merge(RECIPES[recipe], dirs, tmp_path / "out")
     merged = _load(tmp_path / "out")
-    expected = _reference(fam, recipe, {k: _load(v) for k, v in dirs.items()})
+    expected = _reference(fam, recipe, {k: _tensors(v) for k, v in dirs.items()})
     assert sorted(merged) == sorted(expected)
     for name, want in expected.items():
-        got = merged[name]
-        assert got.shape == want.shape, name
+        assert merged[name].shape == want.shape, name
         if recipe == "passthrough":
-            assert torch.equal(got, want), name
+            assert torch.equal(merged[name], want), name
         else:
-            torch.testing.assert_close(got.double(), want.double(), rtol=1e-5, atol=1e-6, msg=name)
+            torch.testing.assert_close(merged[name].double(), want.double(), rtol=1e-5, atol=1e-6, msg=name)
+    if recipe == "passthrough":
+        src, out = (json.loads((d / "config.json").read_text()) for d in (dirs["A"], tmp_path / "out"))
+        for key, value in src.items():
+            if key == "layer_types":  # output layers A0, A1, B1, B2 keep their own attention type
+                assert out[key] == [value[0], value[1], value[1], value[2]]
     _load_and_run(fam, tmp_path / "out", merged)
+    theirs = _mergekit(RECIPES[recipe], dirs, tmp_path / "mergekit")
+    if theirs is not None and _matches(theirs, expected, exact=recipe == "passthrough"):
+        for name, t in theirs.items():  # where mergekit gets it right, the same bits
+            assert torch.equal(merged[name], t), name
+
+
+def test_slices_that_keep_dense_and_moe_layers_in_place_merge(parents, tmp_path):
+    """Qwen3-MoE with a dense layer 0: slices that leave every kind of layer at its position work."""
+    fam, dirs = BY_NAME["qwen3_moe"], parents("qwen3_moe")
+    doc = {"merge_method": "passthrough", "slices": [{"sources": [{"model": "A", "layer_range": [0, 2]}]},
+                                                     {"sources": [{"model": "B", "layer_range": [2, 3]}]}]}
+    _merge(doc, dirs, tmp_path / "out")
+    merged, a, b = _load(tmp_path / "out"), _load(dirs["A"]), _load(dirs["B"])
+    assert sorted(merged) == sorted(a)
+    for name, t in merged.items():
+        src = b if name.startswith("model.layers.2.") or name.startswith(fam.post) else a
+        assert torch.equal(t, src[name]), name
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["mlp_only_layers"] == [0]
+    _load_and_run(fam, tmp_path / "out", merged)
+
+
+def test_slices_of_a_several_stack_model_are_one_error_line(parents, tmp_path):
+    dirs = parents("t5")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(_substitute(RECIPES["passthrough"], dirs)))
+    result = CliRunner().invoke(cli, ["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: T5ForConditionalGeneration"), result.output
+    assert "encoder.block [2]" in lines[0] and "decoder.block [3]" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def _variant(src: Path, dst: Path, config=None, extra: dict[str, torch.Tensor] | None = None) -> Path:
+    shutil.copytree(src, dst)
+    if config is not None:
+        (dst / "config.json").write_text(json.dumps(config(json.loads((src / "config.json").read_text()))))
+    if extra:
+        save_file({**load_file(src / "model.safetensors"), **extra}, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_a_tensor_of_unknown_role_is_refused_only_when_the_ends_differ(parents, tmp_path):
+    """A non-layer tensor the engine cannot place before or after the layers: slices whose first
+    and last slice take it from different models are refused; the same model at both ends merges."""
+    dirs = parents("llama")
+    mystery = {"model.mystery.weight": torch.ones(4)}
+    var = {k: _variant(v, tmp_path / k, extra=mystery) for k, v in dirs.items()}
+    with pytest.raises(MergeopsError, match="'model.mystery.weight' belongs before or after the layers"):
+        _merge(RECIPES["passthrough"], var, tmp_path / "out")
+    same = {"merge_method": "passthrough", "slices": [{"sources": [{"model": "A", "layer_range": [0, 2]}]},
+                                                      {"sources": [{"model": "A", "layer_range": [1, 3]}]}]}
+    _merge(same, var, tmp_path / "ok")
+    assert torch.equal(_load(tmp_path / "ok")["model.mystery.weight"], mystery["model.mystery.weight"])
+
+
+def test_slices_without_a_layer_count_in_the_config_are_refused(parents, tmp_path):
+    dirs = parents("gpt2")
+    var = {k: _variant(v, tmp_path / k, config=lambda c: {k2: v2 for k2, v2 in c.items() if k2 != "n_layer"})
+           for k, v in dirs.items()}
+    with pytest.raises(MergeopsError, match="no config field holds the layer count of transformer.h"):
+        _merge(RECIPES["passthrough"], var, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
