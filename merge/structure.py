@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from merge.errors import CompatibilityError
 
 _INDEXED = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
-_COUNT_KEY = re.compile(r"^(?:(?:num|n)_(?:[a-z]+_)?(?:layers?|blocks?)|(?:encoder|decoder)_layers|depth)$")
+_COUNT_KEY = re.compile(r"^(?:(?:num|n)_(?:[a-z]+_)?(?:layers?|blocks?)|(?:encoder|decoder)_layers|depth|layers)$")
 # A config list with one entry per layer (remapped by position) or of layer indices (by membership).
 _PER_LAYER_KEY = re.compile(r"(layer|block)|_types$")
 _HEAD = {"lm_head", "embed_out", "output", "output_layer", "head", "heads", "cls", "classifier", "score",
