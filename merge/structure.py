@@ -101,8 +101,8 @@ def infer_structure(names, config: dict) -> Structure:
 def role(name: str) -> str | None:
     """'pre' (before the layers: embeddings), 'post' (after: final norm, head), or None."""
     parts = name.split(".")[:-1] or name.split(".")
-    if any(p in _HEAD for p in parts):
-        return "post"
+    if any(p in _HEAD or p.endswith(("_head", "_predictions", "_projector")) or p.startswith("vocab_") for p in parts):
+        return "post"  # heads: lm_head, embed_out, ELECTRA's generator_predictions, DistilBERT's vocab_projector
     if any("embed" in p.lower() or p in _PRE for p in parts):
         return "pre"
     if any(p in _FINAL_NORM for p in parts):

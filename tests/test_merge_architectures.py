@@ -426,3 +426,17 @@ def test_slices_without_a_layer_count_in_the_config_are_refused(parents, tmp_pat
     with pytest.raises(MergeopsError, match="no config field holds the layer count of transformer.h"):
         _merge(RECIPES["passthrough"], var, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("gpt_neox.embed_in.weight", "pre"), ("embed_out.weight", "post"), ("bert.embeddings.LayerNorm.weight", "pre"),
+    ("cls.predictions.transform.LayerNorm.weight", "post"), ("transformer.word_embeddings_layernorm.bias", "pre"),
+    ("vision_model.pre_layrnorm.weight", "pre"), ("vision_model.post_layernorm.weight", "post"),
+    ("distilbert.embeddings.word_embeddings.weight", "pre"), ("vocab_projector.bias", "post"),
+    ("roberta.embeddings.position_embeddings.weight", "pre"), ("lm_head.layer_norm.weight", "post"),
+    ("backbone.norm_f.weight", "post"), ("model.decoder.embed_positions.weight", "pre"), ("model.mystery.weight", None),
+])
+def test_roles_come_from_name_parts(name, expected):
+    from merge.structure import role
+
+    assert role(name) == expected
