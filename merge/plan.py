@@ -1,15 +1,15 @@
 """Plan a merge from headers only: which input tensors make each output tensor, with which
 parameters, dtypes and shapes. Every problem is raised here, before a single weight is read.
 
-Architecture-agnostic: the layer stack is the largest family of names ``<prefix>.<i>.<rest>``
-(``model.layers.3.mlp.up_proj.weight``); everything else is a pre-layer tensor (names with
-``embed``/``wte``/``wpe``) or a post-layer one (final norm, head). Slices re-index layers the way
-mergekit does; ``t`` for gradients is the layer's position within its slice.
+Architecture-agnostic: layer stacks and the roles of the other tensors are inferred from names
+and config.json (``merge.structure``). A `models:` recipe merges every stack over its full range,
+``t`` for gradients being the layer's position in its own stack; `slices:` re-index the one stack
+the way mergekit does (``t``: the position within the slice), and what slicing cannot do right is
+refused here. Tensors outside the stacks get ``t = 0``.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +20,12 @@ from merge.layout import ModelLayout, compare_layouts, read_layout, tokenizer_fi
 from merge.params import resolve
 from merge.recipe import Recipe
 from merge.safetensors_header import read_header
+from merge.structure import Structure, check_slices, infer_structure, role, sliced_config
 from merge.vocab import VocabPlan, plan_vocab
 
 FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 _ST_DTYPE = {v: k for k, v in FLOAT_DTYPES.items()}
 _RANK = {"F16": 1, "BF16": 1, "F32": 2, "F64": 3}
-_LAYER_RE = re.compile(r"^(.*?)\.(\d+)\.(.+)$")
-_PRE_HINTS = ("embed", "wte", "wpe", "word_embeddings")
 
 
 @dataclass(frozen=True)
@@ -51,29 +50,13 @@ class MergePlan:
     layouts: tuple[ModelLayout, ...]
     tensors: tuple[TensorPlan, ...]
     config_source: int  # parent whose config/tokenizer files are copied
-    num_layers_out: int | None
-    layer_key: str | None  # config key holding the layer count
+    config: dict  # its config.json with layer counts and per-layer lists set for the output
     vocab: VocabPlan | None = None  # parents' tokenizers differ: rows mapped by token string
 
 
-def _layer_prefix(names) -> str | None:
-    counts = Counter(m.group(1) for n in names if (m := _LAYER_RE.match(n)))
-    return counts.most_common(1)[0][0] if counts else None
-
-
-def _split(name: str, prefix: str | None) -> tuple[int | None, str]:
-    m = _LAYER_RE.match(name)
-    if prefix is not None and m and m.group(1) == prefix:
-        return int(m.group(2)), m.group(3)
-    return None, name
-
-
-def _num_layers(layout: ModelLayout, prefix: str | None) -> tuple[int, str | None]:
-    for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
-        if isinstance(layout.config.get(key), int):
-            return layout.config[key], key
-    idx = [i for n in layout.tensors if (i := _split(n, prefix)[0]) is not None]
-    return (max(idx) + 1 if idx else 0), None
+def _stack_count(layout: ModelLayout, structure: Structure, prefix: str) -> int:
+    idx = [loc[1] for n in layout.tensors if (loc := structure.locate(n)) and loc[0] == prefix]
+    return max(idx) + 1 if idx else 0
 
 
 def _check_dtypes(layout: ModelLayout, ref: ModelLayout) -> None:
@@ -105,40 +88,40 @@ def plan_merge(recipe: Recipe) -> MergePlan:
     base = index.get(recipe.base_model) if recipe.base_model else None
     ref_index = base if base is not None else 0
     ref_layout = layouts[ref_index]
-    prefix = _layer_prefix(ref_layout.tensors)
+    structure = infer_structure(ref_layout.tensors, ref_layout.config)
     source_index = index.get(recipe.tokenizer_source)
     vocab = _vocab_plan(recipe, paths, base, source_index)
-    vocab_names = _vocab_tensors(ref_layout, prefix) if vocab else set()
+    vocab_names = _vocab_tensors(ref_layout, structure) if vocab else set()
     for lay in layouts:
         if lay is not ref_layout:
             _compare(ref_layout, lay, vocab_names)
             _check_dtypes(lay, ref_layout)
 
-    # Normalise to slices of (source refs, layer ranges, params) as mergekit does.
+    # Normalise to segments (stack, sources with layer ranges, slice base, slice params) as
+    # mergekit does per module: a `models:` recipe is one full-range segment per layer stack, each
+    # with its own gradient positions; `slices:` re-index the one stack.
     if recipe.models:
-        n, _ = _num_layers(ref_layout, prefix)
-        sources = [(m.model, (0, n), m.parameters) for m in recipe.models]
+        entries = [(m.model, m.parameters) for m in recipe.models]
         if recipe.base_model and recipe.base_model not in [m.model for m in recipe.models]:
-            sources.append((recipe.base_model, (0, n), None))
-        slices = [(sources, recipe.base_model, None)]
+            entries.append((recipe.base_model, None))
+        whole = ([(r, (0, 0), p) for r, p in entries], recipe.base_model, None)
+        segments = [(s.prefix, [(r, (0, s.count), p) for r, p in entries], recipe.base_model, None)
+                    for s in structure.stacks]
+        first = last = whole
     else:
         slices = [([(s.model, tuple(s.layer_range), s.parameters) for s in sl.sources],
                    sl.base_model or recipe.base_model, sl.parameters) for sl in recipe.slices]
-    for srcs, _, _ in slices:
-        for ref, (lo, hi), _ in srcs:
-            n, _ = _num_layers(layouts[index[ref]], prefix)
-            if hi > n:
-                raise RecipeError(f"layer_range [{lo}, {hi}] of {ref} is out of bounds: it has {n} layers")
-    _check_inputs(recipe, slices)
+        prefix = structure.stacks[0].prefix if len(structure.stacks) == 1 else None
+        segments = [(prefix, *sl) for sl in slices]
+        first, last = slices[0], slices[-1]
+    _check_inputs(recipe, [seg[1:] for seg in segments] or [first])
 
     plans: list[TensorPlan] = []
     # dict.fromkeys, not a set: set order follows the per-process string hash seed, and the tensor
     # order decides the shard bytes, so a set would make content ids differ between processes.
-    layers = [_layer_tensors(lay, prefix) for lay in layouts]
-    # Within a layer, tensors follow the reference's layer 0, then names first seen in later layers.
-    order = {rest: k for k, rest in enumerate(dict.fromkeys(r for i in sorted(layers[ref_index]) for r in layers[ref_index][i]))}
-    non_layer = [nm for nm in ref_layout.tensors if _split(nm, prefix)[0] is None]
-    pre = [nm for nm in non_layer if any(h in nm for h in _PRE_HINTS)]
+    layers = [_layer_tensors(lay, structure) for lay in layouts]
+    non_layer = [nm for nm in ref_layout.tensors if structure.locate(nm) is None]
+    pre = [nm for nm in non_layer if role(nm) == "pre"]
     post = [nm for nm in non_layer if nm not in pre]
 
     def add(out_name, srcs, slice_base, slice_params, in_names, t):
@@ -168,46 +151,79 @@ def plan_merge(recipe: Recipe) -> MergePlan:
         plans.append(TensorPlan(out_name, tuple(zip(models, in_names)), base_pos, t, shared, tuple(per_input),
                                 shape, compute, out, is_vocab))
 
-    first, last = slices[0], slices[-1]
+    out_config = None
+    config_source = base if base is not None else index[first[0][0][0]]
+    if recipe.tokenizer_source not in (None, "base", "union"):
+        config_source = index[recipe.tokenizer_source]
+    if recipe.slices:
+        out_config = _plan_slices(recipe, structure, layouts, layers, index, segments, post,
+                                  first, last, config_source)
     for nm in pre:
         add(nm, first[0], first[1], first[2], [nm] * len(first[0]), 0.0)
-    out_layer = 0
-    for srcs, slice_base, slice_params in slices:
+    out_layers: Counter = Counter()
+    for prefix, srcs, slice_base, slice_params in segments:
+        order = _order(layers[ref_index].get(prefix, {}))
         length = srcs[0][1][1] - srcs[0][1][0]
         for off in range(length):
             t = off / (length - 1) if length > 1 else 1.0
             for rest in _at_position(srcs, off, layers, index, paths, prefix, order):
                 in_names = [f"{prefix}.{lr[0] + off}.{rest}" for _, lr, _ in srcs]
-                add(f"{prefix}.{out_layer}.{rest}", srcs, slice_base, slice_params, in_names, t)
-            out_layer += 1
+                add(f"{prefix}.{out_layers[prefix]}.{rest}", srcs, slice_base, slice_params, in_names, t)
+            out_layers[prefix] += 1
     for nm in post:
         add(nm, last[0], last[1], last[2], [nm] * len(last[0]), 0.0)
 
     if method.statistics:
         _check_statistics(recipe, plans, refs)
-    config_source = base if base is not None else index[slices[0][0][0][0]]
-    if recipe.tokenizer_source not in (None, "base", "union"):
-        config_source = index[recipe.tokenizer_source]
-    _, key = _num_layers(ref_layout, prefix)
+    if out_config is None:
+        out_config = dict(layouts[config_source].config)
     return MergePlan(recipe, tuple(paths), tuple(refs), tuple(layouts), tuple(plans), config_source,
-                     out_layer if prefix else None, key, vocab)
+                     out_config, vocab)
 
 
-def _layer_tensors(layout: ModelLayout, prefix: str | None) -> dict[int, list[str]]:
-    """Layer index -> the names after ``<prefix>.<i>.`` in that layer, in header order. Layers may
-    hold different sets: dense first layers before MoE ones, T5's relative_attention_bias in block 0."""
-    out: dict[int, list[str]] = {}
+def _order(stack_layers: dict[int, list[str]]) -> dict[str, int]:
+    """Within a layer, tensors follow the reference's layer 0, then names first seen in later layers."""
+    return {rest: k for k, rest in enumerate(dict.fromkeys(r for i in sorted(stack_layers) for r in stack_layers[i]))}
+
+
+def _plan_slices(recipe, structure, layouts, layers, index, segments, post, first, last, config_source) -> dict:
+    """Check a slices recipe against the model's structure (headers and configs only) and return
+    the output config with its layer counts and per-layer lists re-indexed."""
+    if len(structure.stacks) == 1:
+        stack = structure.stacks[0]
+        for prefix, srcs, _, _ in segments:
+            for ref, (lo, hi), _ in srcs:
+                n = _stack_count(layouts[index[ref]], structure, prefix)
+                if hi > n:
+                    raise RecipeError(f"layer_range [{lo}, {hi}] of {ref} is out of bounds: it has {n} layers")
+    same_ends = ([(r, p) for r, _, p in first[0]], first[1], first[2]) == ([(r, p) for r, _, p in last[0]], last[1], last[2])
+    unknown = [] if same_ends else [nm for nm in post if role(nm) is None]
+    # The layers a slice takes, by the first source of each slice (all sources of a slice hold the same tensors).
+    mapping = [(index[srcs[0][0]], srcs[0][1][0] + off) for _, srcs, _, _ in segments
+               for off in range(srcs[0][1][1] - srcs[0][1][0])]
+    prefix = segments[0][0]
+    sets = [{i: frozenset((rest, lay.shape(f"{prefix}.{i}.{rest}")) for rest in names)
+             for i, names in layers[k].get(prefix, {}).items()} for k, lay in enumerate(layouts)]
+    check_slices(structure, sets, mapping, config_source, unknown)
+    return sliced_config(layouts[config_source].config, [lay.config for lay in layouts], structure.stacks[0], mapping)
+
+
+def _layer_tensors(layout: ModelLayout, structure: Structure) -> dict[str, dict[int, list[str]]]:
+    """Stack prefix -> layer index -> the names after ``<prefix>.<i>.`` in that layer, in header
+    order. Layers may hold different sets: dense first layers before MoE ones, T5's
+    relative_attention_bias in block 0."""
+    out: dict[str, dict[int, list[str]]] = {}
     for name in layout.tensors:
-        i, rest = _split(name, prefix)
-        if i is not None:
-            out.setdefault(i, []).append(rest)
+        loc = structure.locate(name)
+        if loc is not None:
+            out.setdefault(loc[0], {}).setdefault(loc[1], []).append(loc[2])
     return out
 
 
 def _at_position(srcs, off: int, layers, index, paths, prefix: str, order: dict[str, int]) -> list[str]:
     """The tensors of output layer ``off`` of a slice: those every source holds at its layer
     ``start + off``. One that some source lacks there cannot be merged: CompatibilityError."""
-    held = [(ref, lr[0] + off, set(layers[index[ref]].get(lr[0] + off, ()))) for ref, lr, _ in srcs]
+    held = [(ref, lr[0] + off, set(layers[index[ref]].get(prefix, {}).get(lr[0] + off, ()))) for ref, lr, _ in srcs]
     union = set().union(*(names for _, _, names in held))
     for ref, i, names in held:
         lacking = sorted(union - names, key=lambda r: order.get(r, len(order)))
@@ -253,11 +269,11 @@ def _vocab_plan(recipe: Recipe, paths: list[Path], base: int | None, source_inde
     return plan_vocab(recipe.tokenizer_source, paths, base, source_index)
 
 
-def _vocab_tensors(layout: ModelLayout, prefix: str | None) -> set[str]:
+def _vocab_tensors(layout: ModelLayout, structure: Structure) -> set[str]:
     """Non-layer 2-D tensors with one row per token (embeddings, LM head)."""
     size = layout.config.get("vocab_size")
     return {n for n, (_, info) in layout.tensors.items()
-            if _split(n, prefix)[0] is None and len(info.shape) == 2 and info.shape[0] == size}
+            if structure.locate(n) is None and len(info.shape) == 2 and info.shape[0] == size}
 
 
 def _compare(ref: ModelLayout, other: ModelLayout, vocab_names: set[str]) -> None:

@@ -157,9 +157,7 @@ def _copy_side_files(plan: MergePlan, tmp: Path) -> None:
     for name in COPIED_FILES:  # bounded reads: a FIFO or a link to /dev/zero is one error, not a hang
         if (src / name).exists() or (src / name).is_symlink():
             (tmp / name).write_bytes(read_model_bytes(src, name))
-    cfg = dict(plan.layouts[plan.config_source].config)
-    if plan.layer_key and plan.num_layers_out is not None:
-        cfg[plan.layer_key] = plan.num_layers_out
+    cfg = dict(plan.config)
     if plan.vocab is not None:
         cfg["vocab_size"] = plan.vocab.size
         if plan.recipe.tokenizer_source == "union":

@@ -84,3 +84,21 @@ def test_union_vocabulary_adds_tokens_and_fills_missing_rows(tiny_zoo, extra_tok
     out_b = run_merge(parse_recipe(yaml.safe_dump(_linear(base, extra_token_model, source="base"))),
                       tmp_path / "b", progress=False).out_dir
     assert load_file(out_b / "model.safetensors")["lm_head.weight"].shape[0] == n
+
+
+def test_a_tokenizer_without_a_vocabulary_is_one_error_line(tiny_zoo, extra_token_model, tmp_path):
+    """A tokenizer.json whose model holds no vocab (here a model type we cannot read) cannot be
+    aligned: refused with one line naming the file, before any weight is read."""
+    base = Path(tiny_zoo) / "models" / "base"
+    novocab = tmp_path / "novocab"
+    shutil.copytree(extra_token_model, novocab)
+    tok = json.loads((novocab / "tokenizer.json").read_text())
+    tok["model"] = {"type": "Custom"}
+    (novocab / "tokenizer.json").write_text(json.dumps(tok))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(_linear(base, novocab, source="union")))
+    result = CliRunner().invoke(cli, ["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "tokenizer.json" in lines[0] and "'Custom'" in lines[0] and "no vocabulary" in lines[0]
+    assert not (tmp_path / "out").exists()
