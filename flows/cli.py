@@ -80,6 +80,7 @@ from flows.cli_registry import reject as _reject; cli.add_command(_reject)  # no
 from flows.cli_registry import promote as _promote; cli.add_command(_promote)  # noqa: E402,E702
 from flows.cli_registry import verify as _verify; cli.add_command(_verify)  # noqa: E402,E702
 from flows.cli_registry import log as _log; cli.add_command(_log)  # noqa: E402,E702
+from flows.cli_registry import repair as _repair; cli.add_command(_repair)  # noqa: E402,E702
 from flows.cli_report import report as _report; cli.add_command(_report)  # noqa: E402,E702
 from flows.cli_pipeline import run as _run; cli.add_command(_run)  # noqa: E402,E702
 from flows.cli_pipeline import watch as _watch; cli.add_command(_watch)  # noqa: E402,E702
