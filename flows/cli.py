@@ -50,6 +50,19 @@ class _Group(click.Group):
             where = f"{exc.filename}: " if exc.filename else ""
             click.echo(f"error: {where}{exc.strerror or exc}", err=True)
             ctx.exit(2)
+        except Exception as exc:
+            if not _from_mlflow(exc):
+                raise
+            # An MLflow server that failed a request mid-command (a 5xx, a proxy's answer): one line.
+            message = str(getattr(exc, "message", exc)).strip().splitlines()
+            click.echo(f"error: the MLflow server refused a request: {message[0] if message else type(exc).__name__}",
+                       err=True)
+            ctx.exit(2)
+
+
+def _from_mlflow(exc: Exception) -> bool:
+    """Whether ``exc`` is MLflow's (checked by module: the CLI does not import MLflow itself)."""
+    return any(cls.__module__.startswith("mlflow.") for cls in type(exc).__mro__)
 
 
 def _usage_line(exc: click.UsageError) -> str:
