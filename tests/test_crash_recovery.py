@@ -159,3 +159,21 @@ def test_a_registration_is_abandoned_only_once_its_owner_is_gone(tmp_path: Path)
     assert journal.abandoned(log) == []  # this process holds it now
     found.done()
     assert journal.abandoned(log) == [] and list(journal.journal_dir(log).iterdir()) == []
+
+
+def test_a_merge_killed_mid_way_leaves_a_temp_dir_the_next_merge_removes(tmp_path: Path) -> None:
+    from merge.synthetic import write_llama
+
+    base = write_llama(tmp_path / "base", seed=0, layers=2)
+    write_llama(tmp_path / "a", seed=1, base=base, layers=2)
+    (tmp_path / "r.yaml").write_text("merge_method: linear\nmodels:\n  - {model: base, parameters: {weight: 0.5}}\n"
+                                     "  - {model: a, parameters: {weight: 0.5}}\n")
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "flows.cli", "merge", "r.yaml", "--out", "out"]
+    killed = subprocess.run(cmd, cwd=tmp_path, env=env | {"MERGEOPS_CRASH_AT": "merge.tensor-fed"}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list(tmp_path.glob(".out.tmp-*"))) == 1  # what the kill left (named with the dead pid)
+    assert not (tmp_path / "out").exists()
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "mergeops.manifest.json").is_file() and not list(tmp_path.glob(".out.tmp-*"))
