@@ -9,17 +9,9 @@ import re
 import shutil
 from pathlib import Path
 
+from merge.output import process_alive
+
 _TEMP = re.compile(r"^\.(?:.+\.tmp-|register-)(\d+)(?:-.*)?$")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 def sweep_dead_temp_dirs(folder: Path) -> list[Path]:
@@ -31,7 +23,7 @@ def sweep_dead_temp_dirs(folder: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMP.match(entry.name)
-        if match and entry.is_dir() and not entry.is_symlink() and not _alive(int(match.group(1))):
+        if match and entry.is_dir() and not entry.is_symlink() and not process_alive(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed

@@ -50,6 +50,19 @@ class _Group(click.Group):
             where = f"{exc.filename}: " if exc.filename else ""
             click.echo(f"error: {where}{exc.strerror or exc}", err=True)
             ctx.exit(2)
+        except Exception as exc:
+            if not _from_mlflow(exc):
+                raise
+            # An MLflow server that failed a request mid-command (a 5xx, a proxy's answer): one line.
+            message = str(getattr(exc, "message", exc)).strip().splitlines()
+            click.echo(f"error: the MLflow server refused a request: {message[0] if message else type(exc).__name__}",
+                       err=True)
+            ctx.exit(2)
+
+
+def _from_mlflow(exc: Exception) -> bool:
+    """Whether ``exc`` is MLflow's (checked by module: the CLI does not import MLflow itself)."""
+    return any(cls.__module__.startswith("mlflow.") for cls in type(exc).__mro__)
 
 
 def _usage_line(exc: click.UsageError) -> str:
@@ -80,6 +93,7 @@ from flows.cli_registry import reject as _reject; cli.add_command(_reject)  # no
 from flows.cli_registry import promote as _promote; cli.add_command(_promote)  # noqa: E402,E702
 from flows.cli_registry import verify as _verify; cli.add_command(_verify)  # noqa: E402,E702
 from flows.cli_registry import log as _log; cli.add_command(_log)  # noqa: E402,E702
+from flows.cli_registry import repair as _repair; cli.add_command(_repair)  # noqa: E402,E702
 from flows.cli_report import report as _report; cli.add_command(_report)  # noqa: E402,E702
 from flows.cli_pipeline import run as _run; cli.add_command(_run)  # noqa: E402,E702
 from flows.cli_pipeline import watch as _watch; cli.add_command(_watch)  # noqa: E402,E702

@@ -1,4 +1,4 @@
-"""Registry commands: lineage, approve, reject, promote, verify, log verify.
+"""Registry commands: lineage, approve, reject, promote, verify, log verify, repair.
 
 Each reads the tracking URI and the audit-log path from ``flows.settings.get_settings()``
 (``MLFLOW_TRACKING_URI`` / ``MERGEOPS_HOME`` / ``mergeops.yaml``), exits 2 when no store is there,
@@ -155,3 +155,32 @@ def log_verify() -> None:
     where, count, anchors = _governance().verify_log()
     click.echo(f"{where}: {count} entries, chain intact, signatures valid, {anchors} MLflow copies match, "
                "tags and aliases agree with the log")
+
+
+@click.command()
+def repair() -> None:
+    """Finish or undo what killed runs left, then check the audit log (exit 1 naming what is still off).
+
+    Removes temp dirs of dead merges and registrations, drops copies in the artifact store that a
+    kill left un-versioned (and any raw weights committed to its git), completes a registration cut
+    short after its model version was created (alias, signed `registered` entry) or rolls back one
+    cut short before (its MLflow run deleted), and mirrors into MLflow the decisions and promotions
+    the log holds but MLflow does not show yet. Differences that are not interruptions (an edited
+    tag or alias) are named, never overwritten.
+
+    \b
+    Example:
+      mergeops repair
+    """
+    from flows.repair import repair as run_repair
+
+    s = _settings()
+    governance = _governance_of(s)
+    lines = run_repair(s, governance.public_key())
+    for line in lines:
+        click.echo(line)
+    if not lines:
+        click.echo("nothing was left half done")
+    where, count, anchors = governance.verify_log()
+    click.echo(f"{where}: {count} entries, chain intact, {anchors} MLflow copies match, tags and aliases agree "
+               "with the log")

@@ -139,11 +139,32 @@ class DvcStore:
             crash_point("store.copied")  # a re-run recovers: see the leftover handling above
             if items:
                 _run([_dvc_exe(), "add", "-q", *sorted(items)], self.root)
+            crash_point("store.added")  # .dvc files written, not committed: a re-run commits them
             md5s = {rel: dvc_file_md5(self.root / f"{rel}.dvc") for rel in items}
             # Only .dvc files and the .gitignores `dvc add` wrote: never the data itself.
             ignores = {str(Path(rel).parent / ".gitignore") for rel in items}
             revision = self._commit(message, [f"{rel}.dvc" for rel in items] + sorted(ignores))
         return md5s, revision
+
+    def recover(self) -> list[str]:
+        """Undo what a copy cut short left (``mergeops repair``): raw files committed to git are
+        untracked, and copies that no ``.dvc`` file versions (nor any below them) are removed; the
+        next run copies them again. One line for each thing done."""
+        if not (self.root / ".git").exists():
+            return []
+        lines = []
+        with self._locked():
+            raw = [p for p in _run(["git", "ls-files", "-z"], self.root).split("\0")
+                   if p and not p.endswith((".dvc", ".gitignore")) and not p.startswith(".dvc")]
+            if raw:
+                _run(["git", "rm", "-r", "-q", "--cached", "--", *raw], self.root)
+                self._commit("Untrack raw files a cut-short copy committed", [])
+                lines.append(f"{self.root}: {len(raw)} raw files a cut-short copy had committed to git untracked")
+            for top in sorted(self.root.iterdir()):
+                if top.name not in (".git", ".dvc", ".dvcignore"):
+                    lines += [f"{self.root}: removed {p.relative_to(self.root)} (copied, never versioned)"
+                              for p in _unversioned(top)]
+        return lines
 
     def push(self) -> None:
         """Upload everything tracked to the default remote."""
@@ -208,6 +229,19 @@ class DvcStore:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _unversioned(path: Path) -> list[Path]:
+    """Remove and return what under ``path`` no ``.dvc`` file versions (a copy `dvc add` never saw)."""
+    if path.name.endswith(".dvc") or path.name == ".gitignore" or path.with_name(path.name + ".dvc").exists():
+        return []
+    if path.is_dir() and not path.is_symlink():
+        if any(path.rglob("*.dvc")):
+            return [p for child in sorted(path.iterdir()) for p in _unversioned(child)]
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    return [path]
 
 
 def dvc_file_md5(dvc_file: Path) -> str:

@@ -24,6 +24,7 @@ from flows.governance import Governance
 from flows.locks import model_lock
 from flows.settings import get_settings
 from flows.versions import baseline, find_same
+from registry import journal
 
 
 @dataclass
@@ -118,12 +119,14 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
 
     # One writer of this model's versions at a time (two runs of one recipe register one version).
     with model_lock(settings.home_dir, name):
+        if not settings.service_url:  # registrations of this model that a killed run left: settled first
+            for line in tasks.settle_registrations(settings.tracking_uri, str(settings.audit_log_path), name):
+                log.info("%s", line)
         same = find_same(settings.tracking_uri, name, recipe_sha256=recipe.sha256,
                          parent_content_ids=list(parent_ids.values()), merged_content_id=merged.content_id)
         if same is not None:
-            if not settings.service_url and tasks.complete_registration(settings.tracking_uri, name, same.version,
-                                                                        str(settings.audit_log_path)):
-                log.info("%s v%s: completed a registration an interrupted run left", name, same.version)
+            if not settings.service_url:
+                tasks.check_registered(settings.tracking_uri, name, same.version, str(settings.audit_log_path))
             log.info("%s v%s already holds these bytes; nothing registered", name, same.version)
             summary = _summary(name, same.version, merged, evaluation, status="unchanged (already registered)")
             return PipelineResult(name, "unchanged", same.version, merged.content_id, merged.cached, gates,
@@ -142,8 +145,6 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
 
 def _version_and_register(name, recipe, merged, parent_ids, audit, evaluation, judged_by, requested_by):
     """Version the artifacts in DVC, build the lineage and register the candidate (under the lock)."""
-    from registry.lineage import build_lineage
-
     settings = get_settings()
     with tempfile.TemporaryDirectory() as tmp:
         eval_json = Path(tmp) / "evaluation.json"
@@ -155,25 +156,48 @@ def _version_and_register(name, recipe, merged, parent_ids, audit, evaluation, j
         items |= {f"models/{merged.content_id}": merged.out_dir,
                   f"reports/{merged.content_id}/evaluation.json": str(eval_json),
                   f"reports/{merged.content_id}/audit.json": str(audit_json)}
-        md5s, revision = tasks.version_artifacts(str(settings.store_dir), settings.dvc_remote_url,
-                                                 items, f"{name}: {merged.content_id[:12]} by {requested_by}")
-        for stage_outs in lock_md5s(settings.recipe_base_dir or Path.cwd()).values():
-            md5s = {**stage_outs, **md5s}
-        lineage = build_lineage(
-            name=name, recipe_text=recipe.text, recipe_sha256=recipe.sha256, recipe_base_dir=recipe.base_dir,
-            merge_manifest=json.loads((Path(merged.out_dir) / "mergeops.manifest.json").read_text()),
-            audit_report=audit, requested_by=requested_by,
-            # retention is undefined (None) where every parent scored 0; the record keeps numbers only
-            evaluation_report={**evaluation, "retention": {d: v for d, v in evaluation.get("retention", {}).items()
-                                                           if v is not None}},
-            seed=recipe.seed, dvc_revision=revision, dvc_md5s=md5s,
-            references=_references(recipe), revisions=_revisions(audit),
-            suite=judged_by["suite"], policy=judged_by["policy"],
-        )
-        info = tasks.register(settings.tracking_uri, name, merged.out_dir, lineage, str(settings.audit_log_path),
-                              [str(eval_json), *plots], [str(audit_json)], settings.artifact_root,
-                              str(settings.signing_key_path),
-                              {p.content_id: p.license_link for p in audit.parents if p.license_link})
+        # The journal of this registration (registry/journal.py); the service keeps its own.
+        attempt = None if settings.service_url else journal.begin(settings.audit_log_path, name, merged.content_id)
+        try:
+            info, revision = _register_journaled(attempt, name, recipe, merged, audit, evaluation, judged_by,
+                                                 requested_by, items, eval_json, audit_json, plots)
+        except BaseException:
+            if attempt is not None:
+                from registry.mlflow_registry import abandon
+
+                abandon(settings.tracking_uri, settings.audit_log_path, attempt)
+            raise
+    return info, revision
+
+
+def _register_journaled(attempt, name, recipe, merged, audit, evaluation, judged_by, requested_by, items, eval_json,
+                        audit_json, plots):
+    """Version the artifacts (journal step ``artifacts``), build the lineage, register."""
+    from registry.lineage import build_lineage
+
+    settings = get_settings()
+    md5s, revision = tasks.version_artifacts(str(settings.store_dir), settings.dvc_remote_url,
+                                             items, f"{name}: {merged.content_id[:12]} by {requested_by}")
+    if attempt is not None:
+        attempt.advance("artifacts", dvc_revision=revision)
+    for stage_outs in lock_md5s(settings.recipe_base_dir or Path.cwd()).values():
+        md5s = {**stage_outs, **md5s}
+    lineage = build_lineage(
+        name=name, recipe_text=recipe.text, recipe_sha256=recipe.sha256, recipe_base_dir=recipe.base_dir,
+        merge_manifest=json.loads((Path(merged.out_dir) / "mergeops.manifest.json").read_text()),
+        audit_report=audit, requested_by=requested_by,
+        # retention is undefined (None) where every parent scored 0; the record keeps numbers only
+        evaluation_report={**evaluation, "retention": {d: v for d, v in evaluation.get("retention", {}).items()
+                                                       if v is not None}},
+        seed=recipe.seed, dvc_revision=revision, dvc_md5s=md5s,
+        references=_references(recipe), revisions=_revisions(audit),
+        suite=judged_by["suite"], policy=judged_by["policy"],
+    )
+    info = tasks.register(settings.tracking_uri, name, merged.out_dir, lineage, str(settings.audit_log_path),
+                          [str(eval_json), *plots], [str(audit_json)], settings.artifact_root,
+                          str(settings.signing_key_path),
+                          {p.content_id: p.license_link for p in audit.parents if p.license_link},
+                          str(attempt.path) if attempt is not None else None)
     return info, revision
 
 

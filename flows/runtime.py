@@ -60,15 +60,19 @@ def quiet_environment() -> None:
 
 
 def check_reachable(url: str, what: str, setting: str, *, timeout: float = 10.0) -> None:
-    """Raise ServerUnreachable (exit 2, one line) unless ``url`` answers HTTP at all within
-    ``timeout`` seconds; any answer, an authentication refusal included, means it is there."""
+    """Raise ServerUnreachable (exit 2, one line) unless ``url`` (the server's health endpoint)
+    answers within ``timeout`` seconds, with success or an authentication refusal. Any other HTTP
+    status (a 404 from a proxy or another service on that port, a gateway's 502) is not the server."""
     from flows.errors import ServerUnreachable
 
     try:
         with urllib.request.urlopen(url, timeout=timeout):
             return
-    except urllib.error.HTTPError:
-        return  # it answered
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # it is there, and wants credentials
+        raise ServerUnreachable(f"{what} at {url} answers HTTP {exc.code}: not its health check (another "
+                                f"service or a proxy?); check the address in {setting}") from None
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ServerUnreachable(f"{what} at {url} does not answer ({reason}); start it or fix {setting}") from None

@@ -157,18 +157,27 @@ def push_artifacts(store_root: str, remote: str) -> None:
     DvcStore(Path(store_root), remote).push()
 
 
-@task(name="complete-registration", cache_policy=NONE)
-def complete_registration(tracking_uri: str, name: str, version: str, audit_log_path: str) -> bool:
-    """Finish a registration that a killed run left without its audit-log entry or alias."""
-    from registry.mlflow_registry import complete_registration as complete, get_version
+@task(name="settle-registrations", cache_policy=NONE)
+def settle_registrations(tracking_uri: str, audit_log_path: str, name: str) -> list[str]:
+    """Complete or roll back the registrations of ``name`` that killed runs left (registry/recovery.py)."""
+    from registry.recovery import settle_abandoned
 
-    return complete(tracking_uri, get_version(tracking_uri, name, version), Path(audit_log_path))
+    return settle_abandoned(tracking_uri, Path(audit_log_path), name)
+
+
+@task(name="check-registered", cache_policy=NONE)
+def check_registered(tracking_uri: str, name: str, version: str, audit_log_path: str) -> None:
+    """An existing version is reused only when the log registered it (its MLflow copy is added if missing)."""
+    from registry.mlflow_registry import complete_registration, get_version
+
+    complete_registration(tracking_uri, get_version(tracking_uri, name, version), Path(audit_log_path), sign=False)
 
 
 @task(name="register", cache_policy=NONE)
 def register(tracking_uri: str, name: str, model_dir: str, lineage, audit_log_path: str,
              evaluation_files: list[str], audit_reports: list[str], artifact_location: str,
-             signing_key_path: str, license_links: dict[str, str] | None = None):
+             signing_key_path: str, license_links: dict[str, str] | None = None, registration: str | None = None):
+    """Register the candidate (``registration``: its journal file, begun by the pipeline)."""
     from flows.governance import Governance
     from flows.settings import get_settings
 
@@ -176,4 +185,4 @@ def register(tracking_uri: str, name: str, model_dir: str, lineage, audit_log_pa
         signing_key_path=Path(signing_key_path), tracking_uri=tracking_uri, name=name, model_dir=Path(model_dir),
         lineage=lineage, audit_log_path=Path(audit_log_path), evaluation_files=[Path(p) for p in evaluation_files],
         audit_reports=[Path(p) for p in audit_reports], artifact_location=artifact_location,
-        license_links=license_links)
+        license_links=license_links, registration=registration)

@@ -46,17 +46,19 @@ def canonical_json(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def file_entries(model_dir: Path) -> list[FileEntry]:
-    """Every regular file under ``model_dir`` except the manifest itself, sorted by path.
+def model_files(model_dir: Path) -> list[tuple[str, Path]]:
+    """``(relative POSIX path, path)`` of every regular file under ``model_dir`` except the manifest
+    itself, sorted by path: what a manifest lists.
 
     Symlinks, FIFOs, devices and sockets are refused: a manifest must describe bytes that live
-    inside the directory, and hashing ``/dev/zero`` never ends. The one exception is a Hugging Face cache snapshot, whose files are links into its own repo's
-    ``blobs/``; they are hashed as the files they point to, so the content id is the one a copy has.
+    inside the directory, and hashing ``/dev/zero`` never ends. The one exception is a Hugging Face
+    cache snapshot, whose files are links into its own repo's ``blobs/``; they are hashed as the
+    files they point to, so the content id is the one a copy has.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UsageError(f"{model_dir}: not a directory")
-    entries = []
+    files = []
     for path in sorted(model_dir.rglob("*")):
         rel = path.relative_to(model_dir).as_posix()
         if path.is_symlink() and not is_blob_link(model_dir, path):
@@ -66,8 +68,14 @@ def file_entries(model_dir: Path) -> list[FileEntry]:
             continue
         if not stat.S_ISREG(mode) and not path.is_symlink():  # blob links were checked to be files
             raise UsageError(f"{model_dir}: {rel} is not a regular file (a FIFO, device or socket); remove it")
-        entries.append(FileEntry(path=rel, sha256=sha256_file(path), size=path.stat().st_size))
-    return entries
+        files.append((rel, path))
+    return files
+
+
+def file_entries(model_dir: Path) -> list[FileEntry]:
+    """The manifest of ``model_dir``: every file of ``model_files`` with its sha256 and size."""
+    return [FileEntry(path=rel, sha256=sha256_file(path), size=path.stat().st_size)
+            for rel, path in model_files(model_dir)]
 
 
 def content_id_of(entries: list[FileEntry]) -> str:

@@ -8,6 +8,7 @@ name), not a file, empty if it exists, and inside a directory we may write in.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from pathlib import Path
@@ -40,16 +41,32 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def make_temp_dir(out_dir: Path) -> Path:
-    """A fresh temp dir beside ``out_dir`` (same filesystem, so the final rename is atomic)."""
+    """A fresh temp dir beside ``out_dir`` (same filesystem, so the final rename is atomic). Temp
+    dirs of earlier merges into the same ``out_dir`` whose process is gone (killed) are removed."""
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        for old in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.tmp-*"):
+            pid = old.name.rpartition(".tmp-")[2]
+            if pid.isdigit() and old.is_dir() and not old.is_symlink() and not process_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as exc:
         raise UsageError(f"{out_dir}: cannot create the output directory ({exc.strerror}); "
                          "choose a writable --out") from None
     return tmp
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a temp dir named with it is still in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def place_output(tmp: Path, out_dir: Path) -> None:

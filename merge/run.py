@@ -1,9 +1,12 @@
 """Execute a merge plan: verify parents, stream tensor by tensor, write the output atomically.
 
-Order of work: plan (headers only; every recipe and compatibility error) → re-hash each parent and
-compare with the recipe's pins → open shards with positioned reads → merge tensors on one thread
-per core (each thread reads a tensor's inputs and runs the kernel on it), append the results to
-the shards in plan order → copy config/tokenizer files → manifest → rename the temp dir into place.
+Order of work: plan (headers only; every recipe and compatibility error) → open every parent file
+once (merge/parent_reads.py) → merge tensors on one thread per core (each thread reads a tensor's
+inputs with positioned reads, hands them to the parents' sha256 in plan order, and runs the kernel),
+append the results to the shards in plan order → compare each parent's content id, hashed from the
+bytes read, with the audit's and the pins → copy config/tokenizer files (the bytes hashed) →
+manifest → rename the temp dir into place. A parent that is not the audited one is refused before
+anything is placed; the temp dir is dropped.
 Peak memory: about (parents + 2) × the largest tensor for each tensor in flight (workers + 1).
 
 Randomness (DARE, DELLA): each (output tensor, parent) pair gets its own ``torch.Generator``
@@ -29,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from merge.errors import FormatError, MergeFailed, PinMismatch, UsageError
-from merge.manifest import MANIFEST_NAME, FileEntry, content_id, content_id_of, sha256_file
+from merge.errors import FormatError, MergeFailed, UsageError
+from merge.manifest import MANIFEST_NAME, FileEntry, content_id_of, sha256_file
 from merge.methods import Call
 from merge.output import all_finite, check_out_dir, make_temp_dir, place_output
-from merge.model_dir import read_model_bytes
+from merge.parent_reads import ParentReads, Read, check_parents
 from merge.plan import FLOAT_DTYPES, MergePlan, TensorPlan, plan_merge
 from merge.progress import Progress
 from merge.recipe import Recipe
@@ -57,32 +60,22 @@ class MergeResult:
     parents: tuple[dict, ...]  # [{"ref", "path", "content_id"}]
 
 
-def _parent_ids(plan: MergePlan) -> list[str]:
-    with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL: both cores hash
-        ids = list(pool.map(content_id, plan.parents))
-    for ref, cid in zip(plan.refs, ids):
-        pin = (plan.recipe.pins or {}).get(ref)
-        if pin is not None and pin != cid:
-            raise PinMismatch(f"{ref}: content id {cid[:12]}… does not match the recipe's pin {pin[:12]}…; "
-                              "the parent changed since it was pinned: re-audit it and update pins")
-    return ids
-
-
 def _seed(recipe: Recipe, name: str, parent: int) -> int:
     digest = hashlib.sha256(f"{recipe.seed}/{name}/{parent}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class _Inputs:
-    """Reads tensors with positioned reads (``os.preadv``) at offsets from the validated headers.
+    """Reads tensors with positioned reads (``os.preadv``) at offsets from the validated headers:
+    parents through ``ParentReads`` (the descriptors their hashes come from), statistics files by path.
 
     No mmap: mapped parent pages would count towards our resident memory until unmapped, so
     reading a 3 x 750 MB trio through mmap costs GBs of RSS; a read into a fresh buffer costs the
     tensor's size only, and ``preadv`` is safe from the prefetch thread.
     """
 
-    def __init__(self, plan: MergePlan, stack: ExitStack):
-        self._plan, self._stack = plan, stack
+    def __init__(self, plan: MergePlan, parents: ParentReads, stack: ExitStack):
+        self._plan, self._parents, self._stack = plan, parents, stack
         self._fds: dict[str, int] = {}
         self._headers: dict[str, object] = {}
 
@@ -96,27 +89,33 @@ class _Inputs:
 
     def _read(self, path: Path, header, name: str) -> torch.Tensor:
         info = header.tensors[name]
-        if info.dtype not in _ST_TORCH:
-            raise FormatError(f"{path}: tensor {name!r} has unsupported dtype {info.dtype}")
         buf = torch.empty(info.nbytes, dtype=torch.uint8)  # not zero-filled: preadv overwrites it
         got = os.preadv(self._fd(path), [buf.numpy()], header.data_offset + info.start) if info.nbytes else 0
         if got != info.nbytes:
             raise FormatError(f"{path}: tensor {name!r} is truncated ({got} of {info.nbytes} bytes)")
-        return buf.view(_ST_TORCH[info.dtype]).reshape(info.shape)
+        return _typed(path, info, buf)
 
-    def load(self, tp: TensorPlan) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        tensors, stats = [], []
+    def load(self, tp: TensorPlan) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[Read]]:
+        """The tensor's inputs, their statistics, and the parents' reads to hash (``ParentReads.feed``)."""
+        tensors, stats, reads = [], [], []
         for (parent, name), params in zip(tp.inputs, tp.per_input):
             layout = self._plan.layouts[parent]
-            shard = layout.tensors[name][0]
-            tensors.append(self._read(layout.path / shard, layout.shards[shard], name))
+            read = self._parents.read(parent, name)
+            reads.append(read)
+            tensors.append(_typed(layout.path / layout.tensors[name][0], layout.tensors[name][1], read.data))
             if "statistics" in params:
                 path = self._plan.recipe.path_of(params["statistics"])
                 if str(path) not in self._headers:
                     self._headers[str(path)] = read_header(path)
                 header = self._headers[str(path)]
                 stats.append(self._read(path, header, name) if name in header.tensors else None)
-        return tensors, stats
+        return tensors, stats, reads
+
+
+def _typed(path: Path, info, buf: torch.Tensor) -> torch.Tensor:
+    if info.dtype not in _ST_TORCH:
+        raise FormatError(f"{path}: tensor {info.name!r} has unsupported dtype {info.dtype}")
+    return buf.view(_ST_TORCH[info.dtype]).reshape(info.shape)
 
 
 def _merge_one(plan: MergePlan, tp: TensorPlan, tensors, stats, device: str) -> torch.Tensor:
@@ -152,11 +151,12 @@ def _refuse_non_finite(plan: MergePlan, tp: TensorPlan, inputs: list[torch.Tenso
                           "and out_dtype")
 
 
-def _copy_side_files(plan: MergePlan, tmp: Path) -> None:
+def _copy_side_files(plan: MergePlan, parents: ParentReads, tmp: Path) -> None:
     src = plan.parents[plan.config_source]
-    for name in COPIED_FILES:  # bounded reads: a FIFO or a link to /dev/zero is one error, not a hang
-        if (src / name).exists() or (src / name).is_symlink():
-            (tmp / name).write_bytes(read_model_bytes(src, name))
+    for name in COPIED_FILES:  # the bytes the parent's hash was taken over (bounded reads)
+        data = parents.side_file(name)
+        if data is not None:
+            (tmp / name).write_bytes(data)
     cfg = dict(plan.config)
     if plan.vocab is not None:
         cfg["vocab_size"] = plan.vocab.size
@@ -189,19 +189,19 @@ def _one_malloc_arena() -> None:
 
 
 def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: bool = True,
-              shard_bytes: int = DEFAULT_SHARD_BYTES) -> MergeResult:
-    """Merge the recipe's parents into ``out_dir`` (must not exist or be empty)."""
+              shard_bytes: int = DEFAULT_SHARD_BYTES,
+              audited: dict[str, list[FileEntry]] | None = None) -> MergeResult:
+    """Merge the recipe's parents into ``out_dir`` (must not exist or be empty).
+
+    Each parent's files are hashed from the bytes the merge reads (merge/parent_reads.py) and must
+    match ``audited`` (recipe reference -> the audit's file list) and the recipe's ``pins``; if not,
+    PinMismatch names the parent and the file, and nothing is written."""
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         raise UsageError(f"device {device!r} is not available here; use --device cpu")
     plan = plan_merge(recipe)
     tmp = make_temp_dir(out_dir)  # before any weight is read: an unwritable --out fails now
-    try:
-        parent_ids = _parent_ids(plan)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _one_malloc_arena()
     threads = torch.get_num_threads()
     # Each tensor is computed by one thread with single-threaded kernels, so reductions (norms in
@@ -215,30 +215,42 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
         shards = layout_shards([(tp.out_name, tp.out_dtype, tp.shape) for tp in plan.tensors], shard_bytes)
         writer = ShardWriter(tmp, shards, {"format": "pt", "mergeops.recipe_sha256": recipe.sha256})
         written, started = 0, time.monotonic()
-        with Progress("merge", len(plan.tensors), unit="tensors", enabled=progress) as bar, ExitStack() as stack, \
-                ThreadPoolExecutor(max_workers=workers) as pool:
-            inputs = _Inputs(plan, stack)
+        with Progress("merge", len(plan.tensors), unit="tensors", enabled=progress) as bar, ExitStack() as stack:
+            parents = ParentReads(plan, stack)
+            inputs = _Inputs(plan, parents, stack)
 
-            def job(tp: TensorPlan) -> torch.Tensor:
-                tensors, stats = inputs.load(tp)
+            def job(k: int, tp: TensorPlan) -> torch.Tensor:
+                try:
+                    tensors, stats, reads = inputs.load(tp)
+                    parents.feed(k, reads)  # hashed in plan order, from these very buffers
+                except BaseException:
+                    parents.abort()  # later tensors must not wait for this one's turn
+                    raise
                 out = _merge_one(plan, tp, tensors, stats, device)
                 if tp.compute_dtype is not None and not all_finite(out):
-                    _refuse_non_finite(plan, tp, inputs.load(tp)[0])
+                    _refuse_non_finite(plan, tp, inputs.load(tp)[0])  # kernels may reuse their inputs
                 return out
 
-            # One tensor more in flight than workers: a worker never waits for the writer.
-            ahead = deque(pool.submit(job, tp) for tp in plan.tensors[: workers + 1])
-            for i, tp in enumerate(plan.tensors):
-                out = ahead.popleft().result()
-                if i + workers + 1 < len(plan.tensors):
-                    ahead.append(pool.submit(job, plan.tensors[i + workers + 1]))
-                writer.write(tp.out_name, out)
-                written += out.numel() * out.element_size()
-                bar.advance(1, f"{written / max(time.monotonic() - started, 1e-9) / 1e6:.0f} MB/s")
-                del out
-        hashes = writer.close()
-        writer.write_index()
-        _copy_side_files(plan, tmp)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                try:
+                    # One tensor more in flight than workers: a worker never waits for the writer.
+                    ahead = deque(pool.submit(job, k, tp) for k, tp in enumerate(plan.tensors[: workers + 1]))
+                    for i, tp in enumerate(plan.tensors):
+                        out = ahead.popleft().result()
+                        k = i + workers + 1
+                        if k < len(plan.tensors):
+                            ahead.append(pool.submit(job, k, plan.tensors[k]))
+                        writer.write(tp.out_name, out)
+                        written += out.numel() * out.element_size()
+                        bar.advance(1, f"{written / max(time.monotonic() - started, 1e-9) / 1e6:.0f} MB/s")
+                        del out
+                except BaseException:
+                    parents.abort()
+                    raise
+            parent_ids = check_parents(plan, parents.finish(), audited)  # before a byte is placed
+            hashes = writer.close()
+            writer.write_index()
+            _copy_side_files(plan, parents, tmp)
         entries = [FileEntry(path=n, sha256=h, size=s) for n, (h, s) in hashes.items()]
         entries += [FileEntry(path=p.name, sha256=sha256_file(p), size=p.stat().st_size)
                     for p in sorted(tmp.iterdir()) if p.name not in hashes]

@@ -81,20 +81,27 @@ def read_header(path: Path) -> SafetensorsHeader:
         fd = os.open(path, flags)
     except OSError as exc:
         raise _fail(path, f"cannot read: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):  # /dev/zero, a FIFO, a socket: never a checkpoint
-            raise _fail(path, "not a regular file (a FIFO, device or socket)")
-        file_size = info.st_size
-        prefix = fh.read(8)
-        if len(prefix) < 8:
-            raise _fail(path, f"file is {file_size} bytes, shorter than the 8-byte length prefix")
-        (n,) = struct.unpack("<Q", prefix)
-        if n > MAX_HEADER_BYTES:
-            raise _fail(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
-        if 8 + n > file_size:
-            raise _fail(path, f"header length {n} runs past the end of the {file_size}-byte file (truncated?)")
-        raw = fh.read(n)
+    try:
+        return header_of(fd, path)
+    finally:
+        os.close(fd)
+
+
+def header_of(fd: int, path: Path) -> SafetensorsHeader:
+    """``read_header`` of an open file: the header of exactly the file a reader holds open."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # /dev/zero, a FIFO, a socket: never a checkpoint
+        raise _fail(path, "not a regular file (a FIFO, device or socket)")
+    file_size = info.st_size
+    prefix = os.pread(fd, 8, 0)
+    if len(prefix) < 8:
+        raise _fail(path, f"file is {file_size} bytes, shorter than the 8-byte length prefix")
+    (n,) = struct.unpack("<Q", prefix)
+    if n > MAX_HEADER_BYTES:
+        raise _fail(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if 8 + n > file_size:
+        raise _fail(path, f"header length {n} runs past the end of the {file_size}-byte file (truncated?)")
+    raw = os.pread(fd, n, 8)
     if len(raw) != n:
         raise _fail(path, f"header is {len(raw)} bytes, not the {n} its length prefix says (file changed?)")
     try:

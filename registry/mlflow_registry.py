@@ -26,6 +26,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 from merge.faults import crash_point
+from registry import journal
 from registry.audit_log import AuditLog
 from registry.errors import AuditLogTampered, LineageError, RegistryError
 from registry.identity import Actor
@@ -137,6 +138,7 @@ def register_candidate(
     license_links: dict[str, str] | None = None,
     requester: Actor | None = None,
     signing_key: SigningKey,
+    registration: str | Path | None = None,
 ) -> VersionInfo:
     """Log one run and one model version for a merged model that passed every step before this.
 
@@ -150,19 +152,45 @@ def register_candidate(
     ``requested_by``, unauthenticated).    ``signing_key``
     signs the whole ``model/`` dir (registry/model_signature.py); the bundle goes to
     ``model_signature/model.sig`` and the key's id to the tag ``mergeops.signature_key_id``.
+
+    Each step is journaled (registry/journal.py): ``registration`` is the journal file of an
+    attempt the caller began (and advanced past ``artifacts``), else one is begun here. On
+    success the attempt is done; on an error it is rolled back at once (registry/recovery.py), and
+    a kill leaves it for the next run or ``mergeops repair``.
     """
     manifest = check_model_dir(model_dir)
     if manifest["content_id"] != lineage.merged.content_id:
         raise LineageError(f"{model_dir}: content id {manifest['content_id'][:12]} is not the lineage's "
                            f"merged content id {lineage.merged.content_id[:12]}; rebuild the lineage")
-    # Named with the pid, so a killed run's stage is found and removed (flows/cleanup.py).
-    with tempfile.TemporaryDirectory(prefix=f".register-{os.getpid()}-", dir=Path(model_dir).parent) as stage:
-        release_dir = stage_release(Path(model_dir), [f["path"] for f in manifest["files"]], Path(stage) / "model")
-        lineage = lineage.model_copy(update={"release_files": write_release_files(
-            lineage, release_dir, name=name, license_links=license_links)})
-        signature = (sign_model(release_dir, signing_key), signing_key.key_id)
-        return _register(tracking_uri, name, release_dir, lineage, audit_log_path, evaluation_files, audit_reports,
-                         artifact_location, signature, requester or Actor(lineage.requested_by))
+    attempt = journal.held(registration) if registration else journal.begin(audit_log_path, name,
+                                                                            lineage.merged.content_id)
+    try:
+        # Named with the pid, so a killed run's stage is found and removed (flows/cleanup.py).
+        with tempfile.TemporaryDirectory(prefix=f".register-{os.getpid()}-", dir=Path(model_dir).parent) as stage:
+            release_dir = stage_release(Path(model_dir), [f["path"] for f in manifest["files"]], Path(stage) / "model")
+            lineage = lineage.model_copy(update={"release_files": write_release_files(
+                lineage, release_dir, name=name, license_links=license_links)})
+            signature = (sign_model(release_dir, signing_key), signing_key.key_id)
+            info = _register(tracking_uri, name, release_dir, lineage, audit_log_path, evaluation_files,
+                             audit_reports, artifact_location, signature, requester or Actor(lineage.requested_by),
+                             attempt)
+    except BaseException:
+        abandon(tracking_uri, audit_log_path, attempt)
+        raise
+    attempt.done()
+    return info
+
+
+def abandon(tracking_uri: str, audit_log_path: Path, attempt: journal.Registration) -> None:
+    """A registration failed in this (live) process: settle it now, or leave it to the next run."""
+    from registry.recovery import settle
+
+    if attempt.finished:
+        return
+    try:
+        settle(tracking_uri, audit_log_path, attempt)
+    except Exception:  # noqa: BLE001 (the registration's own error is the one to report)
+        attempt.release()
 
 
 def approval_rules(lineage: LineageRecord) -> dict:
@@ -188,12 +216,13 @@ def _registered_data(lineage: LineageRecord, run_id: str, lineage_sha: str) -> d
 
 def _register(tracking_uri: str, name: str, model_dir: Path, lineage: LineageRecord, audit_log_path: Path,
               evaluation_files, audit_reports, artifact_location: str | None, signature: tuple[bytes, str],
-              requester: Actor) -> VersionInfo:
+              requester: Actor, attempt: journal.Registration) -> VersionInfo:
     c = client(tracking_uri)
     lineage_bytes = lineage.to_json_bytes()
     lineage_sha = hashlib.sha256(lineage_bytes).hexdigest()
     run = c.create_run(_experiment_id(c, artifact_location), run_name=f"{name}-{lineage.merged.content_id[:12]}",
-                       tags={TAG + "content_id": lineage.merged.content_id, TAG + "model": name})
+                       tags={TAG + "content_id": lineage.merged.content_id, TAG + "model": name,
+                             TAG + "attempt": attempt.attempt})  # how recovery finds it (registry/recovery.py)
     run_id = run.info.run_id
     try:
         params = {"recipe_sha256": lineage.recipe.sha256, "seed": lineage.seed, "method": lineage.recipe.method,
@@ -229,6 +258,7 @@ def _register(tracking_uri: str, name: str, model_dir: Path, lineage: LineageRec
     except BaseException:
         c.set_terminated(run_id, status="FAILED")
         raise
+    attempt.advance("run", run_id=run_id)
     try:
         c.create_registered_model(name, tags={TAG + "managed": "true"},
                                   description="A merged model governed by mergeops: see each version's lineage.")
@@ -240,10 +270,12 @@ def _register(tracking_uri: str, name: str, model_dir: Path, lineage: LineageRec
                                 tags=_version_tags(lineage, lineage_sha, audit_log_path)
                                 | {TAG + "signature_key_id": signature[1]},
                                 description=_description(lineage, name))
-    crash_point("registry.version-created")  # a re-run completes the rest: complete_registration
+    crash_point("registry.version-created")  # (before its journal step: recovery finds it by run id)
+    attempt.advance("version", version=str(mv.version))
     c.set_registered_model_alias(name, "candidate", mv.version)
-    record_event(tracking_uri, name, mv.version, audit_log_path, "registered", actor=requester,
-                 **_registered_data(lineage, run_id, lineage_sha))
+    entry = record_event(tracking_uri, name, mv.version, audit_log_path, "registered", actor=requester,
+                         **_registered_data(lineage, run_id, lineage_sha))
+    attempt.advance("logged", seq=entry["seq"])
     return get_version(tracking_uri, name, mv.version)
 
 
@@ -279,9 +311,10 @@ def mirror_promotion(tracking_uri: str, info: VersionInfo, previous: str | None,
         set_tags(tracking_uri, get_version(tracking_uri, info.name, previous),
                  {"superseded_by": info.version, "superseded_at": at})
     set_tags(tracking_uri, info, {"promoted_by": by, "promoted_at": at})
-    n = 1 + sum(1 for k in model_tags(tracking_uri, info.name) if k.startswith(TAG + "champion."))
-    set_model_tag(tracking_uri, info.name, f"champion.{n}",
-                  json.dumps({"version": info.version, "by": by, "at": at}, sort_keys=True))
+    record = json.dumps({"version": info.version, "by": by, "at": at}, sort_keys=True)
+    history = [v for k, v in model_tags(tracking_uri, info.name).items() if k.startswith(TAG + "champion.")]
+    if record not in history:  # (mirrored again by `mergeops repair` after a kill: once)
+        set_model_tag(tracking_uri, info.name, f"champion.{len(history) + 1}", record)
     set_alias(tracking_uri, info, "champion")
 
 
@@ -290,12 +323,20 @@ def _has_registered_entry(tags: dict[str, str]) -> bool:
     return any(k.startswith(_LOG_TAG) and v.startswith("registered:") for k, v in tags.items())
 
 
-def complete_registration(tracking_uri: str, info: VersionInfo, audit_log_path: Path) -> bool:
+def complete_registration(tracking_uri: str, info: VersionInfo, audit_log_path: Path, *, sign: bool = True) -> bool:
     """Finish a registration a killed run left half done: the version exists, but its ``registered``
     audit-log entry, the entry's MLflow copy or the ``candidate`` alias does not. True when
-    something was added."""
+    something was added. ``sign=False``: only copy an entry the log holds; a version the log never
+    registered is refused (only a journaled attempt, registry/recovery.py, may be signed now)."""
     if _has_registered_entry(info.tags):
         return False
+    if not sign:
+        log = audit_log_path if isinstance(audit_log_path, AuditLog) else AuditLog(audit_log_path)
+        if not any(e["event"] == "registered" and e["data"].get("model") == info.name
+                   and e["data"].get("version") == str(info.version) for e in log.entries()):
+            raise AuditLogTampered(f"{info.name} v{info.version}: holds these bytes, but the audit log has no "
+                                   "`registered` entry for it and no registration of it was journaled (a version "
+                                   "made outside mergeops?); delete that version in MLflow and run again")
     c = client(tracking_uri)
     try:  # (a search of versions does not return their aliases; resolving one does)
         resolve(tracking_uri, f"{info.name}@candidate")
@@ -326,6 +367,7 @@ def record_event(tracking_uri: str, name: str, version: str | None, audit_log: P
     extra = {} if version is None else {"version": str(version)}
     log = audit_log if isinstance(audit_log, AuditLog) else AuditLog(audit_log)
     entry = log.append(event, actor=actor, check=check, model=name, **extra, **data)
+    crash_point(f"log.{event}")  # logged, not yet mirrored: registry/recovery.py completes the copy
     c, key, value = client(tracking_uri), f"{_LOG_TAG}{entry['seq']}", f"{event}:{entry['hash']}"
     try:
         if version is None:

@@ -141,6 +141,10 @@ class Service:
             meta = json.loads((root / "submission.json").read_text()) if (root / "submission.json").is_file() else {}
             files = lambda sub: sorted(p for p in (root / sub).glob("*") if p.is_file())  # noqa: E731
             with self._lock:
+                from registry.recovery import settle_abandoned
+
+                for line in settle_abandoned(self.tracking_uri, self.log_path, name):  # what a killed service left
+                    log.info("%s", line)
                 same = _same_version(self.tracking_uri, name, lineage)
                 if same is not None:
                     reg.complete_registration(self.tracking_uri, same, self.log_path)

@@ -115,25 +115,54 @@ def test_reading_the_registry_where_there_is_none_exits_2_and_creates_nothing(tm
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, var", [(["log", "verify"], "MLFLOW_TRACKING_URI"),
-                                       (["run", "recipe.yaml"], "MLFLOW_TRACKING_URI"),
-                                       (["run", "recipe.yaml"], "PREFECT_API_URL")])
-def test_an_unreachable_server_is_one_line_within_seconds(tmp_path: Path, args: list[str], var: str) -> None:
+@pytest.mark.parametrize("args, var, kind", [(["log", "verify"], "MLFLOW_TRACKING_URI", "refused"),
+                                             (["run", "recipe.yaml"], "MLFLOW_TRACKING_URI", "refused"),
+                                             (["run", "recipe.yaml"], "PREFECT_API_URL", "refused"),
+                                             (["log", "verify"], "MLFLOW_TRACKING_URI", "foreign"),
+                                             (["run", "recipe.yaml"], "PREFECT_API_URL", "silent")])
+def test_an_unreachable_server_is_one_line_within_seconds(tmp_path: Path, args: list[str], var: str,
+                                                          kind: str) -> None:
+    """refused: nobody listens; foreign: another HTTP service answers 404 there; silent: a socket
+    accepts connections and never answers (a hung server, a black-holed route)."""
     import os
     import socket
+    import threading
     import time
+    from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = None
+    if kind == "silent":
+        sock.listen(8)  # the kernel completes the handshake; nothing ever reads or answers
+    else:
+        sock.close()
+    if kind == "foreign":
+        class NotFound(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                self.send_error(404)
+
+            def log_message(self, *args):
+                pass
+
+        server = HTTPServer(("127.0.0.1", port), NotFound)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     (tmp_path / "recipe.yaml").write_text("merge_method: linear\nmodels: [{model: a}, {model: b}]\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MERGEOPS_", "MLFLOW_TRACKING", "PREFECT_API"))}
     env |= {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), var: f"http://127.0.0.1:{port}"
             + ("/api" if var == "PREFECT_API_URL" else "")}
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, capture_output=True, text=True,
-                          env=env, timeout=120)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, capture_output=True,
+                              text=True, env=env, timeout=120)
+    finally:
+        sock.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     assert time.monotonic() - start < 30
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("error: the ") and "does not answer" in line and var in line
+    assert line.startswith("error: the ") and var in line, line
+    assert ("answers HTTP 404" if kind == "foreign" else "does not answer") in line, line

@@ -45,7 +45,18 @@ def _done(proc: subprocess.Popen) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-@pytest.mark.parametrize("point", ["store.copied", "registry.version-created"])
+def _store_is_clean(proj) -> None:
+    """Only .dvc files and .gitignores in the store's git, never weights."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=proj.root / ".mergeops" / "store", capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert tracked and all(p.endswith((".dvc", ".gitignore")) or p.startswith(".dvc") for p in tracked), tracked
+
+
+# Each point kills the registration at another step of its journal (registry/journal.py):
+# copied into the store, not yet `dvc add`-ed / added, not committed / run logged, no version /
+# version created, not journaled / `registered` entry appended, not mirrored into MLflow.
+@pytest.mark.parametrize("point", ["store.copied", "store.added", "journal.run", "registry.version-created",
+                                   "log.registered"])
 def test_a_run_killed_at_a_named_point_is_completed_by_the_next(project, point: str) -> None:
     proj, mergeops, recipe, uri = project
     name = f"crash-{point.replace('.', '-')}"
@@ -54,18 +65,60 @@ def test_a_run_killed_at_a_named_point_is_completed_by_the_next(project, point: 
     if point == "registry.version-created":
         assert [v.version for v in reg.list_versions(uri, name)] == ["1"]
         rc, _, err = _done(mergeops("log", "verify"))  # the half-registered version is named
-        assert rc == 1 and f"{name} v1" in err and "cut short" in err
+        assert rc == 1 and f"{name} v1" in err, err
+    if point == "log.registered":  # logged: the version is governed, only MLflow's copy of the entry is missing
+        assert not any(k.startswith("mergeops.log.") for k in reg.get_version(uri, name, "1").tags)
 
     rc, out, err = _done(mergeops("run", recipe(name), "--requested-by", "alice"))
     assert rc == 0, err
     assert [v.version for v in reg.list_versions(uri, name)] == ["1"]
-    assert "candidate" in reg.get_version(uri, name, "1").aliases
+    info = reg.get_version(uri, name, "1")
+    assert "candidate" in info.aliases
+    assert any(k.startswith("mergeops.log.") and v.startswith("registered:") for k, v in info.tags.items())
     rc, out, err = _done(mergeops("log", "verify"))
     assert rc == 0 and "chain intact" in out, err
-    tracked = subprocess.run(["git", "ls-files"], cwd=proj.root / ".mergeops" / "store", capture_output=True,
-                             text=True, check=True).stdout.split()
-    assert tracked and all(p.endswith((".dvc", ".gitignore")) or p.startswith(".dvc") for p in tracked), tracked
+    _store_is_clean(proj)
+    assert not list((proj.root / ".mergeops" / "journal").glob("*.json"))  # settled, not left open
     assert mergeops("approve", name, "1", "--reviewer", "bob").wait(timeout=300) == 0
+
+
+def test_repair_completes_or_rolls_back_registrations_and_mirrors(project) -> None:
+    """`mergeops repair` instead of a re-run: a registration killed before its version is rolled
+    back (its run deleted), one killed after is completed; an approval and a promotion killed
+    between their log entry and MLflow's copy are mirrored; the log then verifies."""
+    proj, mergeops, recipe, uri = project
+    rc, _, _ = _done(mergeops("run", recipe("rolled"), "--requested-by", "alice", crash="journal.run"))
+    assert rc == -signal.SIGKILL
+    rc, _, _ = _done(mergeops("run", recipe("fixed"), "--requested-by", "alice", crash="registry.version-created"))
+    assert rc == -signal.SIGKILL
+    rc, out, err = _done(mergeops("repair"))
+    assert rc == 0, err
+    assert "rolled: registration rolled back (no version was created; run" in out, out
+    assert "fixed v1: registration completed" in out, out
+    assert reg.list_versions(uri, "rolled") == [] and "candidate" in reg.get_version(uri, "fixed", "1").aliases
+    assert reg.client(uri).search_runs([reg.client(uri).get_experiment_by_name("mergeops").experiment_id],
+                                       "tags.`mergeops.model` = 'rolled'") == []  # (deleted runs are not listed)
+
+    rc, _, _ = _done(mergeops("approve", "fixed", "1", "--reviewer", "bob", crash="log.approved"))
+    assert rc == -signal.SIGKILL
+    rc, _, err = _done(mergeops("log", "verify"))
+    assert rc == 1 and "fixed v1: tag mergeops.approval is 'pending', the log says 'approved'" in err, err
+    rc, _, err = _done(mergeops("approve", "fixed", "1", "--reviewer", "bob"))  # decided once: the log says so
+    assert rc == 1 and "already approved" in err, err
+    rc, out, err = _done(mergeops("repair"))
+    assert rc == 0 and "fixed v1: tags now show the logged decision (approved by bob)" in out, out + err
+    assert reg.get_version(uri, "fixed", "1").tag("approval") == "approved"
+
+    rc, _, _ = _done(mergeops("promote", "fixed", "1", "--by", "carol", crash="log.promoted"))
+    assert rc == -signal.SIGKILL
+    rc, _, err = _done(mergeops("log", "verify"))
+    assert rc == 1 and "alias champion is unset, the log promoted v1" in err, err
+    rc, out, err = _done(mergeops("repair"))
+    assert rc == 0 and "alias champion moved" in out and "chain intact" in out, out + err
+    assert "champion" in reg.get_version(uri, "fixed", "1").aliases
+    rc, out, err = _done(mergeops("repair"))  # nothing left: says so
+    assert rc == 0 and "nothing was left half done" in out, out + err
+    _store_is_clean(proj)
 
 
 def test_two_runs_of_one_recipe_at_once_register_one_version(project) -> None:
@@ -87,3 +140,44 @@ def test_temp_dirs_of_dead_runs_are_removed_and_live_ones_kept(tmp_path: Path) -
         (d / "sub").mkdir(parents=True)
     assert sorted(sweep_dead_temp_dirs(tmp_path)) == sorted(stale)
     assert all(d.exists() for d in live) and not any(d.exists() for d in stale)
+
+
+def test_a_registration_is_abandoned_only_once_its_owner_is_gone(tmp_path: Path) -> None:
+    """The journal's liveness is its owner's lock: held while the process lives, free once killed."""
+    from registry import journal
+
+    log = tmp_path / "audit-log.jsonl"
+    owner = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from registry import journal; "
+        f"r = journal.begin(Path({str(log)!r}), 'm', 'c' * 64); r.advance('artifacts', dvc_revision='abc'); "
+        "print('ready', flush=True); time.sleep(600)")], cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "ready"
+        assert journal.abandoned(log) == []  # alive: a registration in progress, not to be touched
+    finally:
+        owner.kill()
+        owner.wait()
+    (found,) = journal.abandoned(log)
+    assert (found.facts["model"], found.state, found.facts["dvc_revision"]) == ("m", "artifacts", "abc")
+    assert journal.abandoned(log) == []  # this process holds it now
+    found.done()
+    assert journal.abandoned(log) == [] and list(journal.journal_dir(log).iterdir()) == []
+
+
+def test_a_merge_killed_mid_way_leaves_a_temp_dir_the_next_merge_removes(tmp_path: Path) -> None:
+    from merge.synthetic import write_llama
+
+    base = write_llama(tmp_path / "base", seed=0, layers=2)
+    write_llama(tmp_path / "a", seed=1, base=base, layers=2)
+    (tmp_path / "r.yaml").write_text("merge_method: linear\nmodels:\n  - {model: base, parameters: {weight: 0.5}}\n"
+                                     "  - {model: a, parameters: {weight: 0.5}}\n")
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "flows.cli", "merge", "r.yaml", "--out", "out"]
+    killed = subprocess.run(cmd, cwd=tmp_path, env=env | {"MERGEOPS_CRASH_AT": "merge.tensor-fed"}, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list(tmp_path.glob(".out.tmp-*"))) == 1  # what the kill left (named with the dead pid)
+    assert not (tmp_path / "out").exists()
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "mergeops.manifest.json").is_file() and not list(tmp_path.glob(".out.tmp-*"))
