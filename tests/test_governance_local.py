@@ -163,3 +163,33 @@ def test_unsigned_or_foreign_entries_are_forgeries(store, tmp_path):
             AuditLog(log, public=public).verify()
     finally:
         log.write_bytes(original)
+
+
+def test_a_truncated_log_whose_mlflow_copy_was_deleted_is_named(store, tmp_path):
+    """Truncating the log and deleting MLflow's copy of its entries leaves versions the log never
+    registered: `log verify` names each one."""
+    home = tmp_path / "home"
+    home.mkdir()
+    log, uri = home / "audit-log.jsonl", f"sqlite:///{home / 'mlflow.db'}"
+    record, merged = make_lineage(tmp_path / "m", requested_by="alice")
+    info = reg.register_candidate(tracking_uri=uri, name="truncated", model_dir=merged, lineage=record,
+                                  audit_log_path=log, artifact_location=(home / "art").as_uri(), signing_key=store["key"])
+    reg.verify_audit_log(uri, log)
+    log.write_bytes(b"")  # truncated ...
+    c = reg.client(uri)
+    for key in [k for k in c.get_model_version("truncated", info.version).tags if k.startswith("mergeops.log.")]:
+        c.delete_model_version_tag("truncated", info.version, key)  # ... and its MLflow copy deleted
+    for key in [k for k in c.get_registered_model("truncated").tags if k.startswith("mergeops.log.")]:
+        c.delete_registered_model_tag("truncated", key)
+    with pytest.raises(AuditLogTampered) as found:
+        reg.verify_audit_log(uri, log)
+    assert f"truncated v{info.version}: in MLflow without a `registered` entry in the log" in str(found.value)
+
+
+def test_the_prefect_form_cannot_decide_when_there_is_a_governance_service(monkeypatch):
+    """The form's Reviewer field is free text: with a service, only a signed-in `mergeops approve` decides."""
+    from flows import approval
+
+    monkeypatch.setenv("MERGEOPS_SERVICE_URL", "http://127.0.0.1:9")  # never contacted
+    with pytest.raises(UsageError, match="the Prefect form is not authenticated"):
+        approval.decide("any-model", "1", "bob", "approve", "looks fine")
