@@ -40,6 +40,18 @@ RECIPES = {
                              {"model": "b", "parameters": {**W, "density": 0.5}}]},
     "slerp": {"merge_method": "slerp", "base_model": "base",
               "models": [{"model": "base"}, {"model": "a"}], "parameters": {"t": [0.0, 0.5, 1.0]}},
+    "sce": {"merge_method": "sce", "base_model": "base", "models": [{"model": "a"}, {"model": "b"}],
+            "parameters": {"select_topk": 0.5}},
+    # children differ from the base by ~0.005: t = 0.002 swaps some entries and moves the rest
+    "nearswap": {"merge_method": "nearswap", "base_model": "base", "models": [{"model": "base"}, {"model": "a"}],
+                 "parameters": {"t": 0.002}},
+    # out_dtype: mergekit otherwise writes the float32 its kernel returns for bf16 inputs
+    "arcee_fusion": {"merge_method": "arcee_fusion", "base_model": "base",
+                     "models": [{"model": "base"}, {"model": "a"}], "out_dtype": "bfloat16"},
+    "ram": {"merge_method": "ram", "base_model": "base", "models": [{"model": "a"}, {"model": "b"}],
+            "parameters": {"epsilon": 0.002}},
+    "ramplus_tl": {"merge_method": "ramplus_tl", "base_model": "base", "models": [{"model": "a"}, {"model": "b"}],
+                   "parameters": {"epsilon": 0.002}, "out_dtype": "bfloat16"},
 }
 
 
@@ -119,6 +131,7 @@ def main() -> None:
         shutil.rmtree(runs, ignore_errors=True)
         runs.mkdir(parents=True)
         recipe = runs / f"{name}.yaml"
+        doc = _absolute(doc, parents)
         recipe.write_text(yaml.safe_dump(doc))
         mk = _timed([str(BIN / "mergekit-yaml"), str(recipe), str(runs / "mk"), "--random-seed", "0", "--quiet",
                      "--no-copy-tokenizer", "--no-write-model-card"], parents)
@@ -135,6 +148,16 @@ def main() -> None:
     for row in rows:
         print(_row(*row))
     shutil.rmtree(runs, ignore_errors=True)
+
+
+def _absolute(doc, parents: Path):
+    """The recipe with each parent named by its absolute path: mergeops reads relative paths from
+    the project root (the folder of mergeops.yaml), mergekit from the working directory."""
+    if isinstance(doc, dict):
+        return {k: _absolute(v, parents) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_absolute(v, parents) for v in doc]
+    return str(parents / doc) if isinstance(doc, str) and (parents / doc / "config.json").exists() else doc
 
 
 def _row(name, ours, mk, cmp) -> str:

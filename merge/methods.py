@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from merge import kernels as k
+from merge import kernels_selective as ks
 from merge.errors import RecipeError
 
 REQUIRED = object()
@@ -228,10 +229,33 @@ def _regmean(c: Call) -> torch.Tensor:
     return k.linear(c.tensors, w, True)  # no Gram (embeddings, norms): plain weighted mean
 
 
+def _sce(c: Call) -> torch.Tensor:
+    return ks.sce(c.base, [c.tensors[i] for i in c.others], c.shared["select_topk"])
+
+
+def _nearswap(c: Call) -> torch.Tensor:
+    return ks.nearswap(c.shared["t"], c.base, c.tensors[c.others[0]])
+
+
+def _arcee_fusion(c: Call) -> torch.Tensor:
+    o = c.others[0]
+    return ks.arcee_fusion(c.base, c.tensors[o], c.generators[o] if c.generators else None)
+
+
+def _ram(c: Call) -> torch.Tensor:
+    return ks.ram(c.base, [c.tensors[i] for i in c.others], c.shared["epsilon"])
+
+
+def _ramplus_tl(c: Call) -> torch.Tensor:
+    return ks.ram(c.base, [c.tensors[i] for i in c.others], c.shared["epsilon"],
+                  r=c.shared["r"], alpha=c.shared["alpha"])
+
+
 _TIES = "https://arxiv.org/abs/2306.01708"
 _DARE = "https://arxiv.org/abs/2311.03099"
 _CRUMBS = "https://arxiv.org/abs/2312.06795"
 _DELLA = "https://arxiv.org/abs/2406.11617"
+_RAM = "https://arxiv.org/abs/2601.13572"
 
 
 def _table(methods: list[Method]) -> dict[str, Method]:
@@ -270,6 +294,27 @@ METHODS: dict[str, Method] = _table([
     _gta_method("breadcrumbs_ties", _CRUMBS, "magnitude_outliers", True, False, False),
     _gta_method("della", _DELLA, "della", True, True, True),
     _gta_method("della_linear", _DELLA, "della", False, False, True),
+    Method("sce", "https://arxiv.org/abs/2408.07990", _sce,
+           # int8_mask: mergekit's scratch dtype for its masks; accepted, no effect on values
+           (Param("int8_mask", bool, "shared", False),
+            # [0, 1]: 0 keeps no position (the base comes back), 1 skips the selection
+            Param("select_topk", float, "shared", 1.0, low=0.0, high=1.0)),
+           base="required"),
+    # t: a distance in weight units (mergekit's example uses 1e-4); entries closer than t swap.
+    # t = 0 would keep the base, and gives NaN in float16 (1 / 1e-6 overflows, times 0)
+    Method("nearswap", "https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001", _nearswap,
+           (Param("t", float, "shared", low=0.0, low_open=True),), base="required", min_inputs=2, max_inputs=2),
+    # random: quartiles of tensors over ks.QUANTILE_SAMPLE entries come from a seeded sample
+    Method("arcee_fusion", "https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md", _arcee_fusion,
+           base="required", min_inputs=2, max_inputs=2, random=True),
+    # epsilon: |delta| above it counts as a change; ramplus_tl divides by it, so (0, 1] there
+    Method("ram", _RAM, _ram, (Param("epsilon", float, "shared", 1e-5, low=0.0, high=1.0),), base="required"),
+    Method("ramplus_tl", _RAM, _ramplus_tl,
+           (Param("epsilon", float, "shared", 1e-5, low=0.0, high=1.0, low_open=True),
+            # r scales a parent's unique entries by up to 1 + r * alpha; alpha caps its shared/unique ratio
+            Param("r", float, "shared", 0.1, low=0.0, high=_FACTOR),
+            Param("alpha", float, "shared", 0.2, low=0.0, high=_FACTOR)),
+           base="required"),
     Method("fisher", "https://arxiv.org/abs/2111.09832", _fisher,
            (_factor("weight", "input", 1.0), Param("statistics", str, "input")),
            in_mergekit=False, statistics="fisher"),

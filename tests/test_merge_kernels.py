@@ -205,6 +205,6 @@ def test_passthrough_scales_its_single_input():
 def test_method_table_has_every_method_with_a_paper_link():
     expected = {"linear", "slerp", "nuslerp", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
                 "breadcrumbs_ties", "della", "della_linear", "model_stock", "passthrough", "multislerp", "karcher",
-                "fisher", "regmean"}
+                "fisher", "regmean", "sce", "nearswap", "arcee_fusion", "ram", "ramplus_tl"}
     assert set(METHODS) == expected
     assert all(m.paper.startswith("https://") for m in METHODS.values())

@@ -20,6 +20,7 @@ from merge.synthetic import write_llama
 
 mergekit = pytest.importorskip("mergekit")
 
+SELECTIVE = ("sce", "nearswap", "arcee_fusion", "ram", "ramplus_tl")
 W = {"weight": 0.6}
 GTA = {"weight": 0.5, "density": 0.6}
 CASES = {
@@ -44,6 +45,16 @@ CASES = {
     "dare_linear": {"base_model": "BASE", "models": [{"model": "A", "parameters": W}, {"model": "B", "parameters": W}]},
     "della": {"base_model": "BASE", "models": [{"model": "A", "parameters": W}, {"model": "B", "parameters": W}]},
     "della_linear": {"base_model": "BASE", "models": [{"model": "A", "parameters": W}, {"model": "B", "parameters": W}]},
+    "sce": {"base_model": "BASE", "models": [{"model": "A"}, {"model": "B"}, {"model": "C"}],
+            "parameters": {"select_topk": [0.3, 1.0]}},
+    # zoo deltas have a median |delta| of ~5e-4: these t and epsilon split entries both ways
+    "nearswap": {"base_model": "BASE", "models": [{"model": "BASE"}, {"model": "A"}],
+                 "parameters": {"t": [{"filter": "mlp", "value": 0.001}, {"value": 0.0003}]}},
+    "arcee_fusion": {"base_model": "BASE", "models": [{"model": "BASE"}, {"model": "A"}]},
+    "ram": {"base_model": "BASE", "models": [{"model": "A"}, {"model": "B"}, {"model": "C"}],
+            "parameters": {"epsilon": 0.0005}},
+    "ramplus_tl": {"base_model": "BASE", "models": [{"model": "A"}, {"model": "B"}, {"model": "C"}],
+                   "parameters": {"epsilon": 0.0005, "r": 0.5, "alpha": 0.3}},
     "passthrough": {"slices": [{"sources": [{"model": "A", "layer_range": [0, 2]}]},
                                {"sources": [{"model": "B", "layer_range": [1, 2], "parameters": {"scale": 0.5}}]}]},
 }
@@ -90,6 +101,10 @@ def test_same_tensors_as_mergekit_on_the_tiny_zoo(method, zoo_names, tmp_path):
     for name in theirs:
         assert ours[name].dtype == theirs[name].dtype, name
         assert torch.equal(ours[name], theirs[name]), f"{method}: {name} differs by {(ours[name] - theirs[name]).abs().max()}"
+    if method in SELECTIVE:  # the case exercises the method: the output is none of its parents
+        for ref in {m["model"] for m in doc["models"]}:
+            parent = _load(Path(ref))
+            assert any(not torch.equal(ours[n], parent[n]) for n in ours), f"{method} returned {ref}"
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +116,16 @@ def bf16_trio(tmp_path_factory) -> dict[str, str]:
             "C": str(write_llama(root / "c", seed=3, base=base, layers=3))}
 
 
-@pytest.mark.parametrize("method", ["linear", "slerp", "ties", "task_arithmetic", "model_stock"])
+@pytest.mark.parametrize("method", ["linear", "slerp", "ties", "task_arithmetic", "model_stock",
+                                    "sce", "nearswap", "arcee_fusion", "ram", "ramplus_tl"])
 def test_same_tensors_as_mergekit_in_bfloat16_with_dtype_rules(method, bf16_trio, tmp_path):
     doc = {"merge_method": method, **_substitute(CASES[method], bf16_trio)}
     if method == "ties":
         doc["dtype"], doc["out_dtype"] = "float32", "bfloat16"
+    if method in ("arcee_fusion", "ramplus_tl"):
+        # their kernels return float32 for half inputs; mergekit then writes float32 unless
+        # out_dtype is set (mergeops writes the working dtype: test_half_kernels_written_in_...)
+        doc["out_dtype"] = "bfloat16"
     ours, theirs = _both(doc, tmp_path)
     for name in theirs:
         assert ours[name].dtype == theirs[name].dtype == torch.bfloat16
@@ -143,3 +163,15 @@ def test_mergekit_accepts_the_mergeops_keys():
            "magnitude_ties": "sort"}
     MergeConfiguration.model_validate(doc)
     assert parse_recipe(yaml.safe_dump(doc)).pins == {"b": "0" * 64}
+
+
+@pytest.mark.parametrize("method", ["arcee_fusion", "ramplus_tl"])
+def test_half_kernels_written_in_the_working_dtype(method, bf16_trio, tmp_path):
+    """These kernels compute in float32 on bf16 parents (a float32 mask or scale). With no
+    out_dtype mergekit writes that float32; mergeops writes the working dtype, as for every method,
+    and the values are mergekit's rounded to it."""
+    doc = {"merge_method": method, **_substitute(CASES[method], bf16_trio)}
+    ours, theirs = _both(doc, tmp_path)
+    for name in theirs:
+        assert ours[name].dtype == torch.bfloat16 and theirs[name].dtype == torch.float32
+        assert torch.equal(ours[name], theirs[name].to(torch.bfloat16)), name
