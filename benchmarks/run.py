@@ -111,6 +111,13 @@ def _compare(a: Path, b: Path) -> str:
     return "bit-equal" if not differing else f"max|diff| {worst:.3g}, {differing / total:.3%} entries differ"
 
 
+def _absolute(doc: dict, parents: Path) -> dict:
+    """The recipe with absolute parent paths: `mergeops` reads relative ones from the project root
+    (the folder of mergeops.yaml), mergekit from its working directory."""
+    doc = {**doc, "models": [{**m, "model": str(parents / m["model"])} for m in doc["models"]]}
+    return {**doc, "base_model": str(parents / doc["base_model"])} if "base_model" in doc else doc
+
+
 def _params(shape: dict) -> int:
     h, n, f, v = shape["hidden"], shape["layers"], shape["intermediate"], shape["vocab"]
     return n * (4 * h * h + 3 * h * f + 2 * h) + 2 * v * h + h
@@ -126,7 +133,7 @@ def scaling() -> None:
             runs = OUT / "runs"
             shutil.rmtree(runs, ignore_errors=True)
             runs.mkdir(parents=True)
-            (runs / "r.yaml").write_text(yaml.safe_dump(RECIPES[name]))
+            (runs / "r.yaml").write_text(yaml.safe_dump(_absolute(RECIPES[name], parents)))
             wall, rss = _timed([str(BIN / "mergeops"), "merge", str(runs / "r.yaml"), "--out", str(runs / "mo")], parents)
             rows.append((label, name, _params(shape), wall, rss, largest))
             print(f"{label} {name}: {wall:.1f}s {rss:.2f} GB", flush=True)
@@ -155,7 +162,7 @@ def compare(chosen: list[str]) -> None:
     runs = OUT / "runs"
     rows = []
     for name in chosen:
-        doc = RECIPES[name]
+        doc = _absolute(RECIPES[name], parents)
         shutil.rmtree(runs, ignore_errors=True)
         runs.mkdir(parents=True)
         recipe = runs / f"{name}.yaml"

@@ -12,7 +12,7 @@ Permutation groups, inferred from tensor names and config.json (no definition fi
 - per layer, attention heads, moved as key/value groups: a kv head with its
   ``num_attention_heads / num_key_value_heads`` query heads (rows of q/k/v and their biases, columns
   of ``o_proj``, q/k norms over all heads). RoPE and softmax act within a head, so whole heads move;
-- optionally (``align_residual``, default on) the residual stream: columns of every matrix that
+- optionally (``align_residual: true``) the residual stream: columns of every matrix that
   reads it (embeddings, q/k/v, gate/up, the head), rows of those that write it (``o_proj``,
   ``down_proj``) and every norm's weight and bias (RMSNorm and LayerNorm statistics do not depend on
   the order of the features).
@@ -112,7 +112,9 @@ def infer_spec(shapes: dict[str, tuple[int, ...]], config: dict, structure: Stru
             dim = _MLP_PROJ[module]
             group = f"{prefix}.{i}.{path}:mlp"
             up = shapes.get(f"{prefix}.{i}.{path + '.' if path else ''}up_proj.weight", ())
-            ff = up[0] if len(up) == 2 else -1  # hidden units: up_proj's rows
+            if len(up) != 2:  # hidden units are up_proj's rows; fused gate_up_proj (Phi-3) has none
+                refuse(f"cannot tell how {name!r} moves: no up_proj beside it ({_SUPPORTED})")
+            ff = up[0]
             want = (ff, d) if dim == 0 else (d, ff)
             got = axes_for(shape, leaf, dim, Axis(dim, group), residual, want, ff if dim == 0 else d)
             if got is None:

@@ -88,9 +88,9 @@ class Recipe(_Frozen):
     # Parents trained from different initialisations: permute every other parent's hidden units to
     # line up with the reference's before merging (Git Re-Basin weight matching, merge/align.py).
     align: Literal["weight_matching"] | None = None
-    # Also permute the residual stream (embeddings, every layer's inputs and outputs, norms). Off:
-    # only MLP units and attention heads move, which suits parents that share their embeddings.
-    align_residual: bool = True
+    # Also permute the residual stream (embeddings, every layer's inputs and outputs, norms). Off by
+    # default: on the zoo's seed pair, MLP units and heads alone gave the lower loss on both domains.
+    align_residual: bool = False
     # not from YAML: set by parse_recipe
     base_dir: Path = Path(".")
     sha256: str = ""

@@ -23,10 +23,12 @@ from evaluation.zoo.training import IGNORE, encode_records, new_model, train
 from evaluation.zoo.cards import write_card
 
 PAIR_DOMAINS = ("reverse", "sort")
-# Wider than the tiny zoo's models (32) so that the units a permutation lines up carry the skills;
-# trained long enough for both models to reach a low loss on both domains from any seed.
+# Wider than the tiny zoo's models (32) so that the units a permutation lines up carry the skills.
+# Weight decay shrinks what is left of the random init, which weight matching would otherwise try to
+# match: measured (seeds 1 and 2), without it the aligned average was no better than the naive one
+# on reverse; with it, 400 steps, better on both domains (250 steps: on reverse by 0.03 nats only).
 PAIR_SHAPE = ModelShape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
-PAIR_TRAIN = TrainSpec(steps=400, lr=3e-3, batch_size=32, warmup=20)
+PAIR_TRAIN = TrainSpec(steps=400, lr=3e-3, batch_size=32, warmup=20, weight_decay=1.0)
 N_TRAIN, N_EVAL = 512, 64
 
 
