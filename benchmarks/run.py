@@ -6,6 +6,10 @@ prints wall time and peak RSS (the child's ru_maxrss) side by side, their ratios
 output tensors compare (bit-equal, or max |diff| and share of differing entries).
 
 Targets: linear <= 0.5x mergekit wall, ties <= 0.2x, peak RSS <= 0.5x.
+
+`scaling` (also run by default, last): mergeops alone on the same linear and ties recipes over bf16
+Llama-shaped trios of about 374M and 1.5B parameters (bench-out/scale-*/): wall time should grow
+with the parameter count, peak RSS with the largest tensor only (streaming), not with the model.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from merge.synthetic import write_llama  # noqa: E402
 OUT = ROOT / "bench-out"
 BIN = ROOT / ".venv" / "bin"
 SHAPE = dict(hidden=1024, layers=24, intermediate=2816, vocab=32000)  # 374M parameters
+# Cost as models grow: (label, shape). 1.5B: twice the width, ~4x the parameters, 26 layers.
+SCALES = {"374M": SHAPE, "1.5B": dict(hidden=2048, layers=26, intermediate=5632, vocab=32000)}
 W = {"weight": 0.5}
 RECIPES = {
     "linear": {"merge_method": "linear", "models": [{"model": "base", "parameters": W},
@@ -55,12 +61,11 @@ RECIPES = {
 }
 
 
-def _parents() -> Path:
-    parents = OUT / "parents"
+def _parents(shape: dict = SHAPE, parents: Path = OUT / "parents") -> Path:
     if not (parents / "b" / "config.json").exists():
         shutil.rmtree(parents, ignore_errors=True)
         t = time.time()
-        kw = dict(SHAPE, shard_bytes=400 * 1024**2)
+        kw = dict(shape, shard_bytes=400 * 1024**2)
         base = write_llama(parents / "base", seed=0, **kw)
         write_llama(parents / "a", seed=1, base=base, noise=0.005, **kw)
         write_llama(parents / "b", seed=2, base=base, noise=0.005, **kw)
@@ -118,16 +123,58 @@ def _compare(a: Path, b: Path) -> str:
     return "bit-equal" if not differing else f"max|diff| {worst:.3g}, {differing / total:.3%} entries differ"
 
 
+def _absolute(doc: dict, parents: Path) -> dict:
+    """The recipe with absolute parent paths: `mergeops` reads relative ones from the project root
+    (the folder of mergeops.yaml), mergekit from its working directory."""
+    doc = {**doc, "models": [{**m, "model": str(parents / m["model"])} for m in doc["models"]]}
+    return {**doc, "base_model": str(parents / doc["base_model"])} if "base_model" in doc else doc
+
+
+def _params(shape: dict) -> int:
+    h, n, f, v = shape["hidden"], shape["layers"], shape["intermediate"], shape["vocab"]
+    return n * (4 * h * h + 3 * h * f + 2 * h) + 2 * v * h + h
+
+
+def scaling() -> None:
+    """mergeops wall time and peak RSS per recipe and size; per-parameter time shows linearity."""
+    rows = []
+    for label, shape in SCALES.items():
+        parents = _parents(shape, OUT / "parents" if shape == SHAPE else OUT / f"scale-{label}")
+        largest = shape["vocab"] * shape["hidden"] * 2 / 1024**3  # the embedding, bf16, GiB
+        for name in ("linear", "ties"):
+            runs = OUT / "runs"
+            shutil.rmtree(runs, ignore_errors=True)
+            runs.mkdir(parents=True)
+            (runs / "r.yaml").write_text(yaml.safe_dump(_absolute(RECIPES[name], parents)))
+            wall, rss = _timed([str(BIN / "mergeops"), "merge", str(runs / "r.yaml"), "--out", str(runs / "mo")], parents)
+            rows.append((label, name, _params(shape), wall, rss, largest))
+            print(f"{label} {name}: {wall:.1f}s {rss:.2f} GB", flush=True)
+    shutil.rmtree(OUT / "runs", ignore_errors=True)
+    print()
+    print(f"{'size':6} {'recipe':8} {'params':>14} {'wall s':>7} {'s/1e9 params':>13} {'peak RSS GB':>12} "
+          f"{'largest tensor GB':>18}")
+    for label, name, n, wall, rss, largest in rows:
+        print(f"{label:6} {name:8} {n:14,} {wall:7.1f} {wall / n * 1e9:13.1f} {rss:12.2f} {largest:18.3f}")
+
+
 def main() -> None:
-    chosen = sys.argv[1:] or list(RECIPES)  # e.g. `python benchmarks/run.py slerp ties`
+    args = sys.argv[1:]
+    chosen = [a for a in args if a != "scaling"] if args else list(RECIPES)  # e.g. `run.py slerp ties`
     unknown = sorted(set(chosen) - set(RECIPES))
     if unknown:
-        raise SystemExit(f"unknown benchmark recipe {unknown[0]!r}; choose from: {', '.join(RECIPES)}")
+        raise SystemExit(f"unknown benchmark {unknown[0]!r}; choose from: {', '.join(RECIPES)}, scaling")
+    if chosen:
+        compare(chosen)
+    if not args or "scaling" in args:
+        scaling()
+
+
+def compare(chosen: list[str]) -> None:
     parents = _parents()
     runs = OUT / "runs"
     rows = []
     for name in chosen:
-        doc = RECIPES[name]
+        doc = _absolute(RECIPES[name], parents)
         shutil.rmtree(runs, ignore_errors=True)
         runs.mkdir(parents=True)
         recipe = runs / f"{name}.yaml"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from merge.align import AlignSpec, infer_spec
 from merge.errors import CompatibilityError, FormatError, RecipeError
 from merge.layout import ModelLayout, compare_layouts, read_layout, tokenizer_fingerprint
 from merge.params import resolve
@@ -52,6 +53,8 @@ class MergePlan:
     config_source: int  # parent whose config/tokenizer files are copied
     config: dict  # its config.json with layer counts and per-layer lists set for the output
     vocab: VocabPlan | None = None  # parents' tokenizers differ: rows mapped by token string
+    align: AlignSpec | None = None  # recipe `align`: how every other parent's units are permuted
+    reference: int = 0  # parent the others are aligned to (the base, else the first model)
 
 
 def _stack_count(layout: ModelLayout, structure: Structure, prefix: str) -> int:
@@ -177,8 +180,15 @@ def plan_merge(recipe: Recipe) -> MergePlan:
         _check_statistics(recipe, plans, refs)
     if out_config is None:
         out_config = dict(layouts[config_source].config)
+    align = None
+    if recipe.align:
+        if vocab is not None:
+            raise CompatibilityError("align: weight_matching needs parents with the same tokenizer; "
+                                     "their embedding rows would first have to be re-indexed")
+        align = infer_spec({n: tuple(ref_layout.shape(n)) for n in ref_layout.tensors}, ref_layout.config,
+                           structure, recipe.align_residual)
     return MergePlan(recipe, tuple(paths), tuple(refs), tuple(layouts), tuple(plans), config_source,
-                     out_config, vocab)
+                     out_config, vocab, align, ref_index)
 
 
 def _order(stack_layers: dict[int, list[str]]) -> dict[str, int]:

@@ -1,7 +1,8 @@
 """Recipes: mergekit-compatible YAML, parsed once into a frozen pydantic tree.
 
 The same file runs in ``mergekit-yaml`` (which ignores our extra keys ``name``, ``seed``,
-``intended_use``, ``policy``, ``pins``). We are stricter than mergekit: unknown keys, a misspelt
+``intended_use``, ``policy``, ``pins``, ``magnitude_ties``; ``align`` changes the result, so a recipe
+with it means something else to mergekit). We are stricter than mergekit: unknown keys, a misspelt
 method (with the nearest name suggested), an unknown or missing parameter is a ``RecipeError``.
 Checks that need the parents' configs (layer ranges) happen in ``merge.plan``, still before any
 weight is read. A model reference is a directory, relative to ``base_dir`` (the current directory,
@@ -84,6 +85,12 @@ class Recipe(_Frozen):
     # TIES/DARE-TIES trimming keeps the k largest |delta|; entries tied with the k-th are kept
     # lowest index first ("index", O(n)) or as mergekit's unstable argsort orders them ("sort").
     magnitude_ties: Literal["index", "sort"] = "index"
+    # Parents trained from different initialisations: permute every other parent's hidden units to
+    # line up with the reference's before merging (Git Re-Basin weight matching, merge/align.py).
+    align: Literal["weight_matching"] | None = None
+    # Also permute the residual stream (embeddings, every layer's inputs and outputs, norms). Off by
+    # default: on the zoo's seed pair, MLP units and heads alone gave the lower loss on both domains.
+    align_residual: bool = False
     # not from YAML: set by parse_recipe
     base_dir: Path = Path(".")
     sha256: str = ""
@@ -107,6 +114,15 @@ class Recipe(_Frozen):
             if len(lengths) > 1:
                 raise ValueError(f"all sources of a slice must span the same number of layers, got {sorted(lengths)}")
         refs = set(self.model_refs())
+        if self.align:
+            if self.slices:
+                raise ValueError("align: weight_matching needs a 'models:' recipe; slices stack layers of "
+                                 "different parents, which no permutation of one parent lines up")
+            if len(refs) < 2:
+                raise ValueError("align: weight_matching needs at least two models")
+            if self.method.statistics:
+                raise ValueError(f"align cannot be combined with {self.merge_method}: its statistics "
+                                 "describe the parents' units in their unaligned order")
         for ref in self.pins or {}:
             if ref not in refs:
                 raise ValueError(f"pins: {ref!r} is not a model of this recipe")

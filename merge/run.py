@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from merge.align import permute, weight_matching
 from merge.errors import FormatError, MergeFailed, UsageError
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id_of, sha256_file
 from merge.methods import Call
@@ -44,6 +45,7 @@ from merge.safetensors_header import read_header
 from merge.vocab import map_rows, union_tokenizer
 from merge.writer import DEFAULT_SHARD_BYTES, ShardWriter, layout_shards
 
+ALIGNMENT_NAME = "mergeops.alignment.json"
 COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
                 "added_tokens.json", "chat_template.jinja")
@@ -78,6 +80,7 @@ class _Inputs:
         self._plan, self._parents, self._stack = plan, parents, stack
         self._fds: dict[str, int] = {}
         self._headers: dict[str, object] = {}
+        self.perms: dict[int, dict[str, torch.Tensor]] = {}  # parent -> group -> permutation
 
     def _fd(self, path: Path) -> int:
         key = str(path)
@@ -95,6 +98,12 @@ class _Inputs:
             raise FormatError(f"{path}: tensor {name!r} is truncated ({got} of {info.nbytes} bytes)")
         return _typed(path, info, buf)
 
+    def tensor(self, parent: int, name: str) -> torch.Tensor:
+        """Tensor ``name`` of a parent as stored (not permuted, not hashed: the alignment's reads)."""
+        layout = self._plan.layouts[parent]
+        shard = layout.tensors[name][0]
+        return self._read(layout.path / shard, layout.shards[shard], name)
+
     def load(self, tp: TensorPlan) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[Read]]:
         """The tensor's inputs, their statistics, and the parents' reads to hash (``ParentReads.feed``)."""
         tensors, stats, reads = [], [], []
@@ -102,7 +111,10 @@ class _Inputs:
             layout = self._plan.layouts[parent]
             read = self._parents.read(parent, name)
             reads.append(read)
-            tensors.append(_typed(layout.path / layout.tensors[name][0], layout.tensors[name][1], read.data))
+            tensor = _typed(layout.path / layout.tensors[name][0], layout.tensors[name][1], read.data)
+            if parent in self.perms:  # recipe `align`: this parent's units in the reference's order
+                tensor = permute(tensor, self._plan.align.axes.get(name, ()), self.perms[parent])
+            tensors.append(tensor)
             if "statistics" in params:
                 path = self._plan.recipe.path_of(params["statistics"])
                 if str(path) not in self._headers:
@@ -116,6 +128,26 @@ def _typed(path: Path, info, buf: torch.Tensor) -> torch.Tensor:
     if info.dtype not in _ST_TORCH:
         raise FormatError(f"{path}: tensor {info.name!r} has unsupported dtype {info.dtype}")
     return buf.view(_ST_TORCH[info.dtype]).reshape(info.shape)
+
+
+def _align(plan: MergePlan, inputs: _Inputs, progress: bool) -> dict | None:
+    """Recipe ``align``: weight matching of every other parent to the reference, set on ``inputs``;
+    returns the record written beside the weights (``ALIGNMENT_NAME``), permutations included,
+    so anyone can check which units were moved where."""
+    if plan.align is None:
+        return None
+    ref = plan.reference
+    others = [i for i in range(len(plan.parents)) if i != ref]
+    record = {"method": plan.recipe.align, "residual": plan.align.residual, "reference": plan.refs[ref], "parents": {}}
+    with Progress("align", len(others), unit="parents", enabled=progress) as bar:
+        for i in others:
+            perms, passes = weight_matching(plan.align, lambda n: inputs.tensor(ref, n), lambda n, i=i: inputs.tensor(i, n))
+            inputs.perms[i] = perms
+            moved = sum(int((p != torch.arange(len(p))).sum()) for p in perms.values())
+            record["parents"][plan.refs[i]] = {"passes": passes, "units_moved": moved,
+                                               "permutations": {g: p.tolist() for g, p in perms.items()}}
+            bar.advance(1, f"{moved} units moved")
+    return record
 
 
 def _merge_one(plan: MergePlan, tp: TensorPlan, tensors, stats, device: str) -> torch.Tensor:
@@ -215,9 +247,11 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
         shards = layout_shards([(tp.out_name, tp.out_dtype, tp.shape) for tp in plan.tensors], shard_bytes)
         writer = ShardWriter(tmp, shards, {"format": "pt", "mergeops.recipe_sha256": recipe.sha256})
         written, started = 0, time.monotonic()
-        with Progress("merge", len(plan.tensors), unit="tensors", enabled=progress) as bar, ExitStack() as stack:
+        with ExitStack() as stack:
             parents = ParentReads(plan, stack)
             inputs = _Inputs(plan, parents, stack)
+            alignment = _align(plan, inputs, progress)
+            bar = stack.enter_context(Progress("merge", len(plan.tensors), unit="tensors", enabled=progress))
 
             def job(k: int, tp: TensorPlan) -> torch.Tensor:
                 try:
@@ -251,6 +285,8 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
             hashes = writer.close()
             writer.write_index()
             _copy_side_files(plan, parents, tmp)
+            if alignment is not None:
+                (tmp / ALIGNMENT_NAME).write_text(json.dumps(alignment, sort_keys=True, separators=(",", ":")) + "\n")
         entries = [FileEntry(path=n, sha256=h, size=s) for n, (h, s) in hashes.items()]
         entries += [FileEntry(path=p.name, sha256=sha256_file(p), size=p.stat().st_size)
                     for p in sorted(tmp.iterdir()) if p.name not in hashes]
@@ -259,6 +295,11 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
         parents = [{"path": str(p), "content_id": c} for p, c in zip(plan.parents, parent_ids)]
         manifest = {"content_id": cid, "files": [e.model_dump() for e in entries],
                     "recipe_sha256": recipe.sha256, "parents": parents}
+        if alignment is not None:
+            manifest["alignment"] = {"file": ALIGNMENT_NAME, "method": alignment["method"],
+                                     "residual": alignment["residual"], "reference": alignment["reference"],
+                                     "parents": {r: {k: v for k, v in a.items() if k != "permutations"}
+                                                 for r, a in alignment["parents"].items()}}
         (tmp / MANIFEST_NAME).write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
         place_output(tmp, out_dir)
     except BaseException:
