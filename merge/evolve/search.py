@@ -133,11 +133,12 @@ def read_checkpoint(path: Path) -> tuple[SearchSpec, list[Evaluation]]:
 
 def run_search(spec: SearchSpec, fitness: Fitness, budget: int, *, checkpoint: Path | None = None,
                weights: np.ndarray | None = None,
-               on_eval: Callable[[int, Evaluation], None] | None = None) -> SearchResult:
+               on_eval: Callable[[int, Evaluation, object], None] | None = None) -> SearchResult:
     """Run ``spec`` until ``budget`` evaluations in all (replayed ones included).
 
     With ``checkpoint`` an existing file is resumed (its spec must equal ``spec``) and the file is
-    rewritten after every evaluation. ``on_eval(i, evaluation)`` reports progress.
+    rewritten after every evaluation. ``on_eval(i, evaluation, search)`` is called after each new
+    evaluation (not the replayed ones), with the live search (e.g. to see M2N2's archive).
     """
     if budget < 1:
         raise UsageError(f"budget must be at least 1 evaluation, got {budget}")
@@ -167,5 +168,5 @@ def run_search(spec: SearchSpec, fitness: Fitness, budget: int, *, checkpoint: P
         if checkpoint is not None:
             write_checkpoint(Path(checkpoint), spec, done)
         if on_eval is not None:
-            on_eval(i, ev)
+            on_eval(i, ev, search)
     return SearchResult(spec, done, search)
