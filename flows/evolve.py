@@ -35,8 +35,8 @@ from merge.plan import plan_merge
 from merge.progress import Progress
 from merge.recipe import Recipe, load_recipe, parse_recipe
 
-# Measured on the demo zoo on 2 cores (README, "Evolutionary search"): about 2.5 s a candidate
-# with 400 dev prompts, so 240 candidates take about 10 minutes, under the 15-minute target.
+# Provisional: sized for the demo zoo on 2 cores at ~3 s a candidate (400 dev prompts), i.e. about
+# 12 minutes; to be confirmed by a timed run on a built demo zoo.
 DEFAULT_BUDGET = 240
 BLOCKS = 4  # per-layer-block points of each tuned parameter (CMA-ES, random search)
 CHECKPOINT = "search.checkpoint.json"
