@@ -18,7 +18,7 @@ from flows.cli_options import suite_option, zoo_option
 @click.option("--algorithm", type=click.Choice(["m2n2", "cmaes", "random"]), default="m2n2", show_default=True,
               help="m2n2: archive + split-point crossover; cmaes / random: the recipe's parameters per layer block.")
 @click.option("--budget", type=int, default=None,
-              help="Candidates to merge and score in all, resumed ones included [default: 240].")
+              help="Candidates to merge and score in all, resumed ones included [default: 120].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the search.")
 def evolve(recipe: Path, out: Path, zoo_dir: str | None, suite: str | None, algorithm: str, budget: int | None,
            seed: int) -> None:
