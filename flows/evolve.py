@@ -266,9 +266,10 @@ def _write_model(out_dir: Path, base_dir: Path, progress: bool) -> str:
     return result.content_id
 
 
-def dev_records(suite: str | None, zoo_dir: Path | None) -> list[dict]:
-    """The dev records of a suite's zoo domains (``zoo_dev_records``), domain by domain."""
-    from evaluation.dev_split import zoo_dev_records
+def dev_records(suite: str | None, zoo_dir: Path | None, per_domain: int | None = None) -> list[dict]:
+    """The dev records of a suite's zoo domains (``zoo_dev_records``, ``per_domain`` each, default
+    ``DEV_SIZE``), domain by domain."""
+    from evaluation.dev_split import DEV_SIZE, zoo_dev_records
     from evaluation.domains import DOMAINS
     from evaluation.suite_file import load_suite
     from evaluation.zoo_source import domain_files
@@ -283,5 +284,7 @@ def dev_records(suite: str | None, zoo_dir: Path | None) -> list[dict]:
         raise UsageError("evolve scores candidates on a zoo's dev split: give --zoo DIR (or MERGEOPS_ZOO)")
     files = domain_files(Path(zoo_dir))
     wanted = sorted(set(files) & set(DOMAINS)) if spec.zoo_domains == "all" else list(spec.zoo_domains)
-    dev = zoo_dev_records(Path(zoo_dir), wanted)
+    if per_domain is not None and per_domain < 1:
+        raise UsageError(f"--dev-size must be at least 1 prompt per domain, got {per_domain}")
+    dev = zoo_dev_records(Path(zoo_dir), wanted, DEV_SIZE if per_domain is None else per_domain)
     return [r for d in wanted for r in dev[d]]

@@ -123,6 +123,9 @@ def test_bad_input_is_one_error_line_and_leaves_nothing(tiny_zoo: Path, tmp_path
     (tmp_path / "full" / "mine.txt").write_text("x")
     cases = [
         (["--zoo", str(tiny_zoo), "--out", str(tmp_path / "o"), "--budget", "0"], "--budget must be at least 1"),
+        (["--zoo", str(tiny_zoo), "--out", str(tmp_path / "o"), "--budget", "0", "--register", "x"],
+         "--budget must be at least 1"),  # before Prefect starts
+        (["--zoo", str(tiny_zoo), "--out", str(tmp_path / "o"), "--dev-size", "0"], "--dev-size must be at least 1"),
         (["--out", str(tmp_path / "o"), "--suite", "zoo"], "give --zoo DIR"),
         (["--zoo", str(tiny_zoo), "--out", str(tmp_path / "full")], "holds no search.checkpoint.json"),
         (["--zoo", str(tmp_path), "--out", str(tmp_path / "o")], "zoo.json"),
