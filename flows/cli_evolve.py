@@ -65,7 +65,7 @@ def evolve(recipe: Path, out: Path, zoo_dir: str | None, suite: str | None, algo
         from flows.evolve_flow import evolve_flow
 
         done = evolve_flow(str(recipe), str(out), zoo_dir=zoo, suite=suite, algorithm=algorithm, budget=budget,
-                           seed=seed, dev_size=dev_size, register=register, policy_path=policy,
+                           seed=seed, dev_size=dev_size, register_as=register, policy_path=policy,
                            requested_by=requested_by)
         click.echo(f"evolved {out}/model  content_id {done['content_id']}  dev score {done['dev_score']:.3f}  "
                    f"MLflow run {done['search_run_id']}")

@@ -3,7 +3,7 @@
 ``evolve_flow`` sequences three steps, each a task around one plain function: the search
 (``flows.evolve.evolve``, resumable from OUT's checkpoint), its MLflow run in the experiment
 ``mergeops-evolve`` (``registry.search_runs``: params, per-generation metrics, ``recipe.yaml`` and
-``search.json``) and, when ``register`` names a model, ``merge_pipeline`` on ``OUT/recipe.yaml``:
+``search.json``) and, when ``register_as`` names a model, ``merge_pipeline`` on ``OUT/recipe.yaml``:
 the winner is audited (its parents are the real models the stages start from), merged again from
 its recipe, evaluated on the suite's held-out eval split (which the search never saw), gated and
 registered with the alias ``candidate``, awaiting approval like any other merge. A refusal there
@@ -54,9 +54,9 @@ def tag_search(run_id: str, outcome: dict[str, str]) -> None:
 @flow(name="evolve", log_prints=True)
 def evolve_flow(recipe_path: str, out_dir: str, zoo_dir: str | None = None, suite: str | None = None,
                 algorithm: str = "m2n2", budget: int = DEFAULT_BUDGET, seed: int = 0, dev_size: int | None = None,
-                register: str | None = None, policy_path: str | None = None, requested_by: str | None = None,
+                register_as: str | None = None, policy_path: str | None = None, requested_by: str | None = None,
                 wait_for_approval: bool = True, approval_timeout_s: int = 3600) -> dict:
-    """Search merges of RECIPE's parents, log the search in MLflow and, with ``register``, send the
+    """Search merges of RECIPE's parents, log the search in MLflow and, with ``register_as``, send the
     winner through the pipeline under that model name. Unset settings come from mergeops.yaml as
     for ``merge_pipeline`` (the zoo: else the one the parents live in)."""
     from merge.recipe import load_recipe
@@ -73,13 +73,13 @@ def evolve_flow(recipe_path: str, out_dir: str, zoo_dir: str | None = None, suit
     evolved = load_recipe(Path(out_dir) / "recipe.yaml", recipe.base_dir)
     run_id = log_search(out_dir, evolved.sha256, recipe.sha256, evolved.name or Path(out_dir).name)
     outcome = {**found, "out_dir": str(out_dir), "search_run_id": run_id, "recipe_sha256": evolved.sha256}
-    if not register:
+    if not register_as:
         return outcome
     try:
         pipeline = merge_pipeline(str(Path(out_dir) / "recipe.yaml"), policy_path=policy_path,
                                   requested_by=requested_by, zoo_dir=zoo, suite=suite,
                                   wait_for_approval=wait_for_approval, approval_timeout_s=approval_timeout_s,
-                                  name=register)
+                                  name=register_as)
     except Exception as exc:
         tag_search(run_id, {"pipeline": f"stopped: {exc}"[:5000]})
         raise
