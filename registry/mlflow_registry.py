@@ -1,7 +1,8 @@
 """MLflow, behind a small surface: register a candidate, mirror the audit log, read versions.
 
-MLflow is imported only here and in ``registry/mlflow_versions.py`` (reading and tagging versions;
-re-exported below so callers need one module). We use ``MlflowClient`` with an explicit tracking
+MLflow is imported only here, in ``registry/mlflow_versions.py`` (reading and tagging versions;
+re-exported below so callers need one module) and in ``registry/search_runs.py`` (an evolutionary
+search's run). We use ``MlflowClient`` with an explicit tracking
 URI (never the fluent API's global state), aliases instead of the deprecated stages, and
 ``create_model_version`` with the run's model artifact as the source (``mlflow.register_model``
 refuses a plain artifact dir that is not an MLflow-flavoured model).
