@@ -98,6 +98,7 @@ from flows.cli_report import report as _report; cli.add_command(_report)  # noqa
 from flows.cli_pipeline import run as _run; cli.add_command(_run)  # noqa: E402,E702
 from flows.cli_pipeline import watch as _watch; cli.add_command(_watch)  # noqa: E402,E702
 from flows.cli_serve import serve as _serve; cli.add_command(_serve)  # noqa: E402,E702
+from flows.cli_evolve import evolve as _evolve; cli.add_command(_evolve)  # noqa: E402,E702
 
 
 def main() -> None:

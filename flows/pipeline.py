@@ -67,7 +67,7 @@ def find_zoo_dir(parents: list[str]) -> Path | None:
 @flow(name="merge-pipeline", log_prints=True)
 def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_by: str | None = None,
                    zoo_dir: str | None = None, suite: str | None = None, wait_for_approval: bool = True,
-                   approval_timeout_s: int = 3600) -> dict:
+                   approval_timeout_s: int = 3600, name: str | None = None) -> dict:
     """Run one recipe through every gate to a registered candidate (or a refusal, with its reason).
 
     Unset settings come from mergeops.yaml: ``suite`` (else the shipped ``zoo``), ``policy_path``
@@ -81,7 +81,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     requested_by = Governance(settings).requester(requested_by) or getpass.getuser()
     path = Path(recipe_path).resolve()
     recipe = load_recipe(path, settings.recipe_base_dir)
-    name = model_name(recipe, path)
+    name = settings.registered_model_prefix + name if name else model_name(recipe, path)
     parents = parent_dirs(recipe)
     if policy_path is None:
         policy_path = str(recipe.path_of(recipe.policy)) if recipe.policy else settings.policy

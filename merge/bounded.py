@@ -132,8 +132,27 @@ class _BudgetLoader(yaml.SafeLoader):
 
 def load_yaml(text: str, *, what: str) -> Any:
     """``yaml.safe_load`` with an alias-expansion budget; a YAML error is one UsageError line."""
+    return _load(text, what, yaml.load)
+
+
+def load_yaml_all(text: str, *, what: str) -> list[Any]:
+    """Every document of a multi-document YAML stream (``---`` separated), under one alias budget."""
+    return _load(text, what, lambda t, Loader: list(yaml.load_all(t, Loader=Loader)))
+
+
+def last_mapping(text: str, *, what: str) -> dict:
+    """The last document of a YAML stream when it is a mapping, else {} (unreadable text too): a
+    multi-stage recipe's output stage, for records that read its ``name`` or ``intended_use``."""
     try:
-        return yaml.load(text, Loader=_BudgetLoader)  # noqa: S506  (a SafeLoader subclass)
+        docs = [d for d in load_yaml_all(text, what=what) if d is not None]
+    except UsageError:
+        return {}
+    return docs[-1] if docs and isinstance(docs[-1], dict) else {}
+
+
+def _load(text: str, what: str, load) -> Any:
+    try:
+        return load(text, Loader=_BudgetLoader)  # a SafeLoader subclass
     except _AliasBomb as exc:
         raise UnsafeInput(f"{what}: not valid YAML ({exc})") from None
     except yaml.YAMLError as exc:

@@ -84,7 +84,7 @@ def _promote(dtypes: list[str]) -> str:
 
 def plan_merge(recipe: Recipe) -> MergePlan:
     method = recipe.method
-    refs = recipe.model_refs()
+    refs = recipe.input_refs()
     paths = [recipe.path_of(r) for r in refs]
     layouts = [read_layout(p) for p in paths]
     index = {r: i for i, r in enumerate(refs)}
@@ -134,6 +134,8 @@ def plan_merge(recipe: Recipe) -> MergePlan:
             base_pos = None
         shared = {p.name: resolve(p, [slice_params, recipe.parameters], out_name, t, recipe.merge_method)
                   for p in method.params if p.scope == "shared"}
+        if recipe.split is not None and len(plans) >= recipe.split.index:
+            shared["t"] = 1 - shared["t"]  # the same expression as merge.evolve.crossover.tensor_ratios
         per_input = []
         for j, (r, _, params) in enumerate(srcs):
             per_input.append({
@@ -176,6 +178,8 @@ def plan_merge(recipe: Recipe) -> MergePlan:
     for nm in post:
         add(nm, last[0], last[1], last[2], [nm] * len(last[0]), 0.0)
 
+    if recipe.split is not None and recipe.split.index > len(plans):
+        raise RecipeError(f"split.index {recipe.split.index} is past the merge's {len(plans)} tensors")
     if method.statistics:
         _check_statistics(recipe, plans, refs)
     if out_config is None:

@@ -18,9 +18,10 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from merge.bounded import KIB, decode_text, load_yaml, read_bytes
+from merge.bounded import KIB, decode_text, load_yaml_all, read_bytes
 from merge.errors import RecipeError, UsageError
 from merge.hub import ModelSource, resolve_model
 from merge.methods import METHODS
@@ -30,6 +31,8 @@ from merge.recipe_limits import check_size
 # 100 KiB. The cap is far above that yet bounds the parse: pure-Python YAML reads ~120 KiB/s here,
 # so a runaway file (a log, a dump, a million model entries) is refused in about 2 s at worst.
 RECIPE_LIMIT = 256 * KIB
+# An evolved model's recipe holds one stage per crossover in its ancestry (tens, rarely hundreds).
+MAX_STAGES = 1024
 
 Scalar = Union[bool, int, float, str]
 ScalarOrGradient = Union[Scalar, list[Scalar]]
@@ -67,6 +70,21 @@ class OutputSlice(_Frozen):
     parameters: Params | None = None
 
 
+class SplitPoint(_Frozen):
+    """M2N2's split point on tensor boundaries (slerp only): output tensors at positions
+    ``< index`` of the merge plan's order take ``t``, the rest ``1 - t``. The plan's order is fixed
+    by the parents' headers (``merge.plan``), so this names the split exactly, unlike name filters."""
+
+    index: int
+    order: Literal["plan"] = "plan"
+
+    @model_validator(mode="after")
+    def _check(self) -> "SplitPoint":
+        if self.index < 0:
+            raise ValueError(f"split.index must be at least 0, got {self.index}")
+        return self
+
+
 class Recipe(_Frozen):
     merge_method: str
     models: list[ModelInput] | None = None
@@ -91,6 +109,7 @@ class Recipe(_Frozen):
     # Also permute the residual stream (embeddings, every layer's inputs and outputs, norms). Off by
     # default: on the zoo's seed pair, MLP units and heads alone gave the lower loss on both domains.
     align_residual: bool = False
+    split: SplitPoint | None = None  # slerp: t before the split point, 1 - t after it (see SplitPoint)
     # not from YAML: set by parse_recipe
     base_dir: Path = Path(".")
     sha256: str = ""
@@ -98,6 +117,9 @@ class Recipe(_Frozen):
     # not from YAML: model reference -> the directory to read it from instead of resolving it now
     # (verify replays a lineage's recorded Hub commits after a branch has moved on)
     locked: dict[str, Path] = {}
+    # not from YAML: the stages before this one in a multi-stage recipe (file order); this recipe
+    # is the last stage, whose output is the merge's output
+    stages: tuple["Recipe", ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
@@ -113,7 +135,9 @@ class Recipe(_Frozen):
             lengths = {src.layer_range[1] - src.layer_range[0] for src in s.sources}
             if len(lengths) > 1:
                 raise ValueError(f"all sources of a slice must span the same number of layers, got {sorted(lengths)}")
-        refs = set(self.model_refs())
+        if self.split is not None and self.merge_method != "slerp":
+            raise ValueError(f"split applies to slerp (t before the split point, 1 - t after), not {self.merge_method}")
+        refs = set(self.input_refs())
         if self.align:
             if self.slices:
                 raise ValueError("align: weight_matching needs a 'models:' recipe; slices stack layers of "
@@ -131,7 +155,14 @@ class Recipe(_Frozen):
         return self
 
     def model_refs(self) -> list[str]:
-        """Every parent, in first-mention order (base first when given)."""
+        """Every parent model of the whole recipe (every stage's inputs that are not an earlier
+        stage's output), in first-mention order (base first when given)."""
+        made = {st.name for st in self.stages}
+        refs = [r for st in (*self.stages, self) for r in st.input_refs() if r not in made]
+        return list(dict.fromkeys(refs))
+
+    def input_refs(self) -> list[str]:
+        """The inputs of this stage (parents, or earlier stages' names), in first-mention order."""
         refs = [self.base_model] if self.base_model else []
         for m in self.models or []:
             refs.append(m.model)
@@ -147,7 +178,7 @@ class Recipe(_Frozen):
 
     def path_of(self, ref: str) -> Path:
         """The directory of a model reference; any other path (a policy, statistics) under ``base_dir``."""
-        if ref in self.model_refs():
+        if ref in self.input_refs() or ref in self.model_refs():
             return self.source_of(ref).path
         p = Path(ref).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
@@ -157,7 +188,7 @@ class Recipe(_Frozen):
         return METHODS[self.merge_method]
 
 
-_NOT_FROM_YAML = ("base_dir", "sha256", "text", "locked")
+_NOT_FROM_YAML = ("base_dir", "sha256", "text", "locked", "stages")
 
 
 def _suggest(name: str, choices) -> str:
@@ -202,7 +233,9 @@ def parse_recipe(text: str | bytes, base_dir: Path | None = None) -> Recipe:
     """Parse and validate recipe YAML; raise RecipeError (one line) on any problem.
 
     Given bytes (a file as read), they are decoded as strict UTF-8 and the recipe's sha256 is taken
-    over exactly those bytes; given text, over its UTF-8 encoding.
+    over exactly those bytes; given text, over its UTF-8 encoding. Several YAML documents (``---``
+    between them) are a multi-stage recipe, as mergekit-multi chains merges: every stage but the
+    last has a ``name``, a later stage uses that name as a model, and the last stage is the output.
     """
     raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     if len(raw) > RECIPE_LIMIT:
@@ -210,11 +243,54 @@ def parse_recipe(text: str | bytes, base_dir: Path | None = None) -> Recipe:
     try:
         if isinstance(text, bytes):
             text = decode_text(text, what="recipe")
-        doc = load_yaml(text, what="recipe")
+        docs = [d for d in load_yaml_all(text, what="recipe") if d is not None] or [None]
     except UsageError as exc:
         raise RecipeError(str(exc)) from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise RecipeError(f"recipe: not valid YAML ({exc})") from None
+    sha = hashlib.sha256(raw).hexdigest()
+    base = Path(base_dir or Path.cwd())
+    if len(docs) == 1:
+        return _parse_doc(docs[0], text, sha, base)
+    if len(docs) > MAX_STAGES:
+        raise RecipeError(f"recipe has {len(docs):,} stages, over the limit of {MAX_STAGES:,}")
+    stages = []
+    for i, doc in enumerate(docs):
+        name = doc.get("name") if isinstance(doc, dict) else None
+        label = f"stage {i + 1}" + (f" ({name})" if isinstance(name, str) and name else "")
+        own = yaml.safe_dump(doc, sort_keys=False)
+        try:
+            stages.append(_parse_doc(doc, own, hashlib.sha256(own.encode()).hexdigest(), base))
+        except RecipeError as exc:
+            raise RecipeError(f"{label}: {exc}") from None
+    _check_stages(stages)
+    return stages[-1].model_copy(update={"stages": tuple(stages[:-1]), "text": text, "sha256": sha})
+
+
+def _label(i: int, stage: Recipe) -> str:
+    return f"stage {i + 1}" + (f" ({stage.name})" if stage.name else "")
+
+
+def _check_stages(stages: list[Recipe]) -> None:
+    """Names unique, each defined before it is used and used by a later stage: a DAG in file order."""
+    defined: dict[str, int] = {}
+    for i, st in enumerate(stages[:-1]):
+        if not st.name:
+            raise RecipeError(f"stage {i + 1}: every stage but the last needs a `name`, which later stages use as a model")
+        if st.name in defined:
+            raise RecipeError(f"{_label(i, st)}: name {st.name!r} is already stage {defined[st.name] + 1}'s")
+        defined[st.name] = i
+    for i, st in enumerate(stages):
+        for ref in st.input_refs():
+            if ref in defined and defined[ref] >= i:
+                raise RecipeError(f"{_label(i, st)}: uses stage {ref!r} before it is made; stages run in file order")
+    used = {ref for st in stages[1:] for ref in st.input_refs()}
+    for name, i in defined.items():
+        if name not in used:
+            raise RecipeError(f"{_label(i, stages[i])} is never used by a later stage; only the last stage is the output")
+
+
+def _parse_doc(doc: Any, text: str, sha: str, base_dir: Path) -> Recipe:
     if not isinstance(doc, dict):
         raise RecipeError("recipe must be a YAML mapping with at least 'merge_method' and 'models' or 'slices'")
     method = doc.get("merge_method")
@@ -230,9 +306,7 @@ def parse_recipe(text: str | bytes, base_dir: Path | None = None) -> Recipe:
             raise RecipeError(f"unknown recipe key {key!r}")
     check_size(doc)
     try:
-        recipe = Recipe.model_validate(
-            {**doc, "base_dir": Path(base_dir or Path.cwd()), "sha256": hashlib.sha256(raw).hexdigest(), "text": text}
-        )
+        recipe = Recipe.model_validate({**doc, "base_dir": base_dir, "sha256": sha, "text": text})
     except ValidationError as exc:
         raise RecipeError(_one_line(exc, doc)) from None
     _check_parameters(recipe)

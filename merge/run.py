@@ -39,7 +39,7 @@ from merge.methods import Call
 from merge.output import all_finite, check_out_dir, make_temp_dir, place_output
 from merge.parent_reads import ParentReads, Read, check_parents
 from merge.plan import FLOAT_DTYPES, MergePlan, TensorPlan, plan_merge
-from merge.progress import Progress
+from merge.progress import Progress, say
 from merge.recipe import Recipe
 from merge.safetensors_header import read_header
 from merge.vocab import map_rows, union_tokenizer
@@ -76,7 +76,9 @@ class _Inputs:
     tensor's size only, and ``preadv`` is safe from the prefetch thread.
     """
 
-    def __init__(self, plan: MergePlan, parents: ParentReads, stack: ExitStack):
+    def __init__(self, plan: MergePlan, stack: ExitStack, parents: ParentReads | None = None):
+        """``parents``: where ``load`` reads (and hashes) the parents' tensors; without it only
+        ``tensor`` and ``statistics`` read (the in-memory merge, merge/memory.py)."""
         self._plan, self._parents, self._stack = plan, parents, stack
         self._fds: dict[str, int] = {}
         self._headers: dict[str, object] = {}
@@ -104,6 +106,13 @@ class _Inputs:
         shard = layout.tensors[name][0]
         return self._read(layout.path / shard, layout.shards[shard], name)
 
+    def statistics(self, ref: str, name: str) -> torch.Tensor | None:
+        path = self._plan.recipe.path_of(ref)
+        if str(path) not in self._headers:
+            self._headers[str(path)] = read_header(path)
+        header = self._headers[str(path)]
+        return self._read(path, header, name) if name in header.tensors else None
+
     def load(self, tp: TensorPlan) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[Read]]:
         """The tensor's inputs, their statistics, and the parents' reads to hash (``ParentReads.feed``)."""
         tensors, stats, reads = [], [], []
@@ -116,11 +125,7 @@ class _Inputs:
                 tensor = permute(tensor, self._plan.align.axes.get(name, ()), self.perms[parent])
             tensors.append(tensor)
             if "statistics" in params:
-                path = self._plan.recipe.path_of(params["statistics"])
-                if str(path) not in self._headers:
-                    self._headers[str(path)] = read_header(path)
-                header = self._headers[str(path)]
-                stats.append(self._read(path, header, name) if name in header.tensors else None)
+                stats.append(self.statistics(params["statistics"], name))
         return tensors, stats, reads
 
 
@@ -227,11 +232,71 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
 
     Each parent's files are hashed from the bytes the merge reads (merge/parent_reads.py) and must
     match ``audited`` (recipe reference -> the audit's file list) and the recipe's ``pins``; if not,
-    PinMismatch names the parent and the file, and nothing is written."""
+    PinMismatch names the parent and the file, and nothing is written.
+
+    A multi-stage recipe runs its stages in file order, each intermediate written to a work dir
+    beside ``out_dir`` (removed once no later stage reads it, and at the end); only the last stage
+    becomes ``out_dir``. Its manifest lists the parent models of every stage and the stage DAG.
+    """
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         raise UsageError(f"device {device!r} is not available here; use --device cpu")
+    if recipe.stages:
+        return _run_stages(recipe, out_dir, device=device, progress=progress, shard_bytes=shard_bytes,
+                           audited=audited)
+    return _run_stage(recipe, out_dir, device=device, progress=progress, shard_bytes=shard_bytes, audited=audited)
+
+
+def _stage_entry(st: Recipe, content_id_: str) -> dict:
+    return {"name": st.name, "merge_method": st.merge_method, "inputs": st.input_refs(), "content_id": content_id_}
+
+
+def _run_stages(recipe: Recipe, out_dir: Path, *, device: str, progress: bool, shard_bytes: int,
+                audited: dict[str, list[FileEntry]] | None) -> MergeResult:
+    stages = (*recipe.stages, recipe)
+    last_use = {st.name: max(j for j, later in enumerate(stages) if st.name in later.input_refs())
+                for st in recipe.stages}
+    made: dict[str, MergeResult] = {}
+    leaf: dict[str, dict] = {}  # parent reference -> {"ref", "path", "content_id"}, every stage's
+    entries: list[dict] = []
+
+    def locked(st: Recipe) -> Recipe:
+        own = {r: made[r].out_dir for r in st.input_refs() if r in made}
+        say(f"merge: stage {len(entries) + 1}/{len(stages)}{f' ({st.name})' if st.name else ''}, "
+            f"{st.merge_method}", enabled=progress)
+        return st.model_copy(update={"locked": {**recipe.locked, **st.locked, **own}})
+
+    def note(own: tuple[dict, ...]) -> None:
+        for p in own:
+            if p["ref"] not in made:
+                leaf.setdefault(p["ref"], p)
+
+    def lineage(own: tuple[dict, ...], cid: str) -> tuple[list[dict], list[dict]]:
+        note(own)
+        order = recipe.model_refs()
+        return sorted(leaf.values(), key=lambda p: order.index(p["ref"])), entries + [_stage_entry(recipe, cid)]
+
+    work = make_temp_dir(out_dir.parent / f"{out_dir.name}.stages")
+    try:
+        for i, st in enumerate(recipe.stages):
+            result = _run_stage(locked(st), work / str(i), device=device, progress=progress, shard_bytes=shard_bytes,
+                                audited=audited)
+            note(result.parents)
+            entries.append(_stage_entry(st, result.content_id))
+            made[st.name] = result
+            for name in [n for n in made if last_use[n] <= i]:
+                shutil.rmtree(made[name].out_dir, ignore_errors=True)  # no later stage reads it
+        return _run_stage(locked(recipe), out_dir, device=device, progress=progress, shard_bytes=shard_bytes,
+                          audited=audited, lineage=lineage)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_stage(recipe: Recipe, out_dir: Path, *, device: str, progress: bool, shard_bytes: int,
+               audited: dict[str, list[FileEntry]] | None = None, lineage=None) -> MergeResult:
+    """One merge into ``out_dir``; ``lineage(own parents, content id)`` gives a multi-stage
+    recipe's (parents, stages) for the manifest."""
     plan = plan_merge(recipe)
     tmp = make_temp_dir(out_dir)  # before any weight is read: an unwritable --out fails now
     _one_malloc_arena()
@@ -249,7 +314,7 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
         written, started = 0, time.monotonic()
         with ExitStack() as stack:
             parents = ParentReads(plan, stack)
-            inputs = _Inputs(plan, parents, stack)
+            inputs = _Inputs(plan, stack, parents)
             alignment = _align(plan, inputs, progress)
             bar = stack.enter_context(Progress("merge", len(plan.tensors), unit="tensors", enabled=progress))
 
@@ -292,6 +357,7 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
                     for p in sorted(tmp.iterdir()) if p.name not in hashes]
         entries.sort(key=lambda e: e.path)
         cid = content_id_of(entries)
+        refs = list(plan.refs)
         parents = [{"path": str(p), "content_id": c} for p, c in zip(plan.parents, parent_ids)]
         manifest = {"content_id": cid, "files": [e.model_dump() for e in entries],
                     "recipe_sha256": recipe.sha256, "parents": parents}
@@ -300,6 +366,11 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
                                      "residual": alignment["residual"], "reference": alignment["reference"],
                                      "parents": {r: {k: v for k, v in a.items() if k != "permutations"}
                                                  for r, a in alignment["parents"].items()}}
+        if lineage is not None:
+            all_parents, stages = lineage(tuple({"ref": r, **p} for r, p in zip(refs, parents)), cid)
+            refs = [p["ref"] for p in all_parents]
+            parents = [{"path": p["path"], "content_id": p["content_id"]} for p in all_parents]
+            manifest.update(parents=parents, stages=stages)
         (tmp / MANIFEST_NAME).write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
         place_output(tmp, out_dir)
     except BaseException:
@@ -307,6 +378,5 @@ def run_merge(recipe: Recipe, out_dir: Path, *, device: str = "cpu", progress: b
         raise
     finally:
         torch.set_num_threads(threads)
-    return MergeResult(cid, out_dir, manifest,
-                       tuple({"ref": r, **p} for r, p in zip(plan.refs, parents)))
+    return MergeResult(cid, out_dir, manifest, tuple({"ref": r, **p} for r, p in zip(refs, parents)))
 

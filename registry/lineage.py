@@ -18,9 +18,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from merge.bounded import last_mapping
 from merge.hub import snapshot_of
 from merge.manifest import FileEntry, canonical_json
 from registry.errors import LineageError
@@ -257,10 +257,7 @@ def build_lineage(
             content_id=parent["content_id"], license=found.get("license"),
             audit_verdict=found.get("verdict", "not audited"),
         ))
-    try:
-        parsed = yaml.safe_load(recipe_text) or {}
-    except yaml.YAMLError:
-        parsed = {}
+    parsed = last_mapping(recipe_text, what="recipe")  # a multi-stage recipe's last stage is its output
     merged_id = manifest["content_id"]
     primary = {d: p.get("metric") for d, p in (evaluation.get("primary") or {}).items()}
     scores = evaluation.get("merged_scores") or {

@@ -1,7 +1,8 @@
 """MLflow, behind a small surface: register a candidate, mirror the audit log, read versions.
 
-MLflow is imported only here and in ``registry/mlflow_versions.py`` (reading and tagging versions;
-re-exported below so callers need one module). We use ``MlflowClient`` with an explicit tracking
+MLflow is imported only here, in ``registry/mlflow_versions.py`` (reading and tagging versions;
+re-exported below so callers need one module) and in ``registry/search_runs.py`` (an evolutionary
+search's run). We use ``MlflowClient`` with an explicit tracking
 URI (never the fluent API's global state), aliases instead of the deprecated stages, and
 ``create_model_version`` with the run's model artifact as the source (``mlflow.register_model``
 refuses a plain artifact dir that is not an MLflow-flavoured model).
@@ -197,11 +198,11 @@ def approval_rules(lineage: LineageRecord) -> dict:
     """The version's ``approval:`` policy and intended use, signed into its ``registered`` entry so
     every later decision is checked against what was registered, not against editable tags."""
     from evaluation.gates import parse_gate_policy
-    from merge.bounded import load_yaml
+    from merge.bounded import last_mapping, load_yaml
 
     doc = load_yaml(lineage.policy.text, what="policy") if lineage.policy is not None else None
-    recipe = load_yaml(lineage.recipe.text, what="recipe") if lineage.recipe.text else {}
-    intended_use = recipe.get("intended_use") if isinstance(recipe, dict) else None
+    recipe = last_mapping(lineage.recipe.text, what="recipe") if lineage.recipe.text else {}
+    intended_use = recipe.get("intended_use")
     policy = parse_gate_policy(doc if isinstance(doc, dict) else None, "policy").approval
     return {"intended_use": intended_use or "research",
             "approval": {"reviewers": policy.reviewers,

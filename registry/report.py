@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
 from mlflow.exceptions import MlflowException
 
 from evaluation._io import atomic_write_text
+from merge.bounded import last_mapping
 from merge.errors import UsageError
 from registry import mlflow_registry as reg
 from registry.audit_log import AuditLog
@@ -90,11 +90,8 @@ def _intended_use(audit_report: dict | None, recipe_text: str) -> str | None:
     """What the audit judged the licences for; else what the recipe asks (older versions)."""
     if audit_report and audit_report.get("intended_use"):
         return str(audit_report["intended_use"])
-    try:
-        recipe = yaml.safe_load(recipe_text)
-    except yaml.YAMLError:
-        return None
-    return str(recipe["intended_use"]) if isinstance(recipe, dict) and recipe.get("intended_use") else None
+    recipe = last_mapping(recipe_text, what="recipe")
+    return str(recipe["intended_use"]) if recipe.get("intended_use") else None
 
 
 def _log_entries(audit_log_path: Path | None) -> tuple[list[dict], str | None]:

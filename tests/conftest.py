@@ -21,3 +21,12 @@ def tiny_zoo(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-zoo") / "zoo"
     build_zoo(out, profile="tiny", seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server for the session (started on first use: flows, the evolve flow)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -54,14 +54,6 @@ retention_minimums: {default: null}
 """
 
 
-@pytest.fixture(scope="session")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture(scope="module")
 def ws(tiny_zoo: Path, tmp_path_factory, prefect_server):
     root = tmp_path_factory.mktemp("flows")

@@ -1,0 +1,290 @@
+"""`mergeops evolve`: search merges of a recipe's parents, scored in memory on a dev split, and
+write the winner as an ordinary recipe.
+
+The search (``merge.evolve``) proposes candidates; here each one becomes a recipe (a point of the
+recipe's space for CMA-ES and random search; a slerp stage with a tensor split point for an M2N2
+crossover), is merged in memory (``merge.memory``) and scored per example by ``DevScorer`` on dev
+records disjoint from the eval split. M2N2 keeps its archive's weights in memory; a member missing
+after a resume is re-merged from its recipe. The winner's recipe holds its whole ancestry as
+stages, so ``mergeops merge OUT/recipe.yaml`` rebuilds OUT/model byte for byte.
+
+OUT holds ``search.checkpoint.json`` (every evaluation so far: a rerun with the same OUT resumes),
+``search.json`` (per-generation best, mean and diversity), ``recipe.yaml`` and ``model/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from evaluation._io import atomic_write_text
+from merge.errors import MergeFailed, UsageError
+from merge.evolve.crossover import split_index
+from merge.evolve.m2n2 import M2N2Config
+from merge.evolve.search import ALGORITHMS, Evaluation, SearchSpec, make_search, read_checkpoint, run_search
+from merge.evolve.space import RecipeSpace
+from merge.memory import ParentTensors, merge_in_memory
+from merge.output import make_temp_dir, place_output
+from merge.plan import plan_merge
+from merge.progress import Progress
+from merge.recipe import Recipe, load_recipe, parse_recipe
+
+# The demo zoo on 2 shared cores: 10 candidates (400 dev prompts each) took 65 s of CPU, 205 s of
+# wall time under load; 120 candidates are ~13 minutes of CPU, within the 15-minute target.
+DEFAULT_BUDGET = 120
+BLOCKS = 4  # per-layer-block points of each tuned parameter (CMA-ES, random search)
+CHECKPOINT = "search.checkpoint.json"
+_START = "evolve-start"  # the stage name of the input recipe's own merge (M2N2's first seed)
+_OUTPUTS = ("recipe.yaml", "search.json", "model", CHECKPOINT)
+
+
+@dataclass(frozen=True)
+class EvolveResult:
+    out_dir: Path
+    content_id: str
+    best: dict  # the winning candidate
+    dev_score: float  # its mean dev score
+    evaluations: int
+    replayed: int  # evaluations read back from the checkpoint
+
+
+class _Candidates:
+    """Turns the search's candidates into recipe documents (and in-memory weights)."""
+
+    def __init__(self, recipe: Recipe, algorithm: str, seed: int):
+        if recipe.stages:
+            raise UsageError("evolve starts from a single-stage recipe (the parents and base to search over)")
+        self.recipe, self.algorithm = recipe, algorithm
+        self.doc = yaml.safe_load(recipe.text)
+        self.output_name = f"{recipe.name}-evolved" if recipe.name else "evolved"
+        self.parents = ParentTensors()
+        self.cache: dict[int, dict] = {}  # M2N2 archive member id -> its tensors
+        if algorithm == "m2n2":
+            models = [m.model for m in recipe.models or []]
+            self.seeds = [_START] + [m for m in models if m != recipe.base_model]
+            if len(self.seeds) < 2:
+                raise UsageError("m2n2 needs a recipe with at least one model besides the base")
+            self.n_tensors = len(plan_merge(recipe).tensors)
+            self.layout = recipe.path_of(self.seeds[1])  # every member has its parents' layout
+            self.spec = SearchSpec("m2n2", seed=seed, n_seeds=len(self.seeds), m2n2=M2N2Config())
+            self.children: dict[int, dict] = {}
+        else:
+            self.space = RecipeSpace(recipe, blocks=BLOCKS)
+            self.spec = SearchSpec(algorithm, seed=seed, bounds=tuple(map(tuple, self.space.bounds())),
+                                   x0=tuple(self.space.x0()))
+
+    # -- recipes --------------------------------------------------------------------------------
+    def _ref(self, cid: int) -> str:
+        return self.seeds[cid] if cid < len(self.seeds) else f"evolve-{cid}"
+
+    def _stage(self, cand: dict) -> dict:
+        """An M2N2 crossover as a slerp stage: w on the first k tensors of the plan, 1 - w after."""
+        a, b = self._ref(cand["a"]), self._ref(cand["b"])
+        k = self.n_tensors if cand["split"] >= 1 else split_index(cand["split"], self.n_tensors)
+        return {"name": self._ref(cand["id"]), "merge_method": "slerp", "base_model": a,
+                "models": [{"model": a}, {"model": b}], "parameters": {"t": cand["w"]},
+                "split": {"index": k, "order": "plan"}}
+
+    def _start_doc(self) -> dict:
+        return {**{k: v for k, v in self.doc.items() if k != "name"}, "name": _START}
+
+    def docs(self, cand: dict) -> list[dict]:
+        """The stages that make ``cand``, in order; the last is ``cand`` itself."""
+        if cand["kind"] == "point":
+            return [self.space.to_doc(cand["x"])]
+        if cand["kind"] == "seed":
+            if cand["parent"] == 0:
+                return [self._start_doc()]
+            return [{"merge_method": "passthrough", "models": [{"model": self.seeds[cand["parent"]]}]}]
+        ancestry, todo = set(), [cand["id"]]
+        while todo:
+            cid = todo.pop()
+            if cid in ancestry:
+                continue
+            ancestry.add(cid)
+            if cid in self.children:
+                todo += [self.children[cid]["a"], self.children[cid]["b"]]
+        docs = [self._start_doc()] if 0 in ancestry else []
+        return docs + [self._stage(self.children[c]) for c in sorted(ancestry) if c in self.children]
+
+    def output_text(self, cand: dict) -> str:
+        """The winner's replayable recipe: its stages, the last carrying the output's name and the
+        input recipe's mergeops keys (seed, intended_use, policy)."""
+        docs = self.docs(cand)
+        last = {**docs[-1], "name": self.output_name}
+        for key in ("intended_use", "policy"):
+            if key in self.doc and key not in last:
+                last[key] = self.doc[key]
+        docs[-1] = last
+        head = (f"# Evolved by `mergeops evolve` ({self.algorithm}) from {self.recipe.name or 'a recipe'} "
+                f"(sha256 {self.recipe.sha256[:12]}); `mergeops merge` of this file rebuilds the model.\n")
+        return head + yaml.safe_dump_all(docs, sort_keys=False)
+
+    # -- weights --------------------------------------------------------------------------------
+    def merge(self, cand: dict) -> dict:
+        if cand["kind"] == "cross":
+            self.children[cand["id"]] = cand
+            held = {self._ref(c): (self._tensors(c), self.layout) for c in (cand["a"], cand["b"])
+                    if c == 0 or c >= len(self.seeds)}
+            stage = {k: v for k, v in self._stage(cand).items() if k != "name"}
+            out = merge_in_memory(self._parse(yaml.safe_dump(stage)), self.parents, held=held)
+        else:
+            out = merge_in_memory(self._parse(yaml.safe_dump_all(self.docs(cand), sort_keys=False)), self.parents)
+        if self.algorithm == "m2n2":
+            self.cache[cand["id"]] = out
+        return out
+
+    def _tensors(self, cid: int) -> dict:
+        if cid not in self.cache:  # after a resume: re-merge the member from its own recipe
+            cand = self.children.get(cid) or {"id": cid, "kind": "seed", "parent": cid}
+            self.cache[cid] = merge_in_memory(self._parse(yaml.safe_dump_all(self.docs(cand), sort_keys=False)),
+                                              self.parents)
+        return self.cache[cid]
+
+    def keep(self, ids) -> None:
+        """Drop the weights of everything no longer in M2N2's archive."""
+        for cid in [c for c in self.cache if c not in set(ids)]:
+            del self.cache[cid]
+
+    def _parse(self, text: str) -> Recipe:
+        return parse_recipe(text, self.recipe.base_dir)
+
+
+def _generations(spec: SearchSpec, evals: list[Evaluation], size: int) -> list[dict]:
+    """Per generation of ``size`` evaluations: best and mean dev score and diversity of the
+    population (M2N2: its archive after the generation, replayed without scoring; otherwise the
+    generation's candidates). Diversity: the share of examples on which the population disagrees."""
+    search = make_search(spec) if spec.algorithm == "m2n2" else None
+    rows = []
+    for g in range(math.ceil(len(evals) / size)):
+        chunk = evals[g * size:(g + 1) * size]
+        if search is not None:
+            for ev in chunk:
+                search.ask()
+                search.tell(ev.candidate, ev.scores)
+            pop = search.scores
+        else:
+            pop = np.vstack([ev.scores for ev in chunk])
+        means = pop.mean(axis=1)
+        rows.append({"generation": g, "evaluations": g * size + len(chunk), "best": float(means.max()),
+                     "mean": float(means.mean()), "diversity": float(np.mean(pop.max(axis=0) != pop.min(axis=0))),
+                     "best_so_far": max(ev.mean for ev in evals[:(g * size + len(chunk))])})
+    return rows
+
+
+def _check_out(out_dir: Path) -> None:
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise UsageError(f"{out_dir}: not a directory; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / CHECKPOINT).is_file():
+        raise UsageError(f"{out_dir}: exists, is not empty and holds no {CHECKPOINT} to resume; choose another --out")
+    stray = [p.name for p in out_dir.iterdir() if p.name not in _OUTPUTS and not p.name.startswith(".")] \
+        if out_dir.is_dir() else []
+    if stray:
+        raise UsageError(f"{out_dir}: holds {stray[0]!r}, which evolve did not write; choose another --out")
+
+
+def evolve(recipe: Recipe, out_dir: Path, *, records: list[dict], scorer_dir: Path, algorithm: str = "m2n2",
+           budget: int = DEFAULT_BUDGET, seed: int = 0, progress: bool = True) -> EvolveResult:
+    """Search ``budget`` candidates (replayed ones included) and write the winner to ``out_dir``."""
+    from evaluation.dev_scoring import DevScorer  # torch and transformers: only once inputs are checked
+
+    if algorithm not in ALGORITHMS:
+        raise UsageError(f"unknown algorithm {algorithm!r}; use one of: {', '.join(ALGORITHMS)}")
+    if budget < 1:
+        raise UsageError(f"--budget must be at least 1 candidate, got {budget}")
+    if not records:
+        raise UsageError("no dev records to score candidates on")
+    out_dir = Path(out_dir)
+    _check_out(out_dir)
+    cands = _Candidates(recipe, algorithm, seed)
+    scorer = DevScorer(scorer_dir, records)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / CHECKPOINT).is_file():  # a resume: crossovers made before are ancestors of new ones
+        for ev in read_checkpoint(out_dir / CHECKPOINT)[1]:
+            if ev.candidate.get("kind") == "cross":
+                cands.children[ev.candidate["id"]] = ev.candidate
+    fresh = 0
+    with Progress("evolve", budget, unit="candidates", enabled=progress) as bar:
+        def fitness(cand: dict) -> np.ndarray:
+            return scorer(cands.merge(cand))
+
+        def on_eval(i: int, ev: Evaluation, search) -> None:
+            nonlocal fresh
+            fresh += 1
+            if algorithm == "m2n2":
+                cands.keep(search.ids)
+            bar.advance(i + 1 - bar.n, f"{ev.mean:.3f}")
+
+        result = run_search(cands.spec, fitness, budget, checkpoint=out_dir / CHECKPOINT, on_eval=on_eval)
+        bar.advance(budget - bar.n)
+    if algorithm == "m2n2":
+        best_id = result.search.best()
+        best = next(ev for ev in result.evaluations if ev.candidate["id"] == best_id)
+    else:
+        best = result.best()
+    size = cands.spec.m2n2.archive_size if algorithm == "m2n2" else \
+        (cands.spec.popsize or 4 + int(3 * math.log(len(cands.spec.bounds))))
+    text = cands.output_text(best.candidate)
+    atomic_write_text(out_dir / "recipe.yaml", text)
+    atomic_write_text(out_dir / "search.json", json.dumps({
+        "algorithm": algorithm, "seed": seed, "budget": budget, "evaluations": len(result.evaluations),
+        "dev_examples": len(records), "best": {"candidate": best.candidate, "dev_score": best.mean},
+        "generation_size": size, "generations": _generations(cands.spec, result.evaluations, size)}, indent=2) + "\n")
+    content_id = _write_model(out_dir, recipe.base_dir, progress)
+    return EvolveResult(out_dir, content_id, best.candidate, best.mean, len(result.evaluations),
+                        len(result.evaluations) - fresh)
+
+
+def _write_model(out_dir: Path, base_dir: Path, progress: bool) -> str:
+    """OUT/model from OUT/recipe.yaml exactly as `mergeops merge` runs it, checked against the
+    in-memory merge the search scored; replaces an older OUT/model only when complete."""
+    from safetensors.torch import load_file
+
+    from merge.run import run_merge
+
+    recipe = load_recipe(out_dir / "recipe.yaml", base_dir)
+    tmp = make_temp_dir(out_dir / "model.new")
+    try:
+        result = run_merge(recipe, tmp / "model", progress=progress)
+        scored = merge_in_memory(recipe, ParentTensors())
+        written = {}
+        for shard in sorted((tmp / "model").glob("*.safetensors")):
+            written.update(load_file(str(shard)))
+        if set(written) != set(scored) or any(not written[n].equal(t) for n, t in scored.items()):
+            raise MergeFailed("the written model differs from the one the search scored; please report this")
+        if (out_dir / "model").exists():
+            shutil.rmtree(out_dir / "model")
+        place_output(tmp / "model", out_dir / "model")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result.content_id
+
+
+def dev_records(suite: str | None, zoo_dir: Path | None, per_domain: int | None = None) -> list[dict]:
+    """The dev records of a suite's zoo domains (``zoo_dev_records``, ``per_domain`` each, default
+    ``DEV_SIZE``), domain by domain."""
+    from evaluation.dev_split import DEV_SIZE, zoo_dev_records
+    from evaluation.domains import DOMAINS
+    from evaluation.suite_file import load_suite
+    from evaluation.zoo_source import domain_files
+
+    spec, _ = load_suite(suite or "zoo")
+    if spec.domains:
+        raise UsageError(f"suite {spec.name!r} has domains of its own ({', '.join(spec.domains)}); "
+                         "evolve draws dev splits from zoo domains only: use --suite zoo with --zoo DIR")
+    if not spec.zoo_domains:
+        raise UsageError(f"suite {spec.name!r} names no zoo domains to draw a dev split from")
+    if zoo_dir is None:
+        raise UsageError("evolve scores candidates on a zoo's dev split: give --zoo DIR (or MERGEOPS_ZOO)")
+    files = domain_files(Path(zoo_dir))
+    wanted = sorted(set(files) & set(DOMAINS)) if spec.zoo_domains == "all" else list(spec.zoo_domains)
+    if per_domain is not None and per_domain < 1:
+        raise UsageError(f"--dev-size must be at least 1 prompt per domain, got {per_domain}")
+    dev = zoo_dev_records(Path(zoo_dir), wanted, DEV_SIZE if per_domain is None else per_domain)
+    return [r for d in wanted for r in dev[d]]

@@ -1,0 +1,99 @@
+"""A recipe's search space for CMA-ES and random search: per-layer-block values of its parameters.
+
+Each tuned parameter becomes a gradient of ``blocks`` points (mergekit's list syntax, interpolated
+over the layer stack; tensors outside the layers take the first point), as Sakana's evomerge and
+mergekit-evolve tune them:
+
+- task_arithmetic, ties, dare_*, breadcrumbs*, della*: ``weight`` of every non-base model, and its
+  ``density`` where the method sparsifies;
+- linear: ``weight`` of every model; slerp: the shared ``t``.
+
+``to_doc(x)`` writes the vector back into the recipe's own YAML document, so every candidate is an
+ordinary recipe that ``mergeops merge`` runs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from merge.errors import RecipeError
+from merge.recipe import Recipe
+from merge.bounded import load_yaml
+
+_DENSITY_LOW = 0.05  # a density near 0 drops a parent entirely (and 0 is refused by the recipe)
+DIGITS = 6  # values are rounded so recipes stay readable; the search sees the rounded values too
+_TUNABLE = ("linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
+            "breadcrumbs_ties", "della", "della_linear")
+
+
+@dataclass(frozen=True)
+class Dim:
+    model: str | None  # None: a recipe-level parameter (slerp's t)
+    param: str
+    low: float
+    high: float
+    start: float
+
+
+class RecipeSpace:
+    def __init__(self, recipe: Recipe, blocks: int = 4):
+        if recipe.merge_method not in _TUNABLE:
+            raise RecipeError(f"evolve cannot tune {recipe.merge_method!r} recipes; use one of: {', '.join(_TUNABLE)}")
+        if recipe.slices:
+            raise RecipeError("evolve tunes recipes with 'models'; write the slices as models")
+        if blocks < 1:
+            raise RecipeError(f"blocks must be at least 1, got {blocks}")
+        self.recipe, self.blocks = recipe, blocks
+        self.doc = load_yaml(recipe.text, what="recipe")
+        method = recipe.method
+        self.params: list[Dim] = []
+        if recipe.merge_method == "slerp":
+            self.params.append(Dim(None, "t", 0.0, 1.0, _scalar(recipe.parameters, "t", 0.5)))
+        else:
+            models = [m for m in recipe.models if recipe.merge_method == "linear" or m.model != recipe.base_model]
+            sparsifies = recipe.merge_method not in ("linear", "task_arithmetic")
+            for m in models:
+                self.params.append(Dim(m.model, "weight", 0.0, 1.0, _scalar(m.parameters, "weight", 0.5)))
+                if sparsifies and method.param("density") is not None:
+                    self.params.append(Dim(m.model, "density", _DENSITY_LOW, 1.0,
+                                           _scalar(m.parameters, "density", 0.5)))
+
+    @property
+    def dim(self) -> int:
+        return len(self.params) * self.blocks
+
+    def bounds(self) -> np.ndarray:
+        """[dim, 2]: each parameter's range, repeated for its blocks."""
+        return np.array([(p.low, p.high) for p in self.params for _ in range(self.blocks)], dtype=float)
+
+    def x0(self) -> np.ndarray:
+        """The recipe's own values (flat), clipped into the box: where CMA-ES starts."""
+        return np.array([min(max(p.start, p.low), p.high) for p in self.params for _ in range(self.blocks)])
+
+    def to_doc(self, x) -> dict:
+        """The recipe document with the tuned parameters set to ``x`` (rounded, clipped to bounds)."""
+        x = np.asarray(x, dtype=float)
+        if x.shape != (self.dim,):
+            raise ValueError(f"expected {self.dim} values, got shape {x.shape}")
+        doc = copy.deepcopy(self.doc)
+        for i, p in enumerate(self.params):
+            values = [round(float(min(max(v, p.low), p.high)), DIGITS) for v in x[i * self.blocks:(i + 1) * self.blocks]]
+            setting = values[0] if self.blocks == 1 else values
+            if p.model is None:
+                doc.setdefault("parameters", {})
+                doc["parameters"] = {**(doc["parameters"] or {}), p.param: setting}
+            else:
+                entry = next(m for m in doc["models"] if m["model"] == p.model)
+                entry["parameters"] = {**(entry.get("parameters") or {}), p.param: setting}
+        return doc
+
+
+def _scalar(params, name: str, default: float) -> float:
+    """The recipe's value of ``name`` when it is one plain number, else ``default``."""
+    value = (params or {}).get(name)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return default
