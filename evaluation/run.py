@@ -195,8 +195,78 @@ def evaluate_models(
                          champion_scores=champion_scores, device=device)
 
 
-def _evaluate(models, *, suite, zoo_dir, cache_dir, policy, audit_verdict, license_verdict, champion_scores,
-              device) -> EvaluationReport:
+@dataclass(frozen=True)
+class ModelJob:
+    """One model's share of an evaluation: what ``evaluate_one`` needs, picklable, so a process
+    (or a Dask worker) that shares the cache folder can run it."""
+
+    ref: ModelRef
+    content_id: str
+    suite: MaterializedSuite
+    canaries: tuple[lk.Canary, ...]  # checked when non-empty (and always for the merged model)
+    leakage_policy: lk.LeakagePolicy
+    cache_dir: Path
+    device: str = "cpu"
+    step: str = "evaluate"  # progress lines start with it
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    rows: list[dict]
+    leakage: list[lk.LeakageRecord]
+    run: dict  # {model, content_id, lm_eval: "ran"|"cached", leakage: ... (when checked)}
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What ``plan_evaluation`` read once for all models; ``finish_evaluation`` turns the outcomes
+    of its ``jobs`` (in order) into the report."""
+
+    models: list[ModelRef]
+    jobs: list[ModelJob]
+    ids: dict[str, str]
+    cards: dict[str, dict]
+    suite: MaterializedSuite
+    zoo_dir: Path | None
+    gate_policy: GatePolicy | None
+    leakage_policy: lk.LeakagePolicy
+
+
+def evaluate_one(job: ModelJob, *, threads: int | None = None) -> ModelOutcome:
+    """Score one model on the suite and check its leakage, each through the content-addressed cache
+    (a model is loaded only when something is not cached, and freed on return)."""
+    with _torch_threads(threads):
+        return _evaluate_one(job)
+
+
+def _evaluate_one(job: ModelJob) -> ModelOutcome:
+    ref, cid, cache_dir = job.ref, job.content_id, Path(job.cache_dir)
+    loaded: list[tuple] = []
+
+    def model_of(_ref: ModelRef):
+        if not loaded:
+            loaded.append(runner.load_model(Path(ref.path), job.device))
+        return loaded[0]
+
+    run = {"model": ref.label, "content_id": cid}
+    cached = runner.read_cache(cache_dir, cid, job.suite, step=job.step)
+    run["lm_eval"] = "cached" if cached is not None else "ran"
+    if cached is None:
+        cached = runner.run_suite(model_of(ref), job.suite, batch_size=32, step=job.step)
+        runner.write_cache(cache_dir, cid, job.suite, cached)
+    rows = [{"content_id": cid, "model": ref.label, "role": ref.role, **r} for r in cached]
+    records: list[lk.LeakageRecord] = []
+    if job.canaries or ref.role == "merged":
+        records, run["leakage"] = _leakage(ref, cid, list(job.canaries), job.leakage_policy, cache_dir, model_of)
+    loaded.clear()
+    return ModelOutcome(rows=rows, leakage=records, run=run)
+
+
+def plan_evaluation(models: list[ModelRef], *, suite: str | Path | Suite | MaterializedSuite = "zoo",
+                    zoo_dir: Path | None = None, cache_dir: Path, policy: GatePolicy | dict | str | Path | None = None,
+                    device: str = "cpu") -> EvaluationPlan:
+    """Check the inputs, read the suite, policy, content ids and cards once, and cut the work into
+    one ``ModelJob`` per model."""
     if not models:
         raise UsageError("nothing to evaluate: give at least one model directory")
     names = [m.label for m in models]
@@ -213,50 +283,53 @@ def _evaluate(models, *, suite, zoo_dir, cache_dir, policy, audit_verdict, licen
     ids = {m.label: content_id(Path(m.path)) for m in models}
     cards = {m.label: lk.read_card(Path(m.path)) for m in models}
     parent_canaries = [c for m in models if m.role == "parent" for c in lk.declared_canaries(cards[m.label])]
-    loaded: dict[str, tuple] = {}
-
-    def model_of(ref: ModelRef):
-        if ref.label not in loaded:
-            loaded.clear()  # keep one model in memory at a time
-            loaded[ref.label] = runner.load_model(Path(ref.path), device)
-        return loaded[ref.label]
-
-    rows, records, runs = [], [], []
+    jobs = []
     for i, ref in enumerate(models, 1):
-        cid = ids[ref.label]
-        run = {"model": ref.label, "content_id": cid}
-        step = f"evaluate: {ref.label} ({i}/{len(models)} models)"  # progress lines start with it
-        cached = runner.read_cache(Path(cache_dir), cid, msuite, step=step)
-        run["lm_eval"] = "cached" if cached is not None else "ran"
-        if cached is None:
-            cached = runner.run_suite(model_of(ref), msuite, batch_size=32, step=step)
-            runner.write_cache(Path(cache_dir), cid, msuite, cached)
-        rows += [{"content_id": cid, "model": ref.label, "role": ref.role, **r} for r in cached]
         # Canaries: the policy's, the model's own, and for the merged model every parent's.
         canaries = [*leak_policy.canaries, *lk.declared_canaries(cards[ref.label]),
                     *(parent_canaries if ref.role == "merged" else [])]
-        if canaries or ref.role == "merged":
-            found, run["leakage"] = _leakage(ref, cid, list(dict.fromkeys(canaries)), leak_policy, Path(cache_dir),
-                                             model_of)
-            records += found
-        runs.append(run)
-    loaded.clear()
-    records += _contamination(models, cards, msuite, zoo_dir, leak_policy)
+        jobs.append(ModelJob(ref=ref, content_id=ids[ref.label], suite=msuite,
+                             canaries=tuple(dict.fromkeys(canaries)), leakage_policy=leak_policy,
+                             cache_dir=Path(cache_dir), device=device,
+                             step=f"evaluate: {ref.label} ({i}/{len(models)} models)"))
+    return EvaluationPlan(models=list(models), jobs=jobs, ids=ids, cards=cards, suite=msuite,
+                          zoo_dir=zoo_dir, gate_policy=gate_policy, leakage_policy=leak_policy)
+
+
+def finish_evaluation(plan: EvaluationPlan, outcomes: list[ModelOutcome], *, audit_verdict: str | None = None,
+                      license_verdict: str | None = None,
+                      champion_scores: dict[str, float] | None = None) -> EvaluationReport:
+    """The report from every job's outcome (in the plan's order), contamination checks and gates."""
+    if len(outcomes) != len(plan.jobs):
+        raise UsageError(f"{len(outcomes)} evaluation outcomes for {len(plan.jobs)} models")
+    models, msuite, zoo_dir = plan.models, plan.suite, plan.zoo_dir
+    rows = [r for o in outcomes for r in o.rows]
+    records = [r for o in outcomes for r in o.leakage]
+    runs = [o.run for o in outcomes]
+    records += _contamination(models, plan.cards, msuite, zoo_dir, plan.leakage_policy)
 
     n_expected = {r["task"]: r["n_expected"] for r in rows if r.get("n_expected", -1) > 0}
     df = validate_results(to_frame(rows), msuite, n_expected)
     scores = primary_scores(df, msuite)
     parents = [m.label for m in models if m.role == "parent"]
-    candidate = merged[0] if merged else None
-    specialists, source = _specialists(models, ids, zoo_dir, scores)
+    candidate = next((m.label for m in models if m.role == "merged"), None)
+    specialists, source = _specialists(models, plan.ids, zoo_dir, scores)
     report = EvaluationReport(
         suite=msuite.name, suite_hash=msuite.suite_hash, results=df, scores=scores, primary=msuite.primary(),
         merged=candidate, retention=retention(scores, candidate, parents) if candidate else {},
         normalized_average=normalized_average(scores, candidate, specialists) if candidate else None,
         specialists=specialists, specialists_source=source, leakage=records, gates=None, runs=runs)
+    gate_policy = plan.gate_policy
     if gate_policy is not None and candidate is not None:
         metric = next(iter(msuite.primary().values()))[1] if msuite.primary() else "value"
         report.gates = decide(gate_policy, candidate=candidate, scores=scores[candidate].to_dict(),
                               retention=report.retention, leakage=records, audit_verdict=audit_verdict,
                               license_verdict=license_verdict, champion_scores=champion_scores, metric=metric)
     return report
+
+
+def _evaluate(models, *, suite, zoo_dir, cache_dir, policy, audit_verdict, license_verdict, champion_scores,
+              device) -> EvaluationReport:
+    plan = plan_evaluation(models, suite=suite, zoo_dir=zoo_dir, cache_dir=cache_dir, policy=policy, device=device)
+    return finish_evaluation(plan, [_evaluate_one(job) for job in plan.jobs], audit_verdict=audit_verdict,
+                             license_verdict=license_verdict, champion_scores=champion_scores)

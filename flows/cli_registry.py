@@ -120,7 +120,7 @@ def verify(spec: str) -> None:
     from registry.verify import verify_version
 
     s = _settings()
-    store = DvcStore(s.store_dir, s.dvc_remote_url)
+    store = DvcStore(s.store_dir, s.dvc_remote_url, s.dvc_remote_endpoint)
     governance = _governance_of(s)
     result = verify_version(s.tracking_uri, spec, audit_log_path=s.audit_log_path, work_dir=None,
                             public_key=governance.public_key(), restore=store.restore_parent,

@@ -9,6 +9,10 @@ variables override it (see flows/settings.py); nothing else is implicit.
 ```yaml
 home: .mergeops                 # the store: MLflow sqlite, artifacts, DVC store, audit log, caches
 tracking_uri: null              # an MLflow server instead of <home>/mlflow.db, e.g. http://mlflow:5000
+dvc_remote: null                # the artifact store's DVC remote instead of <home>/dvc-remote, e.g. s3://bucket/dvc
+dvc_remote_endpoint: null       # an S3-compatible endpoint for it, e.g. http://minio:9000
+dask_address: null              # evaluate per model on a Dask cluster, e.g. tcp://scheduler:8786
+evaluation_workers: 1           # without dask_address: N > 1 = a local Dask cluster of N workers
 suite: suites/acme.yaml         # default for run, watch and evaluate (a shipped name or a file)
 policy: policies/release.yaml   # default gate policy (a recipe's own `policy:` wins over it)
 zoo: null                       # only for suites that ask for zoo domains
@@ -56,6 +60,9 @@ class ProjectConfig(BaseModel):
     home: str | None = None
     tracking_uri: str | None = None
     dvc_remote: str | None = None
+    dvc_remote_endpoint: str | None = None
+    dask_address: str | None = None
+    evaluation_workers: int | None = Field(default=None, ge=1)
     suite: str | None = None
     policy: str | None = None
     zoo: str | None = None

@@ -69,9 +69,13 @@ def parent_path(content_id: str) -> str:
 class DvcStore:
     """A git + DVC repository that versions artifacts; every method is safe to repeat."""
 
-    def __init__(self, root: Path, remote_url: str) -> None:
+    def __init__(self, root: Path, remote_url: str, endpoint: str | None = None) -> None:
         self.root = Path(root).resolve()
         self.remote_url = str(remote_url)
+        # An S3-compatible endpoint (MinIO, Ceph, ...) for an s3:// remote: written to the remote's
+        # `endpointurl`, committed with .dvc/config, so another checkout of the store pulls from it
+        # too. Credentials never go there: DVC's S3 client reads the AWS variables or profile.
+        self.endpoint = endpoint if self.remote_url.startswith("s3://") else None
 
     # -- setup -----------------------------------------------------------------------------
     def ensure(self) -> DvcStore:
@@ -85,25 +89,33 @@ class DvcStore:
             if "analytics = false" not in (self.root / ".dvc" / "config").read_text():
                 # Regulated networks: DVC reports usage unless told not to, repo by repo.
                 _run([_dvc_exe(), "config", "core.analytics", "false"], self.root)
-            if self._configured_remote() != self.remote_url:
+            configured = self._configured_remote()
+            if configured.get("url") != self.remote_url:
                 if "://" not in self.remote_url:
                     Path(self.remote_url).mkdir(parents=True, exist_ok=True)
                 _run([_dvc_exe(), "remote", "add", "-d", "-f", "local", self.remote_url], self.root)
+                configured = {}
+            if self.endpoint and configured.get("endpointurl") != self.endpoint:
+                _run([_dvc_exe(), "remote", "modify", "local", "endpointurl", self.endpoint], self.root)
             self._commit("Set up the mergeops artifact store", [".dvc", ".dvcignore"])
         return self
 
-    def _configured_remote(self) -> str | None:
+    def _configured_remote(self) -> dict[str, str]:
+        """The settings of the remote ``local`` in .dvc/config (url, endpointurl, ...); {} if none."""
         config = self.root / ".dvc" / "config"
         if not config.exists():
-            return None
+            return {}
         text = config.read_text()
         if "['remote \"local\"']" not in text:
-            return None
+            return {}
+        out = {}
         for line in text.split("['remote \"local\"']", 1)[1].splitlines():
+            if line.strip().startswith("["):
+                break  # the next section
             key, _, value = line.strip().partition("=")
-            if key.strip() == "url":
-                return value.strip()
-        return None
+            if key.strip():
+                out[key.strip()] = value.strip()
+        return out
 
     # -- versioning ------------------------------------------------------------------------
     def track(self, items: dict[str, Path], message: str) -> tuple[dict[str, str], str]:

@@ -20,6 +20,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from flows import tasks
 from flows.approval import await_approval
 from flows.dvc_store import lock_md5s, parent_path
+from flows.evaluation import run_evaluation
 from flows.governance import Governance
 from flows.locks import model_lock
 from flows.settings import get_settings
@@ -106,7 +107,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     champion = baseline(settings.tracking_uri, name)
     champion_scores = _champion_scores(settings.tracking_uri, champion)
     models = [(merged.out_dir, "merged", name)] + [(p, "parent", display_name(p)) for p in parents]
-    evaluation = tasks.evaluate(models, suite, zoo, str(settings.cache_dir / "evaluations"), policy_path,
+    evaluation = run_evaluation(settings, models, suite, zoo, str(settings.cache_dir / "evaluations"), policy_path,
                                 audit.verdict, champion_scores)
     gates = evaluation.get("gates", [])
     _gate_table(name, gates)
@@ -133,7 +134,7 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
                                   same.tag("dvc_rev"), summary).to_dict()
         info, revision = _version_and_register(name, recipe, merged, parent_ids, audit, evaluation, judged_by,
                                                requested_by)
-    tasks.push_artifacts(str(settings.store_dir), settings.dvc_remote_url)
+    tasks.push_artifacts(str(settings.store_dir), settings.dvc_remote_url, settings.dvc_remote_endpoint)
     summary = _summary(name, info.version, merged, evaluation, status="registered with alias `candidate`")
     _link(settings.tracking_uri, name, info.version)
     status = "awaiting_approval"
@@ -177,7 +178,8 @@ def _register_journaled(attempt, name, recipe, merged, audit, evaluation, judged
 
     settings = get_settings()
     md5s, revision = tasks.version_artifacts(str(settings.store_dir), settings.dvc_remote_url,
-                                             items, f"{name}: {merged.content_id[:12]} by {requested_by}")
+                                             items, f"{name}: {merged.content_id[:12]} by {requested_by}",
+                                             settings.dvc_remote_endpoint)
     if attempt is not None:
         attempt.advance("artifacts", dvc_revision=revision)
     for stage_outs in lock_md5s(settings.recipe_base_dir or Path.cwd()).values():

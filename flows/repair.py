@@ -21,7 +21,7 @@ def repair(settings: Settings, public_key: bytes | None = None) -> list[str]:
     """Every repair done, one line each (empty: nothing was left half done). ``public_key`` checks
     the log's signatures (the pinned key, else the store's own)."""
     lines = [f"removed {d} (temp dir of a dead run)" for d in sweep_dead_temp_dirs(settings.cache_dir / "merges")]
-    lines += DvcStore(settings.store_dir, settings.dvc_remote_url).recover()
+    lines += DvcStore(settings.store_dir, settings.dvc_remote_url, settings.dvc_remote_endpoint).recover()
     if settings.service_url:
         return lines
     from registry.approvals import open_log

@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flows.config import CONFIG_NAME, ENV_VAR, ProjectConfig, load_config
-from flows.errors import StoreMissing
+from flows.errors import ConfigError, StoreMissing
 from merge.bounded import regular_file
 
 _DEFAULT_HOME = Path(".mergeops")
@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     # Set by flows/runtime.py when PREFECT_API_URL is the command's own local server (no UI, no reviewer).
     prefect_local_url: str | None = Field(default=None, validation_alias=AliasChoices("MERGEOPS_PREFECT_LOCAL"))
     dvc_remote: str | None = None  # None means <home>/dvc-remote
+    # The S3 (or S3-compatible) endpoint of an s3:// DVC remote, e.g. MinIO's; None: AWS's own, or
+    # AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL when set (the AWS variables DVC's S3 client reads).
+    dvc_remote_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("MERGEOPS_DVC_REMOTE_ENDPOINT", "AWS_ENDPOINT_URL_S3",
+                                                    "AWS_ENDPOINT_URL"))
+    # Evaluation fanned out per model as Dask tasks (flows/evaluation.py): a scheduler's address
+    # (tcp://HOST:8786) wins; else N > 1 starts a local cluster of N worker processes for the run;
+    # 1 (the default) evaluates the models one after the other in the pipeline's own process.
+    dask_address: str | None = None
+    evaluation_workers: int = Field(default=1, ge=1)
     registered_model_prefix: str = ""
     # Defaults for run, watch and evaluate (a command's own option wins; a recipe's `policy:` too).
     suite: str | None = None
@@ -160,12 +170,21 @@ def _check_sqlite(db: Path) -> None:
 def get_settings(config: ProjectConfig | None = None) -> Settings:
     """The environment over the project config (found from the cwd) over the embedded defaults."""
     config = config or load_config()
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # e.g. MERGEOPS_EVALUATION_WORKERS=two: one line, not a traceback
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        var = name if name.isupper() else f"MERGEOPS_{name.upper()}"  # (an alias is the variable itself)
+        raise ConfigError(f"{var}={err.get('input')!r}: {err['msg']}") from None
     from_config = {
         # The store sits beside the project config unless the config or the environment moves it.
         "home": Path(config.resolve(config.home) or config.root / _DEFAULT_HOME) if config.path else None,
         "mlflow_tracking_uri": config.tracking_uri,
         "dvc_remote": config.resolve(config.dvc_remote),
+        "dvc_remote_endpoint": config.dvc_remote_endpoint,
+        "dask_address": config.dask_address,
+        "evaluation_workers": config.evaluation_workers,
         "suite": config.resolve_suite(config.suite),
         "policy": config.resolve(config.policy),
         "zoo": config.resolve(config.zoo),

@@ -143,18 +143,19 @@ def draw_plots(evaluation: dict, out_dir: str, stem: str) -> list[str]:
 
 
 @task(name="version-artifacts", **_IO_RETRIES)
-def version_artifacts(store_root: str, remote: str, items: dict[str, str], message: str):
+def version_artifacts(store_root: str, remote: str, items: dict[str, str], message: str,
+                      endpoint: str | None = None):
     """DVC-add the parents, the merged model and the reports; return (md5s, revision)."""
     from flows.dvc_store import DvcStore
 
-    return DvcStore(Path(store_root), remote).ensure().track({k: Path(v) for k, v in items.items()}, message)
+    return DvcStore(Path(store_root), remote, endpoint).ensure().track({k: Path(v) for k, v in items.items()}, message)
 
 
 @task(name="push-artifacts", **_IO_RETRIES)
-def push_artifacts(store_root: str, remote: str) -> None:
+def push_artifacts(store_root: str, remote: str, endpoint: str | None = None) -> None:
     from flows.dvc_store import DvcStore
 
-    DvcStore(Path(store_root), remote).push()
+    DvcStore(Path(store_root), remote, endpoint).push()
 
 
 @task(name="settle-registrations", cache_policy=NONE)
