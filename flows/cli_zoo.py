@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
 from pathlib import Path
 
 import click
+
+# Same seed, same bytes on any x86-64 CPU with AVX2. Left alone, torch's own kernels and MKL pick
+# the widest vector unit they find (AVX-512 on one machine, AVX2 on another); the sums round
+# differently, and hundreds of training steps grow that into other models with other scores. The
+# build therefore runs with both held to AVX2, set before torch starts (a fresh process).
+ZOO_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+
+
+def _has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            return any(line.startswith("flags") and " avx2" in line for line in fh)
+    except OSError:
+        return False
+
+
+def _isa_pinned_env() -> dict[str, str] | None:
+    """The environment to re-run the build in, or None when this process already runs as it should."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not _has_avx2():
+        return None
+    if all(os.environ.get(k) == v for k, v in ZOO_ISA.items()):
+        return None
+    return {**os.environ, **ZOO_ISA}
 
 
 @click.group("zoo")
@@ -31,6 +57,12 @@ def build(profile: str, out: Path, seed: int) -> None:
     Example:
       mergeops zoo build --profile tiny --out /tmp/zoo --seed 0
     """
+    env = _isa_pinned_env()
+    if env is not None:  # torch may have chosen its kernels already: start over with the pins set
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "flows.cli", "zoo", "build", "--profile", profile,
+                                   "--out", str(out), "--seed", str(seed)], env)
     from evaluation.zoo import build_zoo, format_table
 
     index = build_zoo(out, profile=profile, seed=seed, log=lambda msg: click.echo(msg, err=True))

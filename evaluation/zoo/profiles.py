@@ -103,7 +103,9 @@ PROFILES: dict[str, ZooProfile] = {
             # Low-rank, low-lr updates keep each task vector small; replaying related tasks keeps it
             # tied to its prompt tag. With this profile (200 eval prompts), merges of the three keep
             # (reverse / sort / swap): task arithmetic 0.5 each 82 / 67 / 95%; ties (density 0.5,
-            # weight 1) 76 / 77 / 91%; recipes/demo.yaml 74 / 78 / 90%. Without replay, from an
+            # weight 1) 76 / 77 / 91%; the then demo recipe 74 / 78 / 90%. (Those were measured
+            # before the build held its kernels to AVX2, on a machine whose choice they were; as
+            # built now, recipes/demo.yaml keeps 64 / 66 / 83%.) Without replay, from an
             # earlier mix's step-400 base, weight 0.5 each kept 75 / 40 / 63% where replay gave
             # 82 / 36 / 92% (100 prompts).
             finetune=TrainSpec(steps=300, lr=5e-4, batch_size=64, lora_rank=8),
