@@ -40,6 +40,7 @@ from registry.mlflow_versions import (  # noqa: F401  (re-exported: the registry
     check_model_artifact,
     client,
     describe,
+    experiment_id,
     download,
     lineage_bytes,
     get_version,
@@ -59,16 +60,6 @@ from registry.release_files import write_release_files
 EXPERIMENT = "mergeops"
 _LOG_TAG = TAG + "log."
 _METRIC_SAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
-
-
-def _experiment_id(c: MlflowClient, artifact_location: str | None) -> str:
-    exp = c.get_experiment_by_name(EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return c.create_experiment(EXPERIMENT, artifact_location=artifact_location)
-    except MlflowException:  # created meanwhile by a concurrent writer
-        return c.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
 def _version_tags(lineage: LineageRecord, lineage_sha: str, audit_log: Path) -> dict[str, str]:
@@ -221,7 +212,7 @@ def _register(tracking_uri: str, name: str, model_dir: Path, lineage: LineageRec
     c = client(tracking_uri)
     lineage_bytes = lineage.to_json_bytes()
     lineage_sha = hashlib.sha256(lineage_bytes).hexdigest()
-    run = c.create_run(_experiment_id(c, artifact_location), run_name=f"{name}-{lineage.merged.content_id[:12]}",
+    run = c.create_run(experiment_id(c, EXPERIMENT, artifact_location), run_name=f"{name}-{lineage.merged.content_id[:12]}",
                        tags={TAG + "content_id": lineage.merged.content_id, TAG + "model": name,
                              TAG + "attempt": attempt.attempt})  # how recovery finds it (registry/recovery.py)
     run_id = run.info.run_id

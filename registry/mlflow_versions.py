@@ -51,6 +51,17 @@ def client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+def experiment_id(c, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created with ``artifact_location`` if it does not exist yet."""
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # created meanwhile by a concurrent writer
+        return c.get_experiment_by_name(name).experiment_id
+
+
 def _info(mv) -> VersionInfo:
     return VersionInfo(name=mv.name, version=str(mv.version), run_id=mv.run_id, source=mv.source,
                        tags=dict(mv.tags), aliases=tuple(getattr(mv, "aliases", ()) or ()))

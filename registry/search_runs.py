@@ -15,23 +15,12 @@ import time
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 
-from registry.mlflow_versions import TAG, client
+from registry.mlflow_versions import TAG, client, experiment_id
 
 EXPERIMENT = "mergeops-evolve"
 _CURVES = ("best", "mean", "diversity", "best_so_far")
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
-
-
-def _experiment_id(c, artifact_location: str | None) -> str:
-    exp = c.get_experiment_by_name(EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return c.create_experiment(EXPERIMENT, artifact_location=artifact_location)
-    except MlflowException:  # created meanwhile by a concurrent writer
-        return c.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
 def log_search(tracking_uri: str, out_dir: Path, *, recipe_sha256: str, start_recipe_sha256: str,
@@ -40,7 +29,7 @@ def log_search(tracking_uri: str, out_dir: Path, *, recipe_sha256: str, start_re
     out_dir = Path(out_dir)
     search = json.loads((out_dir / "search.json").read_text())
     c = client(tracking_uri)
-    run = c.create_run(_experiment_id(c, artifact_location), run_name=name,
+    run = c.create_run(experiment_id(c, EXPERIMENT, artifact_location), run_name=name,
                        tags={f"{TAG}kind": "evolve", f"{TAG}out_dir": str(out_dir.resolve())})
     run_id = run.info.run_id
     try:
