@@ -25,7 +25,11 @@ def _has_avx2() -> bool:
 
 
 def _isa_pinned_env() -> dict[str, str] | None:
-    """The environment to re-run the build in, or None when this process already runs as it should."""
+    """The environment to re-run the build in, or None when this process already runs as it should
+    or is not the `mergeops zoo build` command itself (a caller's process is never replaced)."""
+    args = sys.argv[1:]
+    if not any(args[i:i + 2] == ["zoo", "build"] for i in range(len(args))):
+        return None
     if platform.machine().lower() not in ("x86_64", "amd64") or not _has_avx2():
         return None
     if all(os.environ.get(k) == v for k, v in ZOO_ISA.items()):
@@ -57,6 +61,9 @@ def build(profile: str, out: Path, seed: int) -> None:
     Example:
       mergeops zoo build --profile tiny --out /tmp/zoo --seed 0
     """
+    from evaluation.zoo.profiles import get_profile
+
+    get_profile(profile)  # an unknown profile is one line here, before anything starts over
     env = _isa_pinned_env()
     if env is not None:  # torch may have chosen its kernels already: start over with the pins set
         sys.stdout.flush()

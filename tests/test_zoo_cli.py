@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from click.testing import CliRunner
 
 from flows.cli import cli
@@ -46,3 +49,25 @@ def test_build_prints_scorecard_and_replaces_an_older_zoo(tiny_zoo, tmp_path):
         assert line in result.stderr, result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["zoo"]
     assert (out / "zoo.json").read_text() != (tiny_zoo / "zoo.json").read_text()  # seed 1 differs from seed 0
+
+
+def test_the_command_builds_with_kernels_held_to_avx2(tmp_path):
+    """`mergeops zoo build` starts over in a process whose torch and MKL kernels are held to AVX2, so one
+    seed gives one zoo on any x86-64 CPU: its bytes equal a build run with the pins set by hand."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from flows.cli_zoo import ZOO_ISA, _has_avx2
+
+    if platform.machine().lower() not in ("x86_64", "amd64") or not _has_avx2():
+        pytest.skip("the pins apply to x86-64 CPUs with AVX2")
+    env = {k: v for k, v in os.environ.items() if k not in ZOO_ISA}
+    mergeops = Path(sys.executable).parent / "mergeops"
+    for name, extra in (("plain", {}), ("pinned", ZOO_ISA)):
+        done = subprocess.run([str(mergeops), "zoo", "build", "--profile", "tiny", "--out", str(tmp_path / name)],
+                              env={**env, **extra}, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    weights = [(tmp_path / n / "models" / "base" / "model.safetensors").read_bytes() for n in ("plain", "pinned")]
+    assert weights[0] == weights[1]
