@@ -23,11 +23,13 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --ignore=tests/stack
+	$(BIN)/python -m pytest -q -m "not heavy"
 
-# Real servers on loopback (an authenticated MLflow server, the governance service, ...).
+# Real servers on loopback (an authenticated MLflow server on PostgreSQL with S3 artifacts, the
+# governance service, Dask) and the long end-to-end tests (marked heavy: every crash point, the
+# evolve flow, the parent-update run of your own models, the seed-pair alignment, the pinned zoo build).
 stack-test: $(STAMP)
-	$(BIN)/python -m pytest -q tests/stack
+	$(BIN)/python -m pytest -q -m heavy
 
 demo: $(STAMP)
 	BIN=$(BIN) bash scripts/demo.sh

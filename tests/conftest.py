@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
@@ -30,3 +31,12 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Everything under tests/stack (real servers on loopback) is heavy: `make stack-test` runs it
+    with the other tests marked heavy, `make test` runs the rest."""
+    stack = Path(__file__).resolve().parent / "stack"
+    for item in items:
+        if stack in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.heavy)

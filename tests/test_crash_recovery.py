@@ -55,8 +55,13 @@ def _store_is_clean(proj) -> None:
 # Each point kills the registration at another step of its journal (registry/journal.py):
 # copied into the store, not yet `dvc add`-ed / added, not committed / run logged, no version /
 # version created, not journaled / `registered` entry appended, not mirrored into MLflow.
-@pytest.mark.parametrize("point", ["store.copied", "store.added", "journal.run", "registry.version-created",
-                                   "log.registered"])
+# One point runs in `make test`; every point runs in `make stack-test` (marked heavy: a full pipeline
+# run, killed and run again, costs about 40 s each on 2 cores).
+@pytest.mark.parametrize("point", [pytest.param("store.copied", marks=pytest.mark.heavy),
+                                   pytest.param("store.added", marks=pytest.mark.heavy),
+                                   pytest.param("journal.run", marks=pytest.mark.heavy),
+                                   "registry.version-created",
+                                   pytest.param("log.registered", marks=pytest.mark.heavy)])
 def test_a_run_killed_at_a_named_point_is_completed_by_the_next(project, point: str) -> None:
     proj, mergeops, recipe, uri = project
     name = f"crash-{point.replace('.', '-')}"
@@ -82,6 +87,7 @@ def test_a_run_killed_at_a_named_point_is_completed_by_the_next(project, point: 
     assert mergeops("approve", name, "1", "--reviewer", "bob").wait(timeout=300) == 0
 
 
+@pytest.mark.heavy
 def test_repair_completes_or_rolls_back_registrations_and_mirrors(project) -> None:
     """`mergeops repair` instead of a re-run: a registration killed before its version is rolled
     back (its run deleted), one killed after is completed; an approval and a promotion killed

@@ -22,6 +22,8 @@ from flows.settings import get_settings
 from merge.manifest import content_id
 from merge.recipe import load_recipe, parse_recipe
 
+pytestmark = pytest.mark.heavy  # a Prefect server, a search, the governed pipeline: `make stack-test`
+
 RECIPE = """\
 name: tiny-linear
 merge_method: linear

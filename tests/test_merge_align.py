@@ -149,6 +149,7 @@ def test_align_keys_are_validated(tmp_path, doc, message):
         parse_recipe(yaml.safe_dump({k: v for k, v in {**base, **doc}.items() if v is not None}), tmp_path)
 
 
+@pytest.mark.heavy
 def test_aligning_a_pair_trained_from_different_seeds_lowers_the_barrier(tmp_path):
     """Git Re-Basin's claim on the zoo's seed pair: averaging after alignment loses less than
     averaging unaligned. Measured with `pytest -s` (losses in nats per target token, eval split):

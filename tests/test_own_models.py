@@ -127,6 +127,7 @@ def test_own_models_run_to_an_approved_champion_and_replay(project) -> None:
     assert "Effective licence: apache-2.0" in (card / "LICENSE").read_text()
 
 
+@pytest.mark.heavy
 def test_a_parent_update_makes_exactly_one_candidate_and_a_stopped_remerge_exits_1(project) -> None:
     proj, mergeops = project
     name = yaml.safe_load(proj.recipe.read_text())["name"]

@@ -51,6 +51,7 @@ def test_build_prints_scorecard_and_replaces_an_older_zoo(tiny_zoo, tmp_path):
     assert (out / "zoo.json").read_text() != (tiny_zoo / "zoo.json").read_text()  # seed 1 differs from seed 0
 
 
+@pytest.mark.heavy
 def test_the_command_builds_with_kernels_held_to_avx2(tmp_path):
     """`mergeops zoo build` starts over in a process whose torch and MKL kernels are held to AVX2, so one
     seed gives one zoo on any x86-64 CPU: its bytes equal a build run with the pins set by hand."""
