@@ -24,6 +24,10 @@ from user_models import build_user_project
 
 from registry import mlflow_registry as reg
 
+# Each test carries on from the one before (v1 approved, then the parent update's v2): one module,
+# run whole by `make stack-test` (a full pipeline on real models takes minutes).
+pytestmark = pytest.mark.heavy
+
 REPO = Path(__file__).resolve().parents[1]
 BASE_REPO, BASE_COMMIT = "acme/qwen-base", "5eed" * 10
 
@@ -127,7 +131,6 @@ def test_own_models_run_to_an_approved_champion_and_replay(project) -> None:
     assert "Effective licence: apache-2.0" in (card / "LICENSE").read_text()
 
 
-@pytest.mark.heavy
 def test_a_parent_update_makes_exactly_one_candidate_and_a_stopped_remerge_exits_1(project) -> None:
     proj, mergeops = project
     name = yaml.safe_load(proj.recipe.read_text())["name"]
