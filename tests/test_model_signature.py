@@ -80,12 +80,12 @@ def test_a_registered_version_is_signed_over_every_model_file(store, tmp_path):
     assert "champion" in _promote(store, info).aliases
 
 
-def _rewrite_consistently(store, info, tmp_path) -> None:
-    """The attack: other weights, and the manifest, lineage.json and tags rewritten to agree with them."""
-    run, model = _run_dir(info), _run_dir(info) / "model"
-    other = write_model(tmp_path / "attacker", 99)
+def forge_artifacts(run: Path, lineage, attacker: Path) -> tuple[str, bytes]:
+    """Other weights in ``run``'s model, and its manifest and lineage.json rewritten to agree with
+    them; returns the forged content id and lineage bytes (for the tags an attacker sets too)."""
+    model = run / "model"
+    other = write_model(attacker, 99)
     shutil.copyfile(other / "model.safetensors", model / "model.safetensors")
-    lineage = reg.load_lineage(store["uri"], info)
     release = {e.path for e in lineage.release_files}
     files = [e for e in file_entries(model) if e.path not in release]
     manifest = json.loads((model / MANIFEST_NAME).read_text())
@@ -95,8 +95,13 @@ def _rewrite_consistently(store, info, tmp_path) -> None:
         update={"content_id": manifest["content_id"], "files": files})})
     data = forged.to_json_bytes()
     (run / "lineage.json").write_bytes(data)
-    reg.set_tags(store["uri"], info, {"content_id": manifest["content_id"],
-                                      "lineage_sha256": hashlib.sha256(data).hexdigest()})
+    return manifest["content_id"], data
+
+
+def _rewrite_consistently(store, info, tmp_path) -> None:
+    """The attack: other weights, and the manifest, lineage.json and tags rewritten to agree with them."""
+    cid, data = forge_artifacts(_run_dir(info), reg.load_lineage(store["uri"], info), tmp_path / "attacker")
+    reg.set_tags(store["uri"], info, {"content_id": cid, "lineage_sha256": hashlib.sha256(data).hexdigest()})
 
 
 def test_rewritten_weights_manifest_lineage_and_tags_are_refused_at_promote(store, tmp_path):

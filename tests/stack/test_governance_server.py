@@ -7,7 +7,6 @@ where a person would use the CLI.
 
 from __future__ import annotations
 
-import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -105,11 +104,8 @@ def test_direct_edits_are_refused_by_the_server_and_admin_forgeries_are_named(st
 
 def test_tampered_weights_manifest_lineage_and_tags_are_refused_at_promote(stack, monkeypatch):
     import hashlib
-    import shutil
 
-    from test_lineage import write_model
-
-    from merge.manifest import MANIFEST_NAME, content_id_of, file_entries
+    from test_model_signature import forge_artifacts
 
     version = register(stack, "gov-tamper", 5, monkeypatch=monkeypatch)
     assert mergeops(stack, "bob", "approve", "gov-tamper", version).returncode == 0
@@ -117,20 +113,9 @@ def test_tampered_weights_manifest_lineage_and_tags_are_refused_at_promote(stack
     info = reg.get_version(stack["uri"], "gov-tamper", version)
     signed = {k: info.tag(k) for k in ("content_id", "lineage_sha256")}
     run = next(p for p in stack["artifacts"].rglob(info.run_id) if p.is_dir()) / "artifacts"
-    model = run / "model"
     # other weights, and the manifest, lineage.json and tags rewritten to agree with them (an admin's edit)
-    other = write_model(stack["tmp"] / "attacker", 99)
-    shutil.copyfile(other / "model.safetensors", model / "model.safetensors")
-    lineage = reg.load_lineage(stack["uri"], info)
-    release = {e.path for e in lineage.release_files}
-    files = [e for e in file_entries(model) if e.path not in release]
-    manifest = json.loads((model / MANIFEST_NAME).read_text())
-    manifest |= {"content_id": content_id_of(files), "files": [e.model_dump() for e in files]}
-    (model / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
-    forged = lineage.model_copy(update={"merged": lineage.merged.model_copy(
-        update={"content_id": manifest["content_id"], "files": files})}).to_json_bytes()
-    (run / "lineage.json").write_bytes(forged)
-    admin.set_model_version_tag("gov-tamper", version, "mergeops.content_id", manifest["content_id"])
+    cid, forged = forge_artifacts(run, reg.load_lineage(stack["uri"], info), stack["tmp"] / "attacker")
+    admin.set_model_version_tag("gov-tamper", version, "mergeops.content_id", cid)
     admin.set_model_version_tag("gov-tamper", version, "mergeops.lineage_sha256", hashlib.sha256(forged).hexdigest())
 
     refused = mergeops(stack, "carol", "promote", "gov-tamper", version)
