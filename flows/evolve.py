@@ -27,6 +27,7 @@ from evaluation._io import atomic_write_text
 from merge.errors import MergeFailed, UsageError
 from merge.evolve.crossover import split_index
 from merge.evolve.m2n2 import M2N2Config
+from merge.evolve.objective import OBJECTIVES, Objective
 from merge.evolve.search import ALGORITHMS, Evaluation, SearchSpec, make_search, read_checkpoint, run_search
 from merge.evolve.space import RecipeSpace
 from merge.memory import ParentTensors, merge_in_memory
@@ -50,6 +51,7 @@ class EvolveResult:
     content_id: str
     best: dict  # the winning candidate
     dev_score: float  # its mean dev score
+    objective: float  # its value of the search's objective (least retention + a tenth of the mean)
     evaluations: int
     replayed: int  # evaluations read back from the checkpoint
 
@@ -60,24 +62,37 @@ class _Candidates:
     def __init__(self, recipe: Recipe, algorithm: str, seed: int):
         if recipe.stages:
             raise UsageError("evolve starts from a single-stage recipe (the parents and base to search over)")
-        self.recipe, self.algorithm = recipe, algorithm
+        self.recipe, self.algorithm, self.seed = recipe, algorithm, seed
         self.doc = yaml.safe_load(recipe.text)
         self.output_name = f"{recipe.name}-evolved" if recipe.name else "evolved"
         self.parents = ParentTensors()
         self.cache: dict[int, dict] = {}  # M2N2 archive member id -> its tensors
+        models = [m.model for m in recipe.models or []]
+        # The models whose skills the merge is to keep: every one but the base.
+        self.kept = [m for m in models if m != recipe.base_model] if recipe.merge_method != "linear" else models
         if algorithm == "m2n2":
-            models = [m.model for m in recipe.models or []]
             self.seeds = [_START] + [m for m in models if m != recipe.base_model]
             if len(self.seeds) < 2:
                 raise UsageError("m2n2 needs a recipe with at least one model besides the base")
             self.n_tensors = len(plan_merge(recipe).tensors)
             self.layout = recipe.path_of(self.seeds[1])  # every member has its parents' layout
-            self.spec = SearchSpec("m2n2", seed=seed, n_seeds=len(self.seeds), m2n2=M2N2Config())
             self.children: dict[int, dict] = {}
         else:
-            self.space = RecipeSpace(recipe, blocks=BLOCKS)
-            self.spec = SearchSpec(algorithm, seed=seed, bounds=tuple(map(tuple, self.space.bounds())),
-                                   x0=tuple(self.space.x0()))
+            plan = plan_merge(recipe)
+            self.space = RecipeSpace(recipe, blocks=BLOCKS, tensor_names=[tp.out_name for tp in plan.tensors],
+                                     config=plan.config)
+
+    def spec(self, objective: Objective, m2n2: M2N2Config | None = None) -> SearchSpec:
+        if self.algorithm == "m2n2":
+            return SearchSpec("m2n2", seed=self.seed, n_seeds=len(self.seeds), m2n2=m2n2 or M2N2Config(),
+                              objective=objective)
+        return SearchSpec(self.algorithm, seed=self.seed, bounds=tuple(map(tuple, self.space.bounds())),
+                          x0=tuple(self.space.x0()), objective=objective)
+
+    def parent_tensors(self, model: str) -> dict:
+        """One parent's own weights, as the search's merges read them."""
+        doc = {"merge_method": "passthrough", "models": [{"model": model}]}
+        return merge_in_memory(self._parse(yaml.safe_dump(doc)), self.parents)
 
     # -- recipes --------------------------------------------------------------------------------
     def _ref(self, cid: int) -> str:
@@ -157,9 +172,10 @@ class _Candidates:
 
 
 def _generations(spec: SearchSpec, evals: list[Evaluation], size: int) -> list[dict]:
-    """Per generation of ``size`` evaluations: best and mean dev score and diversity of the
+    """Per generation of ``size`` evaluations: the best and mean objective and the diversity of the
     population (M2N2: its archive after the generation, replayed without scoring; otherwise the
-    generation's candidates). Diversity: the share of examples on which the population disagrees."""
+    generation's candidates), and the best objective so far. Diversity: the share of examples on
+    which the population disagrees."""
     search = make_search(spec) if spec.algorithm == "m2n2" else None
     rows = []
     for g in range(math.ceil(len(evals) / size)):
@@ -171,10 +187,10 @@ def _generations(spec: SearchSpec, evals: list[Evaluation], size: int) -> list[d
             pop = search.scores
         else:
             pop = np.vstack([ev.scores for ev in chunk])
-        means = pop.mean(axis=1)
-        rows.append({"generation": g, "evaluations": g * size + len(chunk), "best": float(means.max()),
-                     "mean": float(means.mean()), "diversity": float(np.mean(pop.max(axis=0) != pop.min(axis=0))),
-                     "best_so_far": max(ev.mean for ev in evals[:(g * size + len(chunk))])})
+        values = np.array([spec.objective(row) for row in pop])
+        rows.append({"generation": g, "evaluations": g * size + len(chunk), "best": float(values.max()),
+                     "mean": float(values.mean()), "diversity": float(np.mean(pop.max(axis=0) != pop.min(axis=0))),
+                     "best_so_far": max(spec.objective(ev.scores) for ev in evals[:(g * size + len(chunk))])})
     return rows
 
 
@@ -190,12 +206,20 @@ def _check_out(out_dir: Path) -> None:
 
 
 def evolve(recipe: Recipe, out_dir: Path, *, records: list[dict], scorer_dir: Path, algorithm: str = "m2n2",
-           budget: int = DEFAULT_BUDGET, seed: int = 0, progress: bool = True) -> EvolveResult:
-    """Search ``budget`` candidates (replayed ones included) and write the winner to ``out_dir``."""
+           budget: int = DEFAULT_BUDGET, seed: int = 0, objective: str = "retention",
+           m2n2: M2N2Config | None = None, progress: bool = True) -> EvolveResult:
+    """Search ``budget`` candidates (replayed ones included) and write the winner to ``out_dir``.
+
+    ``records`` are dev records ``{"prompt", "target"[, "group"]}``; with ``objective="retention"``
+    each group (domain) is scored against the best parent's score there, measured first (those
+    parent scorings are not counted in ``budget``). ``m2n2`` changes M2N2's settings (archive size,
+    alpha, matchmaker, split point) from the paper's defaults."""
     from evaluation.dev_scoring import DevScorer  # torch and transformers: only once inputs are checked
 
     if algorithm not in ALGORITHMS:
         raise UsageError(f"unknown algorithm {algorithm!r}; use one of: {', '.join(ALGORITHMS)}")
+    if objective not in OBJECTIVES:
+        raise UsageError(f"unknown objective {objective!r}; use one of: {', '.join(OBJECTIVES)}")
     if budget < 1:
         raise UsageError(f"--budget must be at least 1 candidate, got {budget}")
     if not records:
@@ -203,7 +227,20 @@ def evolve(recipe: Recipe, out_dir: Path, *, records: list[dict], scorer_dir: Pa
     out_dir = Path(out_dir)
     _check_out(out_dir)
     cands = _Candidates(recipe, algorithm, seed)
+    records, names, sizes = _grouped(records)
     scorer = DevScorer(scorer_dir, records)
+    target = Objective()
+    if objective == "retention":
+        means = [Objective("retention", sizes, (1.0,) * len(sizes)).group_means(scorer(cands.parent_tensors(m)))
+                 for m in cands.kept]
+        reference = np.max(means, axis=0)
+        if reference.max() > 0 and reference.min() <= 0:  # no parent has that skill: nothing to keep, no need to score it
+            kept = {n for n, r in zip(names, reference) if r > 0}
+            records, names, sizes = _grouped([r for r in records if str(r.get("group", "dev")) in kept])
+            reference = reference[reference > 0]
+            scorer = DevScorer(scorer_dir, records)
+        target = Objective("retention", sizes, tuple(round(float(v), 6) for v in reference), names)
+    spec = cands.spec(target, m2n2)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / CHECKPOINT).is_file():  # a resume: crossovers made before are ancestors of new ones
         for ev in read_checkpoint(out_dir / CHECKPOINT)[1]:
@@ -219,26 +256,33 @@ def evolve(recipe: Recipe, out_dir: Path, *, records: list[dict], scorer_dir: Pa
             fresh += 1
             if algorithm == "m2n2":
                 cands.keep(search.ids)
-            bar.advance(i + 1 - bar.n, f"{ev.mean:.3f}")
+            bar.advance(i + 1 - bar.n, f"{target(ev.scores):.3f}")
 
-        result = run_search(cands.spec, fitness, budget, checkpoint=out_dir / CHECKPOINT, on_eval=on_eval)
+        result = run_search(spec, fitness, budget, checkpoint=out_dir / CHECKPOINT, on_eval=on_eval)
         bar.advance(budget - bar.n)
-    if algorithm == "m2n2":
-        best_id = result.search.best()
-        best = next(ev for ev in result.evaluations if ev.candidate["id"] == best_id)
-    else:
-        best = result.best()
-    size = cands.spec.m2n2.archive_size if algorithm == "m2n2" else \
-        (cands.spec.popsize or 4 + int(3 * math.log(len(cands.spec.bounds))))
+    best = result.best()
+    size = spec.m2n2.archive_size if algorithm == "m2n2" else \
+        (spec.popsize or 4 + int(3 * math.log(len(spec.bounds))))
     text = cands.output_text(best.candidate)
     atomic_write_text(out_dir / "recipe.yaml", text)
     atomic_write_text(out_dir / "search.json", json.dumps({
         "algorithm": algorithm, "seed": seed, "budget": budget, "evaluations": len(result.evaluations),
-        "dev_examples": len(records), "best": {"candidate": best.candidate, "dev_score": best.mean},
-        "generation_size": size, "generations": _generations(cands.spec, result.evaluations, size)}, indent=2) + "\n")
+        "dev_examples": len(records), "objective": objective,
+        "reference": dict(zip(names, target.reference)) if objective == "retention" else None,
+        "best": {"candidate": best.candidate, "dev_score": best.mean, **target.describe(best.scores)},
+        "generation_size": size, "generations": _generations(spec, result.evaluations, size)}, indent=2) + "\n")
     content_id = _write_model(out_dir, recipe.base_dir, progress)
-    return EvolveResult(out_dir, content_id, best.candidate, best.mean, len(result.evaluations),
-                        len(result.evaluations) - fresh)
+    return EvolveResult(out_dir, content_id, best.candidate, best.mean, target(best.scores),
+                        len(result.evaluations), len(result.evaluations) - fresh)
+
+
+def _grouped(records: list[dict]) -> tuple[list[dict], tuple[str, ...], tuple[int, ...]]:
+    """The records reordered group by group (first appearance), with the groups' names and sizes;
+    records without a group form one group, "dev"."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(str(r.get("group", "dev")), []).append(r)
+    return [r for g in groups.values() for r in g], tuple(groups), tuple(len(g) for g in groups.values())
 
 
 def _write_model(out_dir: Path, base_dir: Path, progress: bool) -> str:
@@ -287,4 +331,4 @@ def dev_records(suite: str | None, zoo_dir: Path | None, per_domain: int | None 
     if per_domain is not None and per_domain < 1:
         raise UsageError(f"--dev-size must be at least 1 prompt per domain, got {per_domain}")
     dev = zoo_dev_records(Path(zoo_dir), wanted, DEV_SIZE if per_domain is None else per_domain)
-    return [r for d in wanted for r in dev[d]]
+    return [{**r, "group": d} for d in wanted for r in dev[d]]

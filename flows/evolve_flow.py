@@ -24,14 +24,15 @@ from flows.settings import get_settings
 
 @task(name="evolve-search", cache_policy=NONE)
 def search(recipe, out_dir: str, zoo_dir: str | None, suite: str | None, algorithm: str, budget: int, seed: int,
-           dev_size: int | None) -> dict:
+           dev_size: int | None, objective: str = "retention") -> dict:
     from flows.evolve import dev_records, evolve
 
     records = dev_records(suite, Path(zoo_dir) if zoo_dir else None, dev_size)
     scorer_dir = recipe.path_of(recipe.base_model or recipe.model_refs()[0])
     result = evolve(recipe, Path(out_dir), records=records, scorer_dir=scorer_dir, algorithm=algorithm,
-                    budget=budget, seed=seed, progress=False)
-    return {"content_id": result.content_id, "dev_score": result.dev_score, "evaluations": result.evaluations,
+                    budget=budget, seed=seed, objective=objective, progress=False)
+    return {"content_id": result.content_id, "dev_score": result.dev_score, "objective": result.objective,
+            "evaluations": result.evaluations,
             "replayed": result.replayed}
 
 
@@ -54,6 +55,7 @@ def tag_search(run_id: str, outcome: dict[str, str]) -> None:
 @flow(name="evolve", log_prints=True)
 def evolve_flow(recipe_path: str, out_dir: str, zoo_dir: str | None = None, suite: str | None = None,
                 algorithm: str = "m2n2", budget: int = DEFAULT_BUDGET, seed: int = 0, dev_size: int | None = None,
+                objective: str = "retention",
                 register_as: str | None = None, policy_path: str | None = None, requested_by: str | None = None,
                 wait_for_approval: bool = True, approval_timeout_s: int = 3600) -> dict:
     """Search merges of RECIPE's parents, log the search in MLflow and, with ``register_as``, send the
@@ -67,9 +69,10 @@ def evolve_flow(recipe_path: str, out_dir: str, zoo_dir: str | None = None, suit
     zoo = zoo_dir or settings.zoo or find_zoo_dir(parent_dirs(recipe))
     zoo = str(zoo) if zoo else None
     suite = suite or settings.suite
-    found = search(recipe, out_dir, zoo, suite, algorithm, budget, seed, dev_size)
-    log.info("search: %d candidates (%d resumed), winner dev score %.3f, content id %s", found["evaluations"],
-             found["replayed"], found["dev_score"], found["content_id"][:12])
+    found = search(recipe, out_dir, zoo, suite, algorithm, budget, seed, dev_size, objective)
+    log.info("search: %d candidates (%d resumed), winner %s %.3f (dev mean %.3f), content id %s",
+             found["evaluations"], found["replayed"], objective, found["objective"], found["dev_score"],
+             found["content_id"][:12])
     evolved = load_recipe(Path(out_dir) / "recipe.yaml", recipe.base_dir)
     run_id = log_search(out_dir, evolved.sha256, recipe.sha256, evolved.name or Path(out_dir).name)
     outcome = {**found, "out_dir": str(out_dir), "search_run_id": run_id, "recipe_sha256": evolved.sha256}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -37,7 +38,7 @@ def _recipe(zoo: Path) -> str:
 @pytest.fixture(scope="module")
 def records(tiny_zoo: Path) -> list[dict]:
     dev = zoo_dev_records(tiny_zoo, ["reverse", "swap"], n=4)
-    return dev["reverse"] + dev["swap"]
+    return [{**r, "group": d} for d in ("reverse", "swap") for r in dev[d]]
 
 
 def _run(zoo: Path, out: Path, records, budget: int, algorithm: str = "m2n2"):
@@ -67,6 +68,29 @@ def test_a_resumed_search_is_the_uninterrupted_one(searched) -> None:
     assert search["generations"][-1]["evaluations"] == BUDGET
     assert all(0.0 <= g["diversity"] <= 1.0 and g["best"] >= g["mean"] for g in search["generations"])
     assert search["best"]["dev_score"] == pytest.approx(straight.dev_score)
+    assert search["objective"] == "retention" and search["best"]["objective"] == pytest.approx(straight.objective)
+
+
+def test_retention_is_measured_against_the_best_parent_of_each_domain(tiny_zoo: Path, searched, records) -> None:
+    from evaluation.dev_scoring import DevScorer
+
+    search = json.loads((searched["straight"].out_dir / "search.json").read_text())
+    scorer = DevScorer(tiny_zoo / "models" / "base", records)
+    best = {d: 0.0 for d in ("reverse", "swap")}
+    for name in ("reverse", "sort", "swap"):  # the recipe's models other than the base
+        s = scorer(load_file(str(tiny_zoo / "models" / name / "model.safetensors")))
+        best = {"reverse": max(best["reverse"], s[:4].mean()), "swap": max(best["swap"], s[4:].mean())}
+    assert search["reference"] == pytest.approx(best)
+    groups = search["best"]["groups"]
+    kept = {d for d, v in best.items() if v > 0}
+    if kept:  # a group no parent scores on is not scored at all
+        assert set(groups) == kept
+        least = min(g["retention"] for g in groups.values())
+        mean = np.mean([g["retention"] for g in groups.values()])
+        assert search["best"]["objective"] == pytest.approx(least + 0.1 * mean)
+    else:  # the tiny zoo's parents solve nothing: nothing to retain, the objective is the mean score
+        assert set(groups) == {"reverse", "swap"} and all(g["retention"] is None for g in groups.values())
+        assert search["best"]["objective"] == pytest.approx(search["best"]["dev_score"])
 
 
 def test_merge_of_the_written_recipe_rebuilds_the_model_byte_for_byte(searched) -> None:
@@ -109,7 +133,11 @@ def test_box_searches_write_the_best_point_as_a_recipe(tiny_zoo: Path, tmp_path:
     out = tmp_path / algorithm
     result = _run(tiny_zoo, out, records, budget=2, algorithm=algorithm)
     doc = yaml.safe_load((out / "recipe.yaml").read_text())
-    assert doc["merge_method"] == "task_arithmetic" and len(doc["models"][0]["parameters"]["weight"]) == BLOCKS
+    assert doc["merge_method"] == "task_arithmetic"
+    # per tensor kind: a gradient of BLOCKS points for each kind of layer tensor, a value outside
+    weights = {w["filter"]: w["value"] for w in doc["models"][0]["parameters"]["weight"]}
+    assert len(weights[".self_attn."]) == len(weights[".mlp."]) == BLOCKS
+    assert isinstance(weights["lm_head.weight"], float)
     # the written recipe is the best point the search scored, and OUT/model is its merge
     best = json.loads((out / "search.json").read_text())["best"]["candidate"]
     cands = _Candidates(parse_recipe(_recipe(tiny_zoo)), algorithm, seed=1)

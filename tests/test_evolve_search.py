@@ -15,8 +15,10 @@ from merge.errors import RecipeError
 from merge.evolve.crossover import split_index, split_slerp_flat, split_slerp_tensors, tensor_ratios
 from merge.evolve.m2n2 import (M2N2, M2N2Config, attraction, competition_fitness, select_parents,
                                weakest_replaced)
-from merge.evolve.search import CheckpointError, SearchSpec, run_search
+from merge.evolve.objective import Objective
+from merge.evolve.search import CheckpointError, SearchSpec, read_checkpoint, run_search
 from merge.evolve.space import RecipeSpace
+from merge.params import resolve
 from merge.recipe import parse_recipe
 
 S = np.array([[1, 1, 0], [1, 0, 1], [0, 0, 1]], dtype=float)
@@ -203,3 +205,63 @@ def test_recipe_space_writes_per_block_gradients_into_an_ordinary_recipe() -> No
     assert parse_recipe(yaml.safe_dump(slerp.to_doc([0.1, 0.9]))).parameters["t"] == [0.1, 0.9]
     with pytest.raises(RecipeError, match="cannot tune"):
         RecipeSpace(parse_recipe("merge_method: karcher\nmodels: [{model: a}, {model: b}]\n"))
+
+
+def test_retention_is_the_least_group_score_over_its_reference_and_skips_groups_no_parent_has() -> None:
+    obj = Objective("retention", sizes=(2, 2, 3), reference=(0.5, 1.0, 0.0), names=("a", "b", "c"))
+    scores = np.array([1, 0, 1, 0, 1, 1, 1])  # a 0.5 of 0.5, b 0.5 of 1.0, c (reference 0) ignored
+    assert obj.retention(scores) == pytest.approx([1.0, 0.5])
+    assert obj(scores) == pytest.approx(0.5 + 0.1 * 0.75)
+    # a candidate better on its weakest group ranks higher even with a lower mean
+    balanced, lopsided = np.array([1, 0, 1, 0, 0, 0, 0]), np.array([1, 1, 0, 0, 1, 1, 1])
+    assert balanced.mean() < lopsided.mean() and obj(balanced) > obj(lopsided)
+    described = obj.describe(scores)
+    assert described["groups"]["b"] == {"score": 0.5, "reference": 1.0, "retention": 0.5}
+    assert described["groups"]["c"]["retention"] is None
+    assert Objective()(scores) == pytest.approx(5 / 7)  # mean
+    with pytest.raises(ValueError, match="scores for groups"):
+        obj(np.ones(5))
+    with pytest.raises(ValueError, match="unknown objective"):
+        Objective("median")
+
+
+def test_cmaes_and_the_winner_follow_the_objective_and_a_checkpoint_keeps_it(tmp_path: Path) -> None:
+    # two groups of examples; the first is easy to gain on and the second is the one left behind
+    def fitness(c: dict) -> np.ndarray:
+        x = np.array(c["x"])
+        return np.concatenate([np.full(4, 1 - abs(x[0] - 0.9)), np.full(2, 1 - abs(x[1] - 0.3)) * 0.5])
+
+    obj = Objective("retention", sizes=(4, 2), reference=(1.0, 0.5), names=("easy", "hard"))
+    spec = SearchSpec(algorithm="cmaes", seed=0, bounds=((0.0, 1.0),) * 2, objective=obj)
+    ckpt = tmp_path / "ckpt.json"
+    result = run_search(spec, fitness, 120, checkpoint=ckpt)
+    assert result.best() == max(result.evaluations, key=lambda e: obj(e.scores))
+    assert abs(result.best().candidate["x"][1] - 0.3) < 0.05  # the weak group was pulled up, not ignored
+    assert read_checkpoint(ckpt)[0] == spec  # the objective survives the JSON round trip
+    with pytest.raises(CheckpointError, match="another search"):
+        run_search(SearchSpec(algorithm="cmaes", seed=0, bounds=((0.0, 1.0),) * 2), fitness, 130, checkpoint=ckpt)
+
+
+LLAMA_NAMES = ["model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"] + [
+    f"model.layers.{i}.{part}.weight" for i in range(3)
+    for part in ("self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj", "input_layernorm")]
+
+
+def test_recipe_space_tunes_each_tensor_kind_with_filters_that_pick_out_exactly_its_tensors() -> None:
+    recipe = parse_recipe(TIES)
+    space = RecipeSpace(recipe, blocks=2, tensor_names=LLAMA_NAMES, config={"num_hidden_layers": 3})
+    assert [g.filter for g in space.groups] == [".self_attn.", ".mlp.", ".input_layernorm.",
+                                                "model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"]
+    assert space.per_param == 3 * 2 + 3 and space.dim == 2 * 2 * space.per_param
+    x = np.arange(space.dim) / space.dim  # every value distinct, inside both ranges
+    again = parse_recipe(yaml.safe_dump(space.to_doc(x)))
+    a = next(m for m in again.models if m.model == "a")
+    param = again.method.param("weight")
+    # a's weights are x[0:9]: attention block values 0, 1; mlp 2, 3; layernorm 4, 5; then one each
+    for name, t, at in [("model.layers.0.self_attn.q_proj.weight", 0.0, 0), ("model.layers.2.self_attn.o_proj.weight", 1.0, 1),
+                        ("model.layers.2.mlp.up_proj.weight", 1.0, 3), ("model.layers.0.input_layernorm.weight", 0.0, 4),
+                        ("model.embed_tokens.weight", 0.0, 6), ("lm_head.weight", 1.0, 7), ("model.norm.weight", 1.0, 8)]:
+        assert resolve(param, [a.parameters], name, t, "a") == pytest.approx(round(x[at], 6)), name
+    # a tensor outside the layers whose name holds a layer kind's filter: filters would be ambiguous
+    odd = RecipeSpace(recipe, blocks=2, tensor_names=LLAMA_NAMES + ["vision.mlp.weight"])
+    assert [g.filter for g in odd.groups] == [None] and odd.dim == 2 * 2 * 2

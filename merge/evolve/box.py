@@ -1,7 +1,7 @@
 """CMA-ES and random search over a box of real parameters (a recipe space's vector).
 
 CMA-ES (Hansen's covariance matrix adaptation, via the ``cmaes`` package) minimises, so it is told
-the negative mean score. Random search draws uniformly from the same box at the same budget: the
+the negative objective (``objective.Objective``: the mean score, or the least retention). Random search draws uniformly from the same box at the same budget: the
 baseline any search must beat. Both propose ``{"id": i, "kind": "point", "x": [...]}``.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 from cmaes import CMA
+
+from merge.evolve.objective import Objective
 
 
 def _uint32(rng: np.random.Generator) -> int:
@@ -20,7 +22,7 @@ class CMAES:
 
     def __init__(self, bounds: np.ndarray, rng: np.random.Generator, x0: np.ndarray | None = None,
                  sigma: float | None = None, popsize: int | None = None,
-                 weights: np.ndarray | None = None):
+                 objective: Objective | None = None):
         bounds = np.asarray(bounds, dtype=float)
         lo, hi = bounds[:, 0], bounds[:, 1]
         mean = (lo + hi) / 2 if x0 is None else np.clip(np.asarray(x0, dtype=float), lo, hi)
@@ -28,7 +30,7 @@ class CMAES:
         # on its walls (cmaes clips to bounds by resampling).
         sigma = float(sigma if sigma is not None else (hi - lo).min() / 4)
         self.opt = CMA(mean=mean, sigma=sigma, bounds=bounds, seed=_uint32(rng), population_size=popsize)
-        self.c = weights
+        self.objective = objective or Objective()
         self.next_id = 0
         self._told: list[tuple[np.ndarray, float]] = []
 
@@ -41,7 +43,7 @@ class CMAES:
 
     def tell(self, candidate: dict, scores: np.ndarray) -> None:
         self.next_id = candidate["id"] + 1
-        self._told.append((np.asarray(candidate["x"]), -_mean(scores, self.c)))
+        self._told.append((np.asarray(candidate["x"]), -self.objective(scores)))
         if len(self._told) == self.opt.population_size:
             self.opt.tell(self._told)
             self._told = []
@@ -60,8 +62,3 @@ class RandomSearch:
     def tell(self, candidate: dict, scores: np.ndarray) -> None:
         self.next_id = candidate["id"] + 1
 
-
-def _mean(scores: np.ndarray, c: np.ndarray | None) -> float:
-    s = np.asarray(scores, dtype=float)
-    c = np.ones_like(s) if c is None else np.asarray(c, dtype=float)
-    return float((s * c).sum() / c.sum())

@@ -23,6 +23,7 @@ from merge.bounded import MIB, loads_json, read_bytes
 from merge.errors import UsageError
 from merge.evolve.box import CMAES, RandomSearch
 from merge.evolve.m2n2 import M2N2, M2N2Config
+from merge.evolve.objective import Objective
 
 Algorithm = Literal["m2n2", "cmaes", "random"]
 ALGORITHMS: tuple[str, ...] = ("m2n2", "cmaes", "random")
@@ -47,6 +48,7 @@ class SearchSpec:
     x0: tuple[float, ...] | None = None  # cmaes: the start (the recipe's own values)
     popsize: int | None = None  # cmaes: None = 4 + 3 ln(dim)
     m2n2: M2N2Config = field(default_factory=M2N2Config)
+    objective: Objective = field(default_factory=Objective)  # what "best" means (CMA-ES, the winner)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -55,6 +57,8 @@ class SearchSpec:
     def from_json(cls, doc: dict) -> "SearchSpec":
         doc = dict(doc)
         doc["m2n2"] = M2N2Config(**doc.get("m2n2", {}))
+        objective = dict(doc.get("objective", {}))
+        doc["objective"] = Objective(**{k: tuple(v) if isinstance(v, list) else v for k, v in objective.items()})
         doc["bounds"] = tuple(tuple(b) for b in doc.get("bounds", ()))
         if doc.get("x0") is not None:
             doc["x0"] = tuple(doc["x0"])
@@ -70,7 +74,7 @@ def make_search(spec: SearchSpec, weights: np.ndarray | None = None):
     bounds = np.array(spec.bounds, dtype=float)
     if spec.algorithm == "cmaes":
         return CMAES(bounds, rng, x0=None if spec.x0 is None else np.array(spec.x0), popsize=spec.popsize,
-                     weights=weights)
+                     objective=spec.objective)
     if spec.algorithm == "random":
         return RandomSearch(bounds, rng)
     raise UsageError(f"unknown algorithm {spec.algorithm!r}; use one of: {', '.join(ALGORITHMS)}")
@@ -93,8 +97,9 @@ class SearchResult:
     search: object  # the live search (M2N2 archive, CMA-ES state) after the last evaluation
 
     def best(self) -> Evaluation:
-        """The evaluation with the highest mean dev score (first of equals)."""
-        return max(self.evaluations, key=lambda e: e.mean)
+        """The evaluation the spec's objective ranks highest (first of equals), any algorithm: an
+        M2N2 child that left the archive is still a model its recipe rebuilds."""
+        return max(self.evaluations, key=lambda e: self.spec.objective(e.scores))
 
 
 def _dump(spec: SearchSpec, evaluations: list[Evaluation]) -> bytes:

@@ -2,7 +2,12 @@
 
 Each tuned parameter becomes a gradient of ``blocks`` points (mergekit's list syntax, interpolated
 over the layer stack; tensors outside the layers take the first point), as Sakana's evomerge and
-mergekit-evolve tune them:
+mergekit-evolve tune them. Given the parents' tensor names (``tensor_names``), it is tuned per
+tensor kind as well: one gradient per kind of layer tensor (the name's first part after the layer
+index: ``self_attn``, ``mlp``, ``input_layernorm``; GPT-2's ``attn``, ``ln_1``…) and one value per
+tensor outside the layers (embeddings, final norm, head), written as mergekit's ``{filter, value}``
+lists. The filters are checked to pick out exactly their own tensors (first match wins), else the
+space stays per block only.
 
 - task_arithmetic, ties, dare_*, breadcrumbs*, della*: ``weight`` of every non-base model, and its
   ``density`` where the method sparsifies;
@@ -38,8 +43,15 @@ class Dim:
     start: float
 
 
+@dataclass(frozen=True)
+class Group:
+    filter: str | None  # None: every tensor (no kinds)
+    points: int  # gradient points: ``blocks`` for layer kinds, 1 outside the layers
+
+
 class RecipeSpace:
-    def __init__(self, recipe: Recipe, blocks: int = 4):
+    def __init__(self, recipe: Recipe, blocks: int = 4, tensor_names: list[str] | None = None,
+                 config: dict | None = None):
         if recipe.merge_method not in _TUNABLE:
             raise RecipeError(f"evolve cannot tune {recipe.merge_method!r} recipes; use one of: {', '.join(_TUNABLE)}")
         if recipe.slices:
@@ -47,6 +59,7 @@ class RecipeSpace:
         if blocks < 1:
             raise RecipeError(f"blocks must be at least 1, got {blocks}")
         self.recipe, self.blocks = recipe, blocks
+        self.groups = _kinds(tensor_names, config or {}, blocks) if tensor_names else [Group(None, blocks)]
         self.doc = load_yaml(recipe.text, what="recipe")
         method = recipe.method
         self.params: list[Dim] = []
@@ -62,16 +75,20 @@ class RecipeSpace:
                                            _scalar(m.parameters, "density", 0.5)))
 
     @property
+    def per_param(self) -> int:
+        return sum(g.points for g in self.groups)
+
+    @property
     def dim(self) -> int:
-        return len(self.params) * self.blocks
+        return len(self.params) * self.per_param
 
     def bounds(self) -> np.ndarray:
-        """[dim, 2]: each parameter's range, repeated for its blocks."""
-        return np.array([(p.low, p.high) for p in self.params for _ in range(self.blocks)], dtype=float)
+        """[dim, 2]: each parameter's range, repeated for its groups' points."""
+        return np.array([(p.low, p.high) for p in self.params for _ in range(self.per_param)], dtype=float)
 
     def x0(self) -> np.ndarray:
         """The recipe's own values (flat), clipped into the box: where CMA-ES starts."""
-        return np.array([min(max(p.start, p.low), p.high) for p in self.params for _ in range(self.blocks)])
+        return np.array([min(max(p.start, p.low), p.high) for p in self.params for _ in range(self.per_param)])
 
     def to_doc(self, x) -> dict:
         """The recipe document with the tuned parameters set to ``x`` (rounded, clipped to bounds)."""
@@ -79,9 +96,15 @@ class RecipeSpace:
         if x.shape != (self.dim,):
             raise ValueError(f"expected {self.dim} values, got shape {x.shape}")
         doc = copy.deepcopy(self.doc)
+        n = self.per_param
         for i, p in enumerate(self.params):
-            values = [round(float(min(max(v, p.low), p.high)), DIGITS) for v in x[i * self.blocks:(i + 1) * self.blocks]]
-            setting = values[0] if self.blocks == 1 else values
+            values = [round(float(min(max(v, p.low), p.high)), DIGITS) for v in x[i * n:(i + 1) * n]]
+            setting, at = [], 0
+            for g in self.groups:
+                point = values[at] if g.points == 1 else values[at:at + g.points]
+                at += g.points
+                setting.append(point if g.filter is None else {"filter": g.filter, "value": point})
+            setting = setting[0] if self.groups[0].filter is None else setting
             if p.model is None:
                 doc.setdefault("parameters", {})
                 doc["parameters"] = {**(doc["parameters"] or {}), p.param: setting}
@@ -89,6 +112,31 @@ class RecipeSpace:
                 entry = next(m for m in doc["models"] if m["model"] == p.model)
                 entry["parameters"] = {**(entry.get("parameters") or {}), p.param: setting}
         return doc
+
+
+def _kinds(names: list[str], config: dict, blocks: int) -> list[Group]:
+    """The tensor-kind groups of ``names``, or one plain group when the filters would be ambiguous."""
+    from merge.structure import infer_structure
+
+    structure = infer_structure(names, config)
+    kinds: dict[str, None] = {}
+    outside: list[str] = []
+    for name in names:
+        where = structure.locate(name)
+        if where is None:
+            outside.append(name)
+        else:
+            kinds[f".{where[2].split('.')[0]}."] = None
+    if not kinds:
+        return [Group(None, blocks)]
+    groups = [Group(k, blocks) for k in kinds] + [Group(n, 1) for n in outside]
+    for name in names:  # the first filter that matches must be the tensor's own group
+        where = structure.locate(name)
+        own = name if where is None else f".{where[2].split('.')[0]}."
+        first = next(g.filter for g in groups if g.filter in name)
+        if first != own:
+            return [Group(None, blocks)]
+    return groups
 
 
 def _scalar(params, name: str, default: float) -> float:

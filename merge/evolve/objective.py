@@ -1,0 +1,66 @@
+"""What a search maximises, from a candidate's per-example dev scores.
+
+- ``mean``: the mean score over every dev example.
+- ``retention``: what the gates check. The dev examples come in groups (one per domain); a group's
+  retention is the candidate's mean score there over the reference (the best parent's score on
+  that group, measured before the search). The objective is the least retention, plus a tenth of
+  the mean retention so that candidates equal on their weakest group are still ranked (CMA-ES
+  needs that slope). A group no parent scores on (reference 0) has no skill to keep and is left
+  out; if every group is such, retention falls back to the mean.
+
+The objective is part of a search's settings (and of its checkpoint): a resumed search ranks its
+candidates the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+OBJECTIVES = ("retention", "mean")
+TIE_BREAK = 0.1  # weight of the mean retention beside the least one
+
+
+@dataclass(frozen=True)
+class Objective:
+    kind: str = "mean"
+    sizes: tuple[int, ...] = ()  # retention: examples per group, in order (they are contiguous)
+    reference: tuple[float, ...] = ()  # retention: per group, the score to keep
+    names: tuple[str, ...] = ()  # retention: the groups' names, for reports
+
+    def __post_init__(self):
+        if self.kind not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.kind!r}; use one of: {', '.join(OBJECTIVES)}")
+        if self.kind == "retention" and (not self.sizes or len(self.sizes) != len(self.reference)):
+            raise ValueError("retention needs one reference score per group of examples")
+
+    def group_means(self, scores: np.ndarray) -> np.ndarray:
+        s = np.asarray(scores, dtype=float)
+        if sum(self.sizes) != len(s):
+            raise ValueError(f"{len(s)} scores for groups of {sum(self.sizes)} examples")
+        bounds = np.cumsum((0,) + tuple(self.sizes))
+        return np.array([s[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
+
+    def retention(self, scores: np.ndarray) -> np.ndarray:
+        """Per kept group (reference > 0): the candidate's score over the reference."""
+        ref = np.asarray(self.reference, dtype=float)
+        kept = ref > 0
+        return self.group_means(scores)[kept] / ref[kept]
+
+    def __call__(self, scores: np.ndarray) -> float:
+        if self.kind == "mean" or not any(r > 0 for r in self.reference):
+            return float(np.mean(scores))
+        r = self.retention(scores)
+        return float(r.min() + TIE_BREAK * r.mean())
+
+    def describe(self, scores: np.ndarray) -> dict:
+        """For search.json: the mean, and per group the score and retention."""
+        out = {"objective": self(scores), "mean": float(np.mean(scores))}
+        if self.kind == "retention":
+            means = self.group_means(scores)
+            out["groups"] = {name: {"score": float(m), "reference": float(ref),
+                                    "retention": float(m / ref) if ref > 0 else None}
+                             for name, m, ref in zip(self.names or map(str, range(len(means))), means,
+                                                     self.reference)}
+        return out
