@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test stack-test bench bench-pipeline clean
+.PHONY: venv demo test stack-test bench bench-evolve bench-pipeline clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,16 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(MAKE) bench-evolve
+
+# Evolutionary merging on the demo zoo (built first if missing): candidate throughput in memory
+# against a merge + evaluate loop, the ablation (M2N2, M2N2 alpha = 0, CMA-ES, random search; 3
+# seeds, held-out eval split), and M2N2 against CMA-ES from scratch on sklearn's digits.
+bench-evolve: $(STAMP)
+	@test -f data/zoo/zoo.json || $(BIN)/mergeops zoo build --profile demo --out data/zoo
+	$(BIN)/python benchmarks/evolve_throughput.py --zoo data/zoo
+	$(BIN)/python benchmarks/evolve_ablation.py --zoo data/zoo
+	$(BIN)/python benchmarks/evolve_digits.py
 
 # The pipeline's own cost beyond merging and evaluating (see benchmarks/pipeline_overhead.py).
 bench-pipeline: $(STAMP)

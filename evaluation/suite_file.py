@@ -18,6 +18,10 @@ a ``prompt`` and a ``target`` column). The older list form ``tasks: [{task|confi
 metric, n}]`` still works: each entry is its domain's primary task. ``zoo_domains`` (``all`` or a
 list) adds the demo zoo's domains and needs the zoo directory; a suite file asks for none unless it
 says so.
+
+A domain may name its **dev split** for ``mergeops evolve``: ``dev: {data: FILE, prompt: COL,
+target: COL}``, rows disjoint from its eval data. The search scores candidates on it (greedy
+generation to "\n", exact match) and never on the eval split, which judges the winner.
 """
 
 from __future__ import annotations
@@ -101,11 +105,29 @@ class UserTask(SuiteTask):
         return self
 
 
+class DevSplit(BaseModel):
+    """A domain's dev split for search: a data file with a prompt and a target column."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: str  # JSONL/CSV/Parquet, relative to the suite file
+    prompt: str = "prompt"
+    target: str = "target"
+
+    @model_validator(mode="after")
+    def _columns(self) -> "DevSplit":
+        for column in (self.prompt, self.target):
+            if not _COLUMN.match(column):
+                raise ValueError(f"column {column!r}: use a column name of letters, digits and _")
+        return self
+
+
 class SuiteDomain(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     metric: str | None = None  # the primary metric: what the first task reports
     tasks: list[SuiteTask] = []
+    dev: DevSplit | None = None  # for `mergeops evolve`: prompts disjoint from the eval data
 
     @model_validator(mode="after")
     def _tasks_and_metrics(self) -> "SuiteDomain":

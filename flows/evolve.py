@@ -311,24 +311,58 @@ def _write_model(out_dir: Path, base_dir: Path, progress: bool) -> str:
 
 
 def dev_records(suite: str | None, zoo_dir: Path | None, per_domain: int | None = None) -> list[dict]:
-    """The dev records of a suite's zoo domains (``zoo_dev_records``, ``per_domain`` each, default
-    ``DEV_SIZE``), domain by domain."""
+    """The dev records ``{"prompt", "target", "group"}`` of a suite, domain by domain: a zoo domain's
+    are drawn from the zoo (``zoo_dev_records``, ``per_domain`` each, default ``DEV_SIZE``); a domain of
+    the suite's own comes from its ``dev:`` file (its first ``per_domain`` rows, default all), which
+    must share no prompt with the domain's eval data."""
     from evaluation.dev_split import DEV_SIZE, zoo_dev_records
     from evaluation.domains import DOMAINS
     from evaluation.suite_file import load_suite
     from evaluation.zoo_source import domain_files
 
-    spec, _ = load_suite(suite or "zoo")
-    if spec.domains:
-        raise UsageError(f"suite {spec.name!r} has domains of its own ({', '.join(spec.domains)}); "
-                         "evolve draws dev splits from zoo domains only: use --suite zoo with --zoo DIR")
-    if not spec.zoo_domains:
-        raise UsageError(f"suite {spec.name!r} names no zoo domains to draw a dev split from")
-    if zoo_dir is None:
-        raise UsageError("evolve scores candidates on a zoo's dev split: give --zoo DIR (or MERGEOPS_ZOO)")
-    files = domain_files(Path(zoo_dir))
-    wanted = sorted(set(files) & set(DOMAINS)) if spec.zoo_domains == "all" else list(spec.zoo_domains)
     if per_domain is not None and per_domain < 1:
         raise UsageError(f"--dev-size must be at least 1 prompt per domain, got {per_domain}")
-    dev = zoo_dev_records(Path(zoo_dir), wanted, DEV_SIZE if per_domain is None else per_domain)
-    return [{**r, "group": d} for d in wanted for r in dev[d]]
+    spec, base = load_suite(suite or "zoo")
+    out: list[dict] = []
+    for name, domain in spec.domains.items():
+        out += _own_dev(spec.name, name, domain, base, per_domain)
+    if spec.tasks:
+        raise UsageError(f"suite {spec.name!r} lists its tasks as `tasks:`; evolve needs each domain's dev split: "
+                         "write them as `domains:` with `dev: {data: FILE, prompt: COL, target: COL}`")
+    if spec.zoo_domains:
+        if zoo_dir is None:
+            raise UsageError("evolve scores zoo domains on the zoo's dev split: give --zoo DIR (or MERGEOPS_ZOO)")
+        files = domain_files(Path(zoo_dir))
+        wanted = sorted(set(files) & set(DOMAINS)) if spec.zoo_domains == "all" else list(spec.zoo_domains)
+        dev = zoo_dev_records(Path(zoo_dir), wanted, DEV_SIZE if per_domain is None else per_domain)
+        out += [{**r, "group": d} for d in wanted for r in dev[d]]
+    if not out:
+        raise UsageError(f"suite {spec.name!r} has no domain to draw a dev split from")
+    return out
+
+
+def _own_dev(suite: str, name: str, domain, base: Path | None, per_domain: int | None) -> list[dict]:
+    from evaluation.datafiles import check_columns, read_rows
+
+    where = f"suite {suite!r}, domain {name!r}"
+    if domain.dev is None:
+        raise UsageError(f"{where} has no dev split for the search: add `dev: {{data: FILE, prompt: COL, "
+                         "target: COL}` (rows not in its eval data)")
+
+    def resolved(p: str) -> Path:
+        path = Path(p)
+        return (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
+
+    path = resolved(domain.dev.data)
+    check_columns(path, [domain.dev.prompt, domain.dev.target])
+    rows = read_rows(path)[:per_domain]
+    records = [{"prompt": str(r[domain.dev.prompt]), "target": str(r[domain.dev.target]), "group": name} for r in rows]
+    prompts = {r["prompt"] for r in records}
+    for task in domain.tasks:
+        if task.data is None:
+            continue
+        seen = prompts & {str(r.get(task.prompt)) for r in read_rows(resolved(task.data))}
+        if seen:
+            raise UsageError(f"{where}: {len(seen)} dev prompt(s) of {domain.dev.data} are in its eval data "
+                             f"{task.data} (e.g. {sorted(seen)[0][:60]!r}); the search must not see the eval split")
+    return records

@@ -164,3 +164,38 @@ def test_bad_input_is_one_error_line_and_leaves_nothing(tiny_zoo: Path, tmp_path
         assert result.output.startswith("error: ") and message in result.output and len(result.output.splitlines()) == 1
         assert not (tmp_path / "o").exists()
     assert (tmp_path / "full" / "mine.txt").read_text() == "x"
+
+
+def test_a_suite_of_your_own_names_each_domains_dev_split(tiny_zoo: Path, tmp_path: Path) -> None:
+    from flows.evolve import dev_records
+
+    dev = zoo_dev_records(tiny_zoo, ["reverse", "swap"], n=3)
+    evals = {d: (tiny_zoo / "domains" / d / "eval.jsonl") for d in ("reverse", "swap")}
+    for d in ("reverse", "swap"):  # the dev file in columns of its own naming
+        (tmp_path / f"{d}-dev.jsonl").write_text("".join(json.dumps({"q": r["prompt"], "a": r["target"]}) + "\n"
+                                                        for r in dev[d]))
+    suite = {"name": "mine", "domains": {d: {"tasks": [{"data": str(evals[d])}],
+                                             "dev": {"data": f"{d}-dev.jsonl", "prompt": "q", "target": "a"}}
+                                         for d in ("reverse", "swap")}}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(suite))
+    records = dev_records(str(tmp_path / "mine.yaml"), None)
+    assert [(r["group"], r["prompt"], r["target"]) for r in records] == \
+        [(d, r["prompt"], r["target"]) for d in ("reverse", "swap") for r in dev[d]]
+    assert len(dev_records(str(tmp_path / "mine.yaml"), None, per_domain=2)) == 4
+    # a search on it: its search.json names the suite's domains
+    (tmp_path / "r.yaml").write_text(_recipe(tiny_zoo))
+    result = CliRunner().invoke(cli, ["evolve", str(tmp_path / "r.yaml"), "--suite", str(tmp_path / "mine.yaml"),
+                                      "--out", str(tmp_path / "out"), "--budget", "2", "--algorithm", "random"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((tmp_path / "out" / "search.json").read_text())["best"]["groups"]) == {"reverse", "swap"}
+    # a dev row that is also an eval row, and a domain without a dev split: one line each, nothing written
+    leak = json.loads(evals["swap"].read_text().splitlines()[0])
+    with (tmp_path / "swap-dev.jsonl").open("a") as fh:
+        fh.write(json.dumps({"q": leak["prompt"], "a": leak["target"]}) + "\n")
+    del suite["domains"]["reverse"]["dev"]
+    (tmp_path / "nodev.yaml").write_text(yaml.safe_dump(suite))
+    for name, message in (("mine.yaml", "are in its eval data"), ("nodev.yaml", "has no dev split")):
+        result = CliRunner().invoke(cli, ["evolve", str(tmp_path / "r.yaml"), "--suite", str(tmp_path / name),
+                                          "--out", str(tmp_path / "o2"), "--budget", "2"])
+        assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output, result.output
+        assert len(result.output.splitlines()) == 1 and not (tmp_path / "o2").exists()
