@@ -164,6 +164,17 @@ def test_the_deployments_are_on_the_pool_with_the_watch_scheduled(pool):
     assert pool["pg"]["sql"]("prefect", "SELECT count(*) FROM deployment") == [["3"]]
 
 
+@pytest.mark.parametrize(("args", "line"), [
+    (("--pool", "nope"), "error: no work pool 'nope' on the Prefect server: create it with "
+                         "`prefect work-pool create nope --type process`"),
+    (("--pool", POOL, "--cron", "every hour"), "error: --cron 'every hour': not a cron expression (e.g. '*/30 * * * *')"),
+], ids=["missing pool", "bad cron"])
+def test_a_missing_pool_or_a_bad_schedule_is_one_line(pool, args, line):
+    out = subprocess.run([str(BIN / "mergeops"), "deploy", *args], cwd=pool["proj"], capture_output=True, text=True,
+                         env={**_bare_environment(), **pool["prefect"]["env"]}, timeout=300)
+    assert out.returncode == 2 and out.stderr.splitlines() == [line], out.stderr
+
+
 def test_four_runs_at_once_make_four_versions_and_a_log_that_verifies(pool):
     runs = [_submit(pool, w) for w in WEIGHTS]
     states = _wait_final(pool, [r.id for r in runs])
