@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from flows.watch import DEFAULT_CRON
+from flows.cli_options import cron_option
 
 
 @click.command("deploy")
 @click.option("--pool", required=True, help="The process work pool your workers poll.")
 @click.option("--name", default="mergeops", show_default=True, help="Deployment name (FLOW/NAME).")
-@click.option("--cron", default=DEFAULT_CRON, show_default=True, help="The watch deployment's schedule.")
+@cron_option("The watch deployment's schedule.")
 def deploy(pool: str, name: str, cron: str) -> None:
     """Deploy the pipeline, watch and evolve flows to the Prefect work pool POOL.
 

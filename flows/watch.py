@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.config import CONFIG_NAME, WatchEntry, load_config
+from flows.config import CONFIG_NAME, WATCH_CRON, WatchEntry, load_config
 from flows.errors import WatchConfigError
 from flows.governance import Governance
 from flows.locks import model_lock
@@ -32,7 +32,7 @@ from merge.errors import MergeopsError, UsageError
 from merge.manifest import content_id
 
 PARENT_UPDATED = "mergeops.parent.updated"
-DEFAULT_CRON = "*/30 * * * *"
+DEFAULT_CRON = WATCH_CRON
 
 
 def watched(recipes: list[str] | None = None, *, policy: str | None = None, suite: str | None = None,
