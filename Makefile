@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not heavy"
 
 # Real servers on loopback (an authenticated MLflow server on PostgreSQL with S3 artifacts, the
-# governance service, Dask) and the long end-to-end tests (marked heavy: every crash point, the
+# governance service, a Prefect server on PostgreSQL with a work pool and two workers, Dask) and the long end-to-end tests (marked heavy: every crash point, the
 # evolve flow, the parent-update run of your own models, the seed-pair alignment, the pinned zoo build).
 stack-test: $(STAMP)
 	$(BIN)/python -m pytest -q -m heavy

@@ -99,6 +99,7 @@ from flows.cli_pipeline import run as _run; cli.add_command(_run)  # noqa: E402,
 from flows.cli_pipeline import watch as _watch; cli.add_command(_watch)  # noqa: E402,E702
 from flows.cli_serve import serve as _serve; cli.add_command(_serve)  # noqa: E402,E702
 from flows.cli_evolve import evolve as _evolve; cli.add_command(_evolve)  # noqa: E402,E702
+from flows.cli_deploy import deploy as _deploy; cli.add_command(_deploy)  # noqa: E402,E702
 
 
 def main() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from flows.config import WATCH_CRON
+
 suite_option = click.option(
     "--suite", default=None, metavar="NAME|FILE",
     help="A suite YAML file with your own domains (README, Evaluation and gates), or a shipped zoo suite "
@@ -13,3 +15,7 @@ zoo_option = click.option(
     "--zoo", "zoo_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
     help="The zoo, for suites with zoo domains [env MERGEOPS_ZOO; default: mergeops.yaml's `zoo`; run and "
          "watch also look for the zoo the parents live in].")
+
+def cron_option(help: str):
+    """``--cron`` for the watch's schedule (served by `mergeops watch`, deployed by `mergeops deploy`)."""
+    return click.option("--cron", default=WATCH_CRON, show_default=True, help=help)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from flows.cli_options import suite_option, zoo_option
+from flows.cli_options import cron_option, suite_option, zoo_option
 
 
 def _print_result(result: dict) -> None:
@@ -93,7 +93,7 @@ def run(recipe: str, policy: str | None, requested_by: str | None, zoo_dir: str 
 @policy_option
 @suite_option
 @zoo_option
-@click.option("--cron", default="*/30 * * * *", show_default=True, help="Schedule when serving.")
+@cron_option("Schedule when serving.")
 @click.pass_context
 def watch(ctx: click.Context, once: bool, recipes: tuple[str, ...], policy: str | None, suite: str | None,
           zoo_dir: str | None, cron: str) -> None:

@@ -39,6 +39,7 @@ from merge.errors import UsageError
 
 CONFIG_NAME = "mergeops.yaml"
 ENV_VAR = "MERGEOPS_CONFIG"
+WATCH_CRON = "*/30 * * * *"  # the served or deployed watch's schedule unless --cron says otherwise
 _MAX_BYTES = 1 << 20  # a project config is a few lines; refuse to read a huge or endless file
 
 

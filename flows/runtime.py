@@ -59,6 +59,12 @@ def quiet_environment() -> None:
         os.environ.setdefault(name, value)
 
 
+def quiet_variables() -> dict[str, str]:
+    """The quiet environment as this process has it (an operator's explicit setting kept), for the
+    processes it has others start: a deployment's flow runs, a stack's servers and workers."""
+    return {name: os.environ.get(name, value) for name, value in _QUIET_ENV.items()}
+
+
 def check_reachable(url: str, what: str, setting: str, *, timeout: float = 10.0) -> None:
     """Raise ServerUnreachable (exit 2, one line) unless ``url`` (the server's health endpoint)
     answers within ``timeout`` seconds, with success or an authentication refusal. Any other HTTP

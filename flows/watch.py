@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.config import CONFIG_NAME, WatchEntry, load_config
+from flows.config import CONFIG_NAME, WATCH_CRON, WatchEntry, load_config
 from flows.errors import WatchConfigError
 from flows.governance import Governance
 from flows.locks import model_lock
@@ -32,7 +32,7 @@ from merge.errors import MergeopsError, UsageError
 from merge.manifest import content_id
 
 PARENT_UPDATED = "mergeops.parent.updated"
-DEFAULT_CRON = "*/30 * * * *"
+DEFAULT_CRON = WATCH_CRON
 
 
 def watched(recipes: list[str] | None = None, *, policy: str | None = None, suite: str | None = None,
@@ -119,15 +119,20 @@ def deployment(recipes: list[str] | None, policy_path: str | None, cron: str = D
                suite: str | None = None, zoo_dir: str | None = None):
     """The watch as a deployment: a cron schedule plus a trigger on ``mergeops.parent.updated``.
     Settings not given here are read from mergeops.yaml at each run, so editing it needs no restart."""
-    from prefect.events import DeploymentEventTrigger
-
     watched(recipes, policy=policy_path, suite=suite, zoo=zoo_dir)  # refuse to serve nothing
     params = {"recipes": [str(Path(r).resolve()) for r in recipes] if recipes else None,
               "policy_path": policy_path, "suite": suite, "zoo_dir": zoo_dir}
-    trigger = DeploymentEventTrigger(expect={PARENT_UPDATED}, match={"prefect.resource.id": "mergeops.model.*"},
-                                     parameters=params)
-    return watch_flow.to_deployment(name="mergeops-watch", cron=cron, triggers=[trigger], parameters=params,
+    return watch_flow.to_deployment(name="mergeops-watch", cron=cron, triggers=[parent_updated_trigger(params)],
+                                    parameters=params,
                                     description="Re-merge watched recipes when a parent's content id changes")
+
+
+def parent_updated_trigger(params: dict):
+    """Run the watch, with ``params``, on each ``mergeops.parent.updated`` event."""
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(expect={PARENT_UPDATED}, match={"prefect.resource.id": "mergeops.model.*"},
+                                  parameters=params)
 
 
 def serve(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON, *,

@@ -71,10 +71,23 @@ def get_version(tracking_uri: str, name: str, version: str | int) -> VersionInfo
     try:
         return _info(client(tracking_uri).get_model_version(name, str(version)))
     except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (exc.error_code == "PERMISSION_DENIED"
+                                                           and not _model_exists(tracking_uri, name)):
             raise VersionNotFound(f"{name} v{version}: not found in {tracking_uri}; list versions in the MLflow UI") from exc
         # Anything else (a locked or unreachable store) must not read as "no such version".
         raise RegistryError(f"{name} v{version}: cannot read it from {tracking_uri} ({exc.message})") from exc
+
+
+def _model_exists(tracking_uri: str, name: str) -> bool:
+    """Whether registered model ``name`` exists. An authenticated MLflow server (basic-auth) answers
+    a version of a model that does not exist with 403, not 404: it finds no model to take the
+    permission from. The model itself answers 404 then."""
+    try:
+        client(tracking_uri).get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+    return True
 
 
 def list_versions(tracking_uri: str, name: str) -> list[VersionInfo]:

@@ -1,5 +1,5 @@
 """Real servers on loopback for the stack suite: PostgreSQL, an S3 endpoint (moto), an authenticated
-MLflow server and the governance service. Each is a subprocess in its own session on a free port of
+MLflow server, the governance service, a Prefect server and its workers. Each is a subprocess in its own session on a free port of
 127.0.0.1, stopped with its process group when its context ends, at interpreter exit, or on SIGTERM,
 so a failing or interrupted run leaves nothing behind."""
 
@@ -73,6 +73,9 @@ def start(cmd: list[str], log: Path, **popen) -> subprocess.Popen:
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop ``proc``'s process group, and every process it started that left the group (a Prefect
+    worker runs each flow run in a session of its own)."""
+    strays = descendants(proc.pid)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
     try:
@@ -84,7 +87,31 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     # (a worker it forked may outlive the leader: nothing of the group survives)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    kill_all(strays)
     _RUNNING.discard(proc)
+
+
+def descendants(pid: int) -> list:
+    """The processes ``pid`` started, and theirs (psutil handles: safe against a reused pid)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_all(procs: list) -> None:
+    """SIGKILL each of ``procs`` (psutil handles) still running, with its own process group when it
+    leads one, and wait until they are gone."""
+    import psutil
+
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            if p.is_running() and os.getpgid(p.pid) == p.pid:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.kill()
+    psutil.wait_procs(procs, timeout=15)
 
 
 def as_user(user: str, **extra: str) -> dict[str, str]:
@@ -292,3 +319,43 @@ def decide(args: tuple[str, str, str, str, str]) -> str:
             return json.loads(resp.read())["state"]
     except urllib.error.HTTPError as exc:
         return f"refused: {json.loads(exc.read()).get('error')}"
+
+
+# -- Prefect server and workers ---------------------------------------------------------------------
+def add_user(uri: str, user: str) -> None:
+    """One more MLflow user (password: ``password(user)``), e.g. the account a worker runs as."""
+    _admin_call(uri, "/api/2.0/mlflow/users/create", {"username": user, "password": password(user)})
+
+
+@contextlib.contextmanager
+def prefect_server(root: Path, database: str):
+    """``prefect server start`` on 127.0.0.1 with its database at ``database`` (a SQLAlchemy URL,
+    e.g. ``postgresql+asyncpg://…``), no UI, telemetry off. Yields its API URL and ``env``: what a
+    client (a worker, ``mergeops deploy``) needs to reach it, quietly."""
+    from flows.runtime import quiet_variables
+
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = root / "prefect-server.log"
+    quiet = {**quiet_variables(), "DO_NOT_TRACK": "1", "PREFECT_HOME": str(root / "home")}
+    proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], log,
+                 env={**os.environ, **quiet, "PREFECT_API_DATABASE_CONNECTION_URL": database,
+                      "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_for(f"{api}/health", proc, log, timeout=300)  # (a new PostgreSQL schema: a minute of migrations)
+        yield {"api": api, "proc": proc, "log": log, "env": {**quiet, "PREFECT_API_URL": api}}
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def prefect_worker(pool: str, name: str, log: Path, env: dict[str, str], limit: int = 2):
+    """``prefect worker start --pool POOL --type process``: runs ``limit`` flow runs at once, each a
+    subprocess in a session of its own, stopped with the worker."""
+    proc = start([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", name,
+                  "--limit", str(limit)], log, env=env, cwd=log.parent)
+    try:
+        yield proc
+    finally:
+        stop(proc)
