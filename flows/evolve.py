@@ -27,7 +27,7 @@ from evaluation._io import atomic_write_text
 from merge.errors import MergeFailed, UsageError
 from merge.evolve.crossover import split_index
 from merge.evolve.m2n2 import M2N2Config
-from merge.evolve.objective import OBJECTIVES, Objective
+from merge.evolve.objective import MIN_REFERENCE, OBJECTIVES, Objective
 from merge.evolve.search import ALGORITHMS, Evaluation, SearchSpec, make_search, read_checkpoint, run_search
 from merge.evolve.space import RecipeSpace
 from merge.memory import ParentTensors, merge_in_memory
@@ -234,10 +234,11 @@ def evolve(recipe: Recipe, out_dir: Path, *, records: list[dict], scorer_dir: Pa
         means = [Objective("retention", sizes, (1.0,) * len(sizes)).group_means(scorer(cands.parent_tensors(m)))
                  for m in cands.kept]
         reference = np.max(means, axis=0)
-        if reference.max() > 0 and reference.min() <= 0:  # no parent has that skill: nothing to keep, no need to score it
-            kept = {n for n, r in zip(names, reference) if r > 0}
+        skilled = reference >= MIN_REFERENCE
+        if skilled.any() and not skilled.all():  # no parent has that skill: nothing to keep, no need to score it
+            kept = {n for n, k in zip(names, skilled) if k}
             records, names, sizes = _grouped([r for r in records if str(r.get("group", "dev")) in kept])
-            reference = reference[reference > 0]
+            reference = reference[skilled]
             scorer = DevScorer(scorer_dir, records)
         target = Objective("retention", sizes, tuple(round(float(v), 6) for v in reference), names)
     spec = cands.spec(target, m2n2)

@@ -208,8 +208,8 @@ def test_recipe_space_writes_per_block_gradients_into_an_ordinary_recipe() -> No
 
 
 def test_retention_is_the_least_group_score_over_its_reference_and_skips_groups_no_parent_has() -> None:
-    obj = Objective("retention", sizes=(2, 2, 3), reference=(0.5, 1.0, 0.0), names=("a", "b", "c"))
-    scores = np.array([1, 0, 1, 0, 1, 1, 1])  # a 0.5 of 0.5, b 0.5 of 1.0, c (reference 0) ignored
+    obj = Objective("retention", sizes=(2, 2, 3), reference=(0.5, 1.0, 0.04), names=("a", "b", "c"))
+    scores = np.array([1, 0, 1, 0, 1, 1, 1])  # a 0.5 of 0.5, b 0.5 of 1.0, c (reference under 5%) ignored
     assert obj.retention(scores) == pytest.approx([1.0, 0.5])
     assert obj(scores) == pytest.approx(0.5 + 0.1 * 0.75)
     # a candidate better on its weakest group ranks higher even with a lower mean

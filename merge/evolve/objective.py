@@ -5,8 +5,9 @@
   retention is the candidate's mean score there over the reference (the best parent's score on
   that group, measured before the search). The objective is the least retention, plus a tenth of
   the mean retention so that candidates equal on their weakest group are still ranked (CMA-ES
-  needs that slope). A group no parent scores on (reference 0) has no skill to keep and is left
-  out; if every group is such, retention falls back to the mean.
+  needs that slope). A group where no parent reaches ``MIN_REFERENCE`` has no skill to keep (and a
+  retention of a few lucky examples would be noise): it is left out; if every group is such,
+  retention falls back to the mean.
 
 The objective is part of a search's settings (and of its checkpoint): a resumed search ranks its
 candidates the same way.
@@ -20,6 +21,7 @@ import numpy as np
 
 OBJECTIVES = ("retention", "mean")
 TIE_BREAK = 0.1  # weight of the mean retention beside the least one
+MIN_REFERENCE = 0.05  # a group's best parent score below this is no skill to keep
 
 
 @dataclass(frozen=True)
@@ -43,13 +45,13 @@ class Objective:
         return np.array([s[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
 
     def retention(self, scores: np.ndarray) -> np.ndarray:
-        """Per kept group (reference > 0): the candidate's score over the reference."""
+        """Per kept group (reference >= MIN_REFERENCE): the candidate's score over the reference."""
         ref = np.asarray(self.reference, dtype=float)
-        kept = ref > 0
+        kept = ref >= MIN_REFERENCE
         return self.group_means(scores)[kept] / ref[kept]
 
     def __call__(self, scores: np.ndarray) -> float:
-        if self.kind == "mean" or not any(r > 0 for r in self.reference):
+        if self.kind == "mean" or not any(r >= MIN_REFERENCE for r in self.reference):
             return float(np.mean(scores))
         r = self.retention(scores)
         return float(r.min() + TIE_BREAK * r.mean())
@@ -60,7 +62,7 @@ class Objective:
         if self.kind == "retention":
             means = self.group_means(scores)
             out["groups"] = {name: {"score": float(m), "reference": float(ref),
-                                    "retention": float(m / ref) if ref > 0 else None}
+                                    "retention": float(m / ref) if ref >= MIN_REFERENCE else None}
                              for name, m, ref in zip(self.names or map(str, range(len(means))), means,
                                                      self.reference)}
         return out
