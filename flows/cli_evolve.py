@@ -24,6 +24,9 @@ from flows.cli_options import suite_option, zoo_option
 @click.option("--objective", type=click.Choice(["retention", "mean"]), default="retention", show_default=True,
               help="retention: the least per-domain score over the best parent's there (what the gates check); "
                    "mean: the mean dev score.")
+@click.option("--granularity", type=click.Choice(["block", "kind"]), default="block", show_default=True,
+              help="cmaes / random: tune each parameter per layer block, or also per tensor kind (finer; "
+                   "needs a larger --budget).")
 @click.option("--dev-size", type=int, default=None, help="Dev prompts per domain to score on [default: 100].")
 @click.option("--register", "register", metavar="NAME",
               help="Run as the Prefect flow: log the search as an MLflow run (experiment mergeops-evolve), "
@@ -32,7 +35,7 @@ from flows.cli_options import suite_option, zoo_option
               help="Gate policy YAML for --register [default: as for `mergeops run`].")
 @click.option("--requested-by", help="Who asks for the registration (default: the current user).")
 def evolve(recipe: Path, out: Path, zoo_dir: str | None, suite: str | None, algorithm: str, budget: int | None,
-           seed: int, objective: str, dev_size: int | None, register: str | None, policy: str | None,
+           seed: int, objective: str, granularity: str, dev_size: int | None, register: str | None, policy: str | None,
            requested_by: str | None) -> None:
     """Search merges of RECIPE's parents, scored in memory on a dev split, and write the winner.
 
@@ -68,7 +71,7 @@ def evolve(recipe: Path, out: Path, zoo_dir: str | None, suite: str | None, algo
         from flows.evolve_flow import evolve_flow
 
         done = evolve_flow(str(recipe), str(out), zoo_dir=zoo, suite=suite, algorithm=algorithm, budget=budget,
-                           seed=seed, objective=objective, dev_size=dev_size, register_as=register, policy_path=policy,
+                           seed=seed, objective=objective, granularity=granularity, dev_size=dev_size, register_as=register, policy_path=policy,
                            requested_by=requested_by)
         click.echo(f"evolved {out}/model  content_id {done['content_id']}  {objective} {done['objective']:.3f}  "
                    f"MLflow run {done['search_run_id']}")
@@ -78,7 +81,7 @@ def evolve(recipe: Path, out: Path, zoo_dir: str | None, suite: str | None, algo
     records = dev_records(suite or settings.suite, Path(zoo) if zoo else None, dev_size)
     scorer_dir = parsed.path_of(parsed.base_model or parsed.model_refs()[0])
     result = run_evolve(parsed, out, records=records, scorer_dir=scorer_dir, algorithm=algorithm,
-                        budget=budget, seed=seed, objective=objective)
+                        budget=budget, seed=seed, objective=objective, granularity=granularity)
     resumed = f" ({result.replayed} resumed)" if result.replayed else ""
     click.echo(f"evolved {out}/model  content_id {result.content_id}  {objective} {result.objective:.3f}  "
                f"(dev mean {result.dev_score:.3f})  "

@@ -24,13 +24,14 @@ from flows.settings import get_settings
 
 @task(name="evolve-search", cache_policy=NONE)
 def search(recipe, out_dir: str, zoo_dir: str | None, suite: str | None, algorithm: str, budget: int, seed: int,
-           dev_size: int | None, objective: str = "retention") -> dict:
+           dev_size: int | None, objective: str = "retention", granularity: str = "block") -> dict:
     from flows.evolve import dev_records, evolve
 
     records = dev_records(suite, Path(zoo_dir) if zoo_dir else None, dev_size)
     scorer_dir = recipe.path_of(recipe.base_model or recipe.model_refs()[0])
     result = evolve(recipe, Path(out_dir), records=records, scorer_dir=scorer_dir, algorithm=algorithm,
-                    budget=budget, seed=seed, objective=objective, progress=False)
+                    budget=budget, seed=seed, objective=objective, granularity=granularity,
+                    progress=False)
     return {"content_id": result.content_id, "dev_score": result.dev_score, "objective": result.objective,
             "evaluations": result.evaluations,
             "replayed": result.replayed}
@@ -55,7 +56,7 @@ def tag_search(run_id: str, outcome: dict[str, str]) -> None:
 @flow(name="evolve", log_prints=True)
 def evolve_flow(recipe_path: str, out_dir: str, zoo_dir: str | None = None, suite: str | None = None,
                 algorithm: str = "m2n2", budget: int = DEFAULT_BUDGET, seed: int = 0, dev_size: int | None = None,
-                objective: str = "retention",
+                objective: str = "retention", granularity: str = "block",
                 register_as: str | None = None, policy_path: str | None = None, requested_by: str | None = None,
                 wait_for_approval: bool = True, approval_timeout_s: int = 3600) -> dict:
     """Search merges of RECIPE's parents, log the search in MLflow and, with ``register_as``, send the
@@ -69,7 +70,7 @@ def evolve_flow(recipe_path: str, out_dir: str, zoo_dir: str | None = None, suit
     zoo = zoo_dir or settings.zoo or find_zoo_dir(parent_dirs(recipe))
     zoo = str(zoo) if zoo else None
     suite = suite or settings.suite
-    found = search(recipe, out_dir, zoo, suite, algorithm, budget, seed, dev_size, objective)
+    found = search(recipe, out_dir, zoo, suite, algorithm, budget, seed, dev_size, objective, granularity)
     log.info("search: %d candidates (%d resumed), winner %s %.3f (dev mean %.3f), content id %s",
              found["evaluations"], found["replayed"], objective, found["objective"], found["dev_score"],
              found["content_id"][:12])

@@ -41,9 +41,9 @@ def records(tiny_zoo: Path) -> list[dict]:
     return [{**r, "group": d} for d in ("reverse", "swap") for r in dev[d]]
 
 
-def _run(zoo: Path, out: Path, records, budget: int, algorithm: str = "m2n2"):
+def _run(zoo: Path, out: Path, records, budget: int, algorithm: str = "m2n2", granularity: str = "block"):
     return evolve(parse_recipe(_recipe(zoo)), out, records=records, scorer_dir=zoo / "models" / "base",
-                  algorithm=algorithm, budget=budget, seed=1, progress=False)
+                  algorithm=algorithm, budget=budget, seed=1, granularity=granularity, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -128,19 +128,23 @@ def test_every_crossover_replays_as_a_recipe_with_the_bits_the_search_scored(tin
     assert last["parameters"]["t"] == deep["w"] and last["name"] == "tiny-merge-evolved"
 
 
-@pytest.mark.parametrize("algorithm", ["cmaes", "random"])
-def test_box_searches_write_the_best_point_as_a_recipe(tiny_zoo: Path, tmp_path: Path, records, algorithm) -> None:
+@pytest.mark.parametrize("algorithm,granularity", [("cmaes", "kind"), ("random", "block")])
+def test_box_searches_write_the_best_point_as_a_recipe(tiny_zoo: Path, tmp_path: Path, records, algorithm,
+                                                        granularity) -> None:
     out = tmp_path / algorithm
-    result = _run(tiny_zoo, out, records, budget=2, algorithm=algorithm)
+    result = _run(tiny_zoo, out, records, budget=2, algorithm=algorithm, granularity=granularity)
     doc = yaml.safe_load((out / "recipe.yaml").read_text())
     assert doc["merge_method"] == "task_arithmetic"
-    # per tensor kind: a gradient of BLOCKS points for each kind of layer tensor, a value outside
-    weights = {w["filter"]: w["value"] for w in doc["models"][0]["parameters"]["weight"]}
-    assert len(weights[".self_attn."]) == len(weights[".mlp."]) == BLOCKS
-    assert isinstance(weights["lm_head.weight"], float)
+    weight = doc["models"][0]["parameters"]["weight"]
+    if granularity == "kind":  # a gradient of BLOCKS points per kind of layer tensor, a value outside
+        weights = {w["filter"]: w["value"] for w in weight}
+        assert len(weights[".self_attn."]) == len(weights[".mlp."]) == BLOCKS
+        assert isinstance(weights["lm_head.weight"], float)
+    else:
+        assert len(weight) == BLOCKS and all(isinstance(w, float) for w in weight)
     # the written recipe is the best point the search scored, and OUT/model is its merge
     best = json.loads((out / "search.json").read_text())["best"]["candidate"]
-    cands = _Candidates(parse_recipe(_recipe(tiny_zoo)), algorithm, seed=1)
+    cands = _Candidates(parse_recipe(_recipe(tiny_zoo)), algorithm, seed=1, granularity=granularity)
     assert doc == {**cands.docs(best)[0], "name": "tiny-merge-evolved"}
     assert json.loads((out / "model" / "mergeops.manifest.json").read_text())["content_id"] == result.content_id
 
