@@ -318,6 +318,7 @@ def test_the_watch_deployment_remerges_a_new_parent_revision_to_exactly_one_cand
     lineage = json.loads(shown.stdout)
     assert lineage["recipe"]["text"] == (pool["proj"] / "recipes" / f"w{WEIGHTS[0]}.yaml").read_text()
     assert content_id(pool["proj"] / "parents" / "sort") in {p["content_id"] for p in lineage["parents"]}
+    assert lineage["requested_by"] == WORKER_USER  # the worker's account, the service's only accepted name
     triggered = pool["pg"]["sql"]("mlflow", f"SELECT value FROM registered_model_tags WHERE name = '{MODEL}' "
                                             "AND value LIKE 'remerge_triggered:%'")
     assert len(triggered) == 1, triggered
