@@ -39,7 +39,9 @@ def watched(recipes: list[str] | None = None, *, policy: str | None = None, suit
             zoo: str | None = None, requested_by: str | None = None) -> list[WatchEntry]:
     """What a pass watches, each recipe with its settings resolved: an option given here wins, then
     the recipe's entry in mergeops.yaml, then the config's defaults. ``recipes`` replaces the
-    config's list (each then with the config's defaults)."""
+    config's list (each then with the config's defaults). Unnamed, the requester is "mergeops-watch"
+    on an embedded store; with a governance service it is left unset, so the signed-in account (the
+    worker's) requests the re-merge, as the service accepts no other name."""
     settings = get_settings()
     if recipes:
         entries = [WatchEntry(recipe=str(Path(r).resolve())) for r in recipes]
@@ -54,9 +56,10 @@ def watched(recipes: list[str] | None = None, *, policy: str | None = None, suit
             regular_file(Path(entry.recipe), what="watched recipe")
         except UsageError as exc:
             raise WatchConfigError(f"{exc} ({settings.config_file or '--recipe'})") from None
+    default_requester = None if settings.service_url else "mergeops-watch"
     return [WatchEntry(recipe=e.recipe, policy=policy or e.policy, suite=suite or e.suite or settings.suite,
                        zoo=zoo or e.zoo or settings.zoo,
-                       requested_by=requested_by or e.requested_by or "mergeops-watch") for e in entries]
+                       requested_by=requested_by or e.requested_by or default_requester) for e in entries]
 
 
 def plan(recipe_path: str, tracking_uri: str) -> dict:

@@ -34,6 +34,11 @@ def test_watched_recipes_come_from_options_or_mergeops_yaml(tmp_path: Path, monk
     # an option wins over the config, for every recipe
     (only,) = watched(["a.yaml"], policy="/x/policy.yaml")
     assert (only.recipe, only.policy, only.suite) == (str(sub / "a.yaml"), "/x/policy.yaml", str(tmp_path / "suite.yaml"))
+    # with a governance service an unnamed requester is left to the signed-in account (a named one stays)
+    monkeypatch.setenv("MERGEOPS_SERVICE_URL", "http://127.0.0.1:9")
+    a, b = watched()
+    assert (a.requested_by, b.requested_by) == (None, "bot")
+    monkeypatch.delenv("MERGEOPS_SERVICE_URL")
     (tmp_path / "mergeops.yaml").write_text("suite: zoo\n")
     with pytest.raises(WatchConfigError, match="--recipe"):
         watched()

@@ -6,7 +6,10 @@ The project is configured as a team would: mergeops.yaml names the servers, the 
 credentials (no MLflow URI, no mergeops setting), `mergeops deploy --pool merges` deploys the flows.
 Four runs submitted at once end Completed with four versions and a log that verifies; a worker that
 dies mid-run (with its flow run, as when its machine goes down) leaves a run marked Crashed and
-nothing half-registered, and the same run submitted again completes on the other worker.
+nothing half-registered, and the same run submitted again completes on the other worker. The evolve
+deployment searches, logs the search in MLflow and registers its winner; after a parent publishes a
+new revision, one run of the watch deployment re-merges it to exactly one new candidate and the
+next finds nothing to do.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from merge.manifest import content_id
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -46,6 +51,18 @@ dtype: float32
 """
 WEIGHTS = ("0.5", "0.6", "0.7", "0.8")  # one recipe each, submitted at once
 KILLED = "0.4"  # the run whose worker dies
+EVOLVED = "pool-evolved"  # the evolve run's winner, registered under this name
+EVOLVE_START = """\
+name: pool-evolve
+merge_method: linear
+seed: 0
+models:
+  - model: parents/base
+    parameters: {weight: 0.3}
+  - model: parents/sort
+    parameters: {weight: 0.7}
+dtype: float32
+"""
 # Tiny models score ~0: no score floors (the audit, licence and leakage gates still decide).
 POLICY = "domain_minimums: {default: null}\nretention_minimums: {default: null}\n"
 
@@ -98,6 +115,7 @@ def _project(proj: Path, zoo: Path, mlflow_uri: str, svc: dict, s3: dict) -> Pat
     for w in (*WEIGHTS, KILLED):
         (proj / "recipes" / f"w{w}.yaml").parent.mkdir(exist_ok=True)
         (proj / "recipes" / f"w{w}.yaml").write_text(RECIPE.format(w=w, rest=f"{1 - float(w):.1f}"))
+    (proj / "recipes" / "evolve.yaml").write_text(EVOLVE_START)
     (proj / "policy.yaml").write_text(POLICY)
     shutil.copy(svc["public_key"], proj / "service.pub")
     (proj / "mergeops.yaml").write_text(
@@ -118,12 +136,16 @@ def _client(pool):
 
 
 def _submit(pool, weight: str):
+    return _start(pool, "merge-pipeline/mergeops", recipe_path=f"recipes/w{weight}.yaml", wait_for_approval=False)
+
+
+def _start(pool, deployment: str, **parameters):
+    """A flow run of ``deployment`` with ``parameters`` (the deployment's own for the rest), not awaited."""
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: pool["prefect"]["api"]}):
-        return run_deployment("merge-pipeline/mergeops", timeout=0, parameters={
-            "recipe_path": f"recipes/w{weight}.yaml", "wait_for_approval": False})
+        return run_deployment(deployment, timeout=0, parameters=parameters)
 
 
 def _wait_final(pool, ids, timeout: float = 900) -> dict:
@@ -139,8 +161,8 @@ def _wait_final(pool, ids, timeout: float = 900) -> dict:
             time.sleep(2)
 
 
-def _versions(pool) -> list[list[str]]:
-    return pool["pg"]["sql"]("mlflow", f"SELECT version FROM model_versions WHERE name = '{MODEL}' ORDER BY version")
+def _versions(pool, name: str = MODEL) -> list[list[str]]:
+    return pool["pg"]["sql"]("mlflow", f"SELECT version FROM model_versions WHERE name = '{name}' ORDER BY version")
 
 
 def _ran(pool, i: int, flow_run_id) -> bool:
@@ -238,6 +260,97 @@ def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_nothing_half_registere
     survivor = 2 if victim is pool["workers"][0] else 1
     assert _ran(pool, survivor, retry.id)
     assert mergeops(pool, "carol", "log", "verify").returncode == 0
+
+
+def test_the_evolve_deployment_searches_logs_the_search_and_registers_its_winner(pool):
+    run = _start(pool, "evolve/mergeops", recipe_path="recipes/evolve.yaml", out_dir="evolved/pool-evolve",
+                 budget=3, dev_size=4, register_as=EVOLVED, wait_for_approval=False)
+    states = _wait_final(pool, [run.id])
+    assert states[run.id].is_completed(), (states[run.id].type, states[run.id].message)
+    out = pool["proj"] / "evolved" / "pool-evolve"  # relative to the project, where the run starts
+    search = json.loads((out / "search.json").read_text())
+    assert (search["algorithm"], search["budget"], search["evaluations"]) == ("m2n2", 3, 3)
+
+    # the search is a finished run of the experiment mergeops-evolve, one metric point per generation
+    sql = pool["pg"]["sql"]
+    ((run_id, status),) = sql("mlflow", "SELECT r.run_uuid, r.status FROM runs r JOIN experiments e "
+                                        "ON r.experiment_id = e.experiment_id WHERE e.name = 'mergeops-evolve'")
+    assert status == "FINISHED"
+    params = dict(sql("mlflow", f"SELECT key, value FROM params WHERE run_uuid = '{run_id}'"))
+    assert (params["algorithm"], params["budget"], params["dev_examples"]) == ("m2n2", "3", str(search["dev_examples"]))
+    for key in ("best", "mean", "diversity"):
+        points = sql("mlflow", f"SELECT step, value FROM metrics WHERE run_uuid = '{run_id}' AND key = '{key}' "
+                               "ORDER BY step")
+        assert [(int(s), float(v)) for s, v in points] == [(g["generation"], g[key]) for g in search["generations"]]
+    tags = dict(sql("mlflow", f"SELECT key, value FROM tags WHERE run_uuid = '{run_id}'"))
+    assert tags["mergeops.registered"] == f"{EVOLVED} v1" and tags["mergeops.pipeline"] == "awaiting_approval"
+
+    # the winner went through the pipeline: a candidate whose lineage holds the evolved recipe
+    assert _versions(pool, EVOLVED) == [["1"]] and _alias(pool, "candidate", EVOLVED) == "1"
+    shown = mergeops(pool, "carol", "lineage", f"{EVOLVED}@candidate", "--json")
+    assert shown.returncode == 0, shown.stderr
+    lineage = json.loads(shown.stdout)
+    assert lineage["recipe"]["text"] == (out / "recipe.yaml").read_text()
+    assert lineage["recipe"]["sha256"] == params["recipe_sha256"]
+    assert lineage["merged"]["content_id"] == content_id(out / "model")
+    parents = pool["proj"] / "parents"
+    assert {p["content_id"] for p in lineage["parents"]} == {content_id(parents / n) for n in ("base", "sort")}
+    assert lineage["requested_by"] == WORKER_USER
+    verified = mergeops(pool, "carol", "log", "verify")
+    assert verified.returncode == 0, verified.stderr
+
+
+def test_the_watch_deployment_remerges_a_new_parent_revision_to_exactly_one_candidate(pool):
+    before = _versions(pool)
+    # the parent publishes a new revision (the demo's step 6; no event: the watch runs when submitted)
+    updated = subprocess.run([sys.executable, "-m", "flows.demo", "update-parent", "parents/sort"], cwd=pool["proj"],
+                             env=_bare_environment(), capture_output=True, text=True, timeout=300)
+    assert updated.returncode == 0 and "content id" in updated.stdout, updated.stdout + updated.stderr
+    run = _start(pool, "mergeops-watch/mergeops")  # the recipes under `watch:` in mergeops.yaml
+    states = _wait_final(pool, [run.id])
+    assert states[run.id].is_completed(), (states[run.id].type, states[run.id].message)
+    new = str(len(before) + 1)
+    assert _versions(pool) == [*before, [new]]
+    assert _logged(pool, run.id, f"{MODEL}: re-merging (changed since {MODEL} v{len(before)}: sort)")
+    assert _alias(pool, "candidate") == new  # a candidate, never promoted
+    shown = mergeops(pool, "carol", "lineage", f"{MODEL}@{new}", "--json")
+    assert shown.returncode == 0, shown.stderr
+    lineage = json.loads(shown.stdout)
+    assert lineage["recipe"]["text"] == (pool["proj"] / "recipes" / f"w{WEIGHTS[0]}.yaml").read_text()
+    assert content_id(pool["proj"] / "parents" / "sort") in {p["content_id"] for p in lineage["parents"]}
+    assert lineage["requested_by"] == WORKER_USER  # the worker's account, the service's only accepted name
+    triggered = pool["pg"]["sql"]("mlflow", f"SELECT value FROM registered_model_tags WHERE name = '{MODEL}' "
+                                            "AND value LIKE 'remerge_triggered:%'")
+    assert len(triggered) == 1, triggered
+
+    # run again with nothing new: it completes and registers nothing
+    again = _start(pool, "mergeops-watch/mergeops")
+    states = _wait_final(pool, [again.id])
+    assert states[again.id].is_completed(), (states[again.id].type, states[again.id].message)
+    assert _versions(pool) == [*before, [new]]
+    assert _logged(pool, again.id, f"{MODEL}: no re-merge ({MODEL} v{new} already has these parents)")
+    verified = mergeops(pool, "carol", "log", "verify")
+    assert verified.returncode == 0, verified.stderr
+
+
+def _logged(pool, flow_run_id, line: str, timeout: float = 30) -> bool:
+    """Whether the flow run sent ``line`` to the Prefect server (its logs arrive in batches, so a
+    line may land just after the run's final state)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    with _client(pool) as client:
+        while True:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            if line in (entry.message for entry in logs) or time.monotonic() > deadline:
+                return line in (entry.message for entry in logs)
+            time.sleep(1)
+
+
+def _alias(pool, alias: str, name: str = MODEL) -> str:
+    ((version,),) = pool["pg"]["sql"]("mlflow", f"SELECT version FROM registered_model_aliases "
+                                                f"WHERE name = '{name}' AND alias = '{alias}'")
+    return version
 
 
 def _runs(proc: psutil.Process, flow_run_id) -> bool:
