@@ -2,13 +2,14 @@
 equal budget, several seeds each, judged on the held-out eval split the searches never see.
 
 Each arm runs ``flows.evolve.evolve`` (as ``mergeops evolve`` does: retention objective on the dev
-split, 100 prompts per domain) from ``recipes/demo.yaml``, then scores its winner (OUT/model, as
+split, ``--dev-size`` prompts per domain) from ``recipes/demo.yaml``, then scores its winner (OUT/model, as
 written) on the zoo's eval split (200 prompts per domain) with the in-memory exact-match scorer,
 the zoo scorecard's rule. The table gives, per arm, each domain's eval score and retention (over the
 specialist's own eval score), the least retention, and wall time; then the mean least retention
 per arm. The shipped demo merge is the row to beat. Usage:
 
-    python benchmarks/evolve_ablation.py [--zoo data/zoo] [--budget 300] [--seeds 3] [--out bench-out/evolve]
+    python benchmarks/evolve_ablation.py [--zoo data/zoo] [--budget 200] [--dev-size 100] [--seeds 3]
+                                         [--out bench-out/evolve]
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--zoo", type=Path, default=ROOT / "data" / "zoo")
     ap.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "demo.yaml")
-    ap.add_argument("--budget", type=int, default=300)
+    ap.add_argument("--budget", type=int, default=200)
+    ap.add_argument("--dev-size", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of: " + ", ".join(ARMS))
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "evolve")
@@ -72,9 +74,9 @@ def main() -> None:
 
     own = {d: per_domain(_weights(specialists[d]))[d] for d in domains}
     demo = per_domain(merge_in_memory(recipe, ParentTensors()))
-    records = dev_records("zoo", zoo)
+    records = dev_records("zoo", zoo, args.dev_size)
     print(f"demo zoo {zoo}; eval split {', '.join(f'{d} {len(evals[d])}' for d in domains)} prompts; "
-          f"budget {args.budget} candidates per run, dev split {len(records) // len(files)} prompts per domain")
+          f"budget {args.budget} candidates per run, dev split {args.dev_size} prompts per domain")
     head = "".join(f"{d:>15s}" for d in domains)
     print(f"{'arm':14s}{'seed':>5s}{head}{'least':>8s}{'time':>8s}")
 
@@ -91,7 +93,7 @@ def main() -> None:
     for label in [a.strip() for a in args.arms.split(",")]:
         algorithm, m2n2 = ARMS[label]
         for seed in range(args.seeds):
-            out = args.out / f"{algorithm}-{'a0' if m2n2 and m2n2.alpha == 0 else 'a1'}-s{seed}-b{args.budget}"
+            out = args.out / f"{algorithm}-{'a0' if m2n2 and m2n2.alpha == 0 else 'a1'}-s{seed}-b{args.budget}-d{args.dev_size}"
             if not (out / "search.json").is_file():
                 shutil.rmtree(out, ignore_errors=True)  # an unfinished run of other code: start afresh
             t0 = time.perf_counter()

@@ -116,7 +116,16 @@ def watch(ctx: click.Context, once: bool, recipes: tuple[str, ...], policy: str 
         watching.serve(list(recipes) or None, policy, cron, suite=suite, zoo_dir=zoo_dir)
         return
     stopped = []
-    for outcome in watching.watch_flow(list(recipes) or None, policy_path=policy, suite=suite, zoo_dir=zoo_dir):
+    state = watching.watch_flow(list(recipes) or None, policy_path=policy, suite=suite, zoo_dir=zoo_dir,
+                                return_state=True)
+    if state.is_completed():
+        outcomes = state.result()
+    else:
+        error = state.result(raise_on_failure=False)
+        if not isinstance(error, watching.RemergeStopped):
+            raise error if isinstance(error, BaseException) else RuntimeError(state.message)
+        outcomes = error.outcomes
+    for outcome in outcomes:
         if outcome.get("status") == "unchanged":
             click.echo(f"{outcome['name']}: unchanged ({outcome['reason']})")
         elif outcome.get("status") == "failed":

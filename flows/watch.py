@@ -28,7 +28,7 @@ from flows.pipeline import merge_pipeline, model_name, parent_dirs
 from flows.settings import get_settings
 from flows.versions import baseline, find_same, parent_ids
 from merge.bounded import regular_file
-from merge.errors import MergeopsError, UsageError
+from merge.errors import CheckFailed, MergeopsError, UsageError
 from merge.manifest import content_id
 
 PARENT_UPDATED = "mergeops.parent.updated"
@@ -85,10 +85,21 @@ def plan(recipe_path: str, tracking_uri: str) -> dict:
             "baseline": base.version if base else None, "parents": current}
 
 
+class RemergeStopped(CheckFailed):
+    """A watch pass in which at least one re-merge stopped: the flow run ends Failed (exit 1), after
+    every watched recipe had its turn; ``outcomes`` holds what was done for each."""
+
+    def __init__(self, message: str, outcomes: list[dict] | None = None):
+        super().__init__(message)
+        self.outcomes = outcomes or []
+
+
 @flow(name="mergeops-watch", log_prints=True)
 def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None, suite: str | None = None,
                zoo_dir: str | None = None, requested_by: str | None = None) -> list[dict]:
-    """One pass over the watched recipes; returns what was done for each."""
+    """One pass over the watched recipes; returns what was done for each. When a re-merge stopped
+    (audit, gate, a refused requester) the others still run, then the flow run fails with
+    ``RemergeStopped``, so a schedule's failed runs show in the Prefect UI and its notifications."""
     log = get_run_logger()
     settings = get_settings()
     outcomes = []
@@ -115,6 +126,9 @@ def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None,
                 message = str(error) if isinstance(error, MergeopsError) else state.message
                 log.warning("%s: re-merge stopped: %s", decision["name"], message, extra=UI_ONLY)
                 outcomes.append({**decision, "status": "failed", "message": message})
+    stopped = [o for o in outcomes if o.get("status") == "failed"]
+    if stopped:
+        raise RemergeStopped("; ".join(f"{o['name']}: re-merge stopped: {o['message']}" for o in stopped), outcomes)
     return outcomes
 
 
