@@ -19,7 +19,7 @@ from flows.cli_options import suite_option, zoo_option
 @click.option("--algorithm", type=click.Choice(["m2n2", "cmaes", "random"]), default="m2n2", show_default=True,
               help="m2n2: archive + split-point crossover; cmaes / random: the recipe's parameters per layer block.")
 @click.option("--budget", type=int, default=None,
-              help="Candidates to merge and score in all, resumed ones included [default: 120].")
+              help="Candidates to merge and score in all, resumed ones included [default: 600].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the search.")
 @click.option("--objective", type=click.Choice(["retention", "mean"]), default="retention", show_default=True,
               help="retention: the least per-domain score over the best parent's there (what the gates check); "
@@ -27,7 +27,7 @@ from flows.cli_options import suite_option, zoo_option
 @click.option("--granularity", type=click.Choice(["block", "kind"]), default="block", show_default=True,
               help="cmaes / random: tune each parameter per layer block, or also per tensor kind (finer; "
                    "needs a larger --budget).")
-@click.option("--dev-size", type=int, default=None, help="Dev prompts per domain to score on [default: 100].")
+@click.option("--dev-size", type=int, default=None, help="Dev prompts per domain to score on (zoo domains) or taken from the dev file [default: 300 for zoo domains; all rows of a dev file].")
 @click.option("--register", "register", metavar="NAME",
               help="Run as the Prefect flow: log the search as an MLflow run (experiment mergeops-evolve), "
                    "then send the winner through audit, merge, evaluation, gates and registration as NAME.")
