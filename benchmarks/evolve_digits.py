@@ -89,6 +89,14 @@ def cmaes(net: MLP, passes: int, seed: int, train, test, kind=CMA) -> tuple[floa
     return best, float(net.correct(torch.tensor(best_x, dtype=torch.float32), xt, yt).mean())
 
 
+def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sklearn's 8x8 digits scaled to [0, 1], labels, and one fixed shuffle of their indices."""
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    return x, y, torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+
+
 METHODS = {"M2N2": m2n2, "CMA-ES": cmaes,
            "sep-CMA-ES": lambda *a: cmaes(*a, kind=SepCMA)}
 
@@ -101,10 +109,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y, perm = digits()
     tr, te = perm[:1300], perm[1300:]
     train, test = (x[tr], y[tr]), (x[te], y[te])
     net = MLP(args.hidden)

@@ -16,8 +16,8 @@ import argparse
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
+from evolve_digits import digits
 from merge.evolve.crossover import split_index, split_slerp_flat, split_slerp_tensors
 from merge.evolve.m2n2 import M2N2, M2N2Config
 
@@ -85,10 +85,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y, perm = digits()
     tr, dev, te = perm[:1000], perm[1000:1400], perm[1400:]
     data = ((x[tr], y[tr]), (x[dev], y[dev]), (x[te], y[te]))
     print(f"M2N2 on digits, 2 half-class parents, archive 8, {args.budget} evaluations; test accuracy of the best")

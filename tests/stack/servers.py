@@ -23,6 +23,9 @@ BIN = Path(sys.executable).parent
 ADMIN = ("admin", "admin-password-1234")
 PEOPLE = ("alice", "bob", "carol", "mergeops-svc")
 
+# Tiny models score ~0: a policy without score floors (the audit, licence and leakage gates still decide).
+OPEN_POLICY = "domain_minimums: {default: null}\nretention_minimums: {default: null}\n"
+
 
 def password(user: str) -> str:
     return f"{user}-password-1234"

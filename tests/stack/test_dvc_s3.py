@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from servers import BIN, s3_server  # noqa: E402
+from servers import BIN, OPEN_POLICY, s3_server  # noqa: E402
 
 from merge.manifest import content_id  # noqa: E402
 
@@ -34,8 +34,6 @@ models:
     parameters: {weight: 0.5}
 dtype: float32
 """
-# Tiny models score ~0: no score floors (the audit, licence and leakage gates still decide).
-POLICY = "domain_minimums: {default: null}\nretention_minimums: {default: null}\n"
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +44,7 @@ def project(tmp_path_factory, tiny_zoo):
         for model in ("base", "sort"):
             shutil.copytree(tiny_zoo / "models" / model, proj / "parents" / model)
         (proj / "recipe.yaml").write_text(RECIPE)
-        (proj / "policy.yaml").write_text(POLICY)
+        (proj / "policy.yaml").write_text(OPEN_POLICY)
         (proj / "mergeops.yaml").write_text(f"policy: policy.yaml\nzoo: {tiny_zoo}\n"
                                             f"dvc_remote: s3://{s3['bucket']}/dvc\nevaluation_workers: 2\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MERGEOPS_", "MLFLOW_", "PREFECT_API_URL",

@@ -31,8 +31,9 @@ from merge.manifest import content_id
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from servers import (BIN, S3_CREDENTIALS, add_user, descendants, governance_service, kill_all, mergeops,  # noqa: E402
-                     mlflow_basic_auth, password, postgres, prefect_server, prefect_worker, s3_server)
+from servers import (BIN, OPEN_POLICY, S3_CREDENTIALS, add_user, descendants, governance_service,  # noqa: E402
+                     kill_all, mergeops, mlflow_basic_auth, password, postgres, prefect_server, prefect_worker,
+                     s3_server)
 
 POOL = "merges"
 MODEL = "pool-merge"
@@ -63,8 +64,6 @@ models:
     parameters: {weight: 0.7}
 dtype: float32
 """
-# Tiny models score ~0: no score floors (the audit, licence and leakage gates still decide).
-POLICY = "domain_minimums: {default: null}\nretention_minimums: {default: null}\n"
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +115,7 @@ def _project(proj: Path, zoo: Path, mlflow_uri: str, svc: dict, s3: dict) -> Pat
         (proj / "recipes" / f"w{w}.yaml").parent.mkdir(exist_ok=True)
         (proj / "recipes" / f"w{w}.yaml").write_text(RECIPE.format(w=w, rest=f"{1 - float(w):.1f}"))
     (proj / "recipes" / "evolve.yaml").write_text(EVOLVE_START)
-    (proj / "policy.yaml").write_text(POLICY)
+    (proj / "policy.yaml").write_text(OPEN_POLICY)
     shutil.copy(svc["public_key"], proj / "service.pub")
     (proj / "mergeops.yaml").write_text(
         f"tracking_uri: {mlflow_uri}\nservice_url: {svc['url']}\nservice_public_key: service.pub\n"
