@@ -265,3 +265,7 @@ def test_recipe_space_tunes_each_tensor_kind_with_filters_that_pick_out_exactly_
     # a tensor outside the layers whose name holds a layer kind's filter: filters would be ambiguous
     odd = RecipeSpace(recipe, blocks=2, tensor_names=LLAMA_NAMES + ["vision.mlp.weight"])
     assert [g.filter for g in odd.groups] == [None] and odd.dim == 2 * 2 * 2
+    # a layer tensor with nothing after its index has no kind a filter can name
+    bare = RecipeSpace(recipe, blocks=2, tensor_names=[f"h.{i}.weight" for i in range(3)] + ["wte.weight"],
+                       config={"n_layer": 3})
+    assert [g.filter for g in bare.groups] == [None]

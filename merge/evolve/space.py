@@ -133,7 +133,7 @@ def _kinds(names: list[str], config: dict, blocks: int) -> list[Group]:
     for name in names:  # the first filter that matches must be the tensor's own group
         where = structure.locate(name)
         own = name if where is None else f".{where[2].split('.')[0]}."
-        first = next(g.filter for g in groups if g.filter in name)
+        first = next((g.filter for g in groups if g.filter in name), None)
         if first != own:
             return [Group(None, blocks)]
     return groups
