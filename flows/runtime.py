@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -138,6 +139,18 @@ def _api_url_in_prefect_files() -> bool:
     return False
 
 
+def _die_with_parent() -> None:
+    """In the server's process before it starts: Linux sends it SIGTERM when the command that
+    started it dies, so a killed command (SIGKILL, OOM) leaves no Prefect API server behind; the
+    atexit hook covers ordinary exits only."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class LocalPrefectApi:
     """Prefect's local API server for a command run without ``PREFECT_API_URL``, started at once.
 
@@ -174,7 +187,8 @@ class LocalPrefectApi:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
              "--host", "127.0.0.1", "--port", str(self._port), "--log-level", "error", "--lifespan", "on"],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr)
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
     def wait(self) -> None:
         """Return once the server answers its health check; raise PrefectUnavailable if it cannot."""

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from flows import runtime
 from registry.errors import AuditFailed
@@ -80,3 +85,27 @@ def test_the_local_prefect_api_starts_answers_and_stops(tmp_path, monkeypatch) -
     finally:
         api.stop()
     assert proc.poll() is not None
+
+
+def test_a_killed_command_leaves_no_prefect_api_server_behind(tmp_path) -> None:
+    import psutil
+
+    code = ("import os, signal\nfrom flows.runtime import LocalPrefectApi\n"
+            "api = LocalPrefectApi().begin()\nprint(api._proc.pid, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    server = int(done.stdout.split()[0])
+
+    def alive() -> bool:
+        try:
+            return psutil.Process(server).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(), "the Prefect API server outlived the command that started it"
