@@ -230,6 +230,12 @@ def _one_line(name: str, exc: ValidationError) -> str:
     return f"suite {name!r}: {where}: {msg}" if where else f"suite {name!r}: {msg}"
 
 
+def suite_path(name: str, base_dir: Path | None) -> Path:
+    """A file a suite names, resolved: relative to the suite file's directory (else the working one)."""
+    path = Path(name)
+    return (path if path.is_absolute() else (base_dir or Path.cwd()) / path).resolve()
+
+
 def read_suite_text(path: Path) -> str:
     """A suite file's text, read within bounds (a regular file, strict UTF-8): a FIFO, a directory
     or a link to /dev/zero is one SuiteError line."""

@@ -26,7 +26,7 @@ from evaluation import suite_tasks as st
 from evaluation._io import atomic_write_text
 from evaluation.datafiles import check_columns
 from evaluation.errors import DataFileError, SuiteError
-from evaluation.suite_file import PlannedTask, Suite, load_suite, suite_names
+from evaluation.suite_file import PlannedTask, Suite, load_suite, suite_names, suite_path
 from merge.manifest import canonical_json
 
 __all__ = ["MaterializedSuite", "Suite", "TaskSpec", "load_suite", "materialize", "prepare_suite", "suite_names"]
@@ -112,8 +112,7 @@ def _own_task(suite: Suite, plan: PlannedTask, base_dir: Path | None) -> tuple[d
     if task.config is not None:
         return (st.absolute_data_files(task.config, base_dir),
                 TaskSpec(name=plan.name, domain=plan.domain, metrics=(plan.metric,), primary=primary, n=task.n))
-    data = Path(task.data)
-    data = (data if data.is_absolute() else (base_dir or Path.cwd()) / data).resolve()
+    data = suite_path(task.data, base_dir)
     if not data.exists():
         raise SuiteError(f"{where}: data file {task.data} not found (looked at {data})")
     if not data.is_file():  # a FIFO, a device or a directory: never opened

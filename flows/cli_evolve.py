@@ -27,7 +27,9 @@ from flows.cli_options import suite_option, zoo_option
 @click.option("--granularity", type=click.Choice(["block", "kind"]), default="block", show_default=True,
               help="cmaes / random: tune each parameter per layer block, or also per tensor kind (finer; "
                    "needs a larger --budget).")
-@click.option("--dev-size", type=int, default=None, help="Dev prompts per domain to score on (zoo domains) or taken from the dev file [default: 300 for zoo domains; all rows of a dev file].")
+@click.option("--dev-size", type=int, default=None,
+              help="Dev prompts per domain to score on [default: 300 for a zoo domain; every row of a suite's "
+                   "dev file].")
 @click.option("--register", "register", metavar="NAME",
               help="Run as the Prefect flow: log the search as an MLflow run (experiment mergeops-evolve), "
                    "then send the winner through audit, merge, evaluation, gates and registration as NAME.")
@@ -35,8 +37,8 @@ from flows.cli_options import suite_option, zoo_option
               help="Gate policy YAML for --register [default: as for `mergeops run`].")
 @click.option("--requested-by", help="Who asks for the registration (default: the current user).")
 def evolve(recipe: Path, out: Path, zoo_dir: str | None, suite: str | None, algorithm: str, budget: int | None,
-           seed: int, objective: str, granularity: str, dev_size: int | None, register: str | None, policy: str | None,
-           requested_by: str | None) -> None:
+           seed: int, objective: str, granularity: str, dev_size: int | None, register: str | None,
+           policy: str | None, requested_by: str | None) -> None:
     """Search merges of RECIPE's parents, scored in memory on a dev split, and write the winner.
 
     RECIPE is an ordinary recipe naming the parents (and base); the search starts from it. Each
@@ -71,8 +73,8 @@ def evolve(recipe: Path, out: Path, zoo_dir: str | None, suite: str | None, algo
         from flows.evolve_flow import evolve_flow
 
         done = evolve_flow(str(recipe), str(out), zoo_dir=zoo, suite=suite, algorithm=algorithm, budget=budget,
-                           seed=seed, objective=objective, granularity=granularity, dev_size=dev_size, register_as=register, policy_path=policy,
-                           requested_by=requested_by)
+                           seed=seed, objective=objective, granularity=granularity, dev_size=dev_size,
+                           register_as=register, policy_path=policy, requested_by=requested_by)
         click.echo(f"evolved {out}/model  content_id {done['content_id']}  {objective} {done['objective']:.3f}  "
                    f"MLflow run {done['search_run_id']}")
         _print_result(done["pipeline"])

@@ -16,6 +16,7 @@ zoo_option = click.option(
     help="The zoo, for suites with zoo domains [env MERGEOPS_ZOO; default: mergeops.yaml's `zoo`; run and "
          "watch also look for the zoo the parents live in].")
 
+
 def cron_option(help: str):
     """``--cron`` for the watch's schedule (served by `mergeops watch`, deployed by `mergeops deploy`)."""
     return click.option("--cron", default=WATCH_CRON, show_default=True, help=help)

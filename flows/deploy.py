@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from flows.config import ENV_VAR
+from flows.config import ENV_VAR, WATCH_CRON
 from flows.settings import Settings
-from flows.watch import DEFAULT_CRON
 from merge.errors import UsageError
 
 DEFAULT_NAME = "mergeops"
@@ -45,7 +44,7 @@ class Deployed:
     schedule: str | None
 
 
-def deploy(settings: Settings, pool: str, *, name: str = DEFAULT_NAME, cron: str = DEFAULT_CRON) -> list[Deployed]:
+def deploy(settings: Settings, pool: str, *, name: str = DEFAULT_NAME, cron: str = WATCH_CRON) -> list[Deployed]:
     """Create or update the three deployments on ``pool`` and the crashed-run automation."""
     if not settings.prefect_server:
         raise UsageError("deployments live on a Prefect server: set PREFECT_API_URL (e.g. "
@@ -153,4 +152,3 @@ def _crash_automation(name: str, deployment_ids: list[str]) -> None:
         actions=[ChangeFlowRunState(state=StateType.CRASHED,
                                     message=f"no heartbeat for {3 * HEARTBEAT_S} s: its worker is gone")],
     ).create()
-

@@ -27,7 +27,7 @@ from evaluation._io import atomic_write_text
 from merge.errors import MergeFailed, UsageError
 from merge.evolve.crossover import split_index
 from merge.evolve.m2n2 import M2N2Config
-from merge.evolve.objective import MIN_REFERENCE, OBJECTIVES, Objective
+from merge.evolve.objective import MIN_REFERENCE, OBJECTIVES, Objective, group_means
 from merge.evolve.search import ALGORITHMS, Evaluation, SearchSpec, make_search, read_checkpoint, run_search
 from merge.evolve.space import RecipeSpace
 from merge.memory import ParentTensors, merge_in_memory
@@ -186,7 +186,8 @@ def _generations(spec: SearchSpec, evals: list[Evaluation], size: int) -> list[d
     generation's candidates), and the best objective so far. Diversity: the share of examples on
     which the population disagrees."""
     search = make_search(spec) if spec.algorithm == "m2n2" else None
-    rows = []
+    values = [spec.objective(ev.scores) for ev in evals]  # each evaluation's objective, once
+    rows, best_so_far = [], -math.inf
     for g in range(math.ceil(len(evals) / size)):
         chunk = evals[g * size:(g + 1) * size]
         if search is not None:
@@ -194,12 +195,14 @@ def _generations(spec: SearchSpec, evals: list[Evaluation], size: int) -> list[d
                 search.ask()
                 search.tell(ev.candidate, ev.scores)
             pop = search.scores
+            pop_values = np.array([spec.objective(row) for row in pop])
         else:
             pop = np.vstack([ev.scores for ev in chunk])
-        values = np.array([spec.objective(row) for row in pop])
-        rows.append({"generation": g, "evaluations": g * size + len(chunk), "best": float(values.max()),
-                     "mean": float(values.mean()), "diversity": float(np.mean(pop.max(axis=0) != pop.min(axis=0))),
-                     "best_so_far": max(spec.objective(ev.scores) for ev in evals[:(g * size + len(chunk))])})
+            pop_values = np.array(values[g * size:g * size + len(chunk)])
+        best_so_far = max(best_so_far, *values[g * size:g * size + len(chunk)])
+        rows.append({"generation": g, "evaluations": g * size + len(chunk), "best": float(pop_values.max()),
+                     "mean": float(pop_values.mean()), "diversity": float(np.mean(pop.max(axis=0) != pop.min(axis=0))),
+                     "best_so_far": best_so_far})
     return rows
 
 
@@ -241,8 +244,7 @@ def evolve(recipe: Recipe, out_dir: Path, *, records: list[dict], scorer_dir: Pa
     scorer = DevScorer(scorer_dir, records)
     target = Objective()
     if objective == "retention":
-        means = [Objective("retention", sizes, (1.0,) * len(sizes)).group_means(scorer(cands.parent_tensors(m)))
-                 for m in cands.kept]
+        means = [group_means(scorer(cands.parent_tensors(m)), sizes) for m in cands.kept]
         reference = np.max(means, axis=0)
         skilled = reference >= MIN_REFERENCE
         if skilled.any() and not skilled.all():  # no parent has that skill: nothing to keep, no need to score it
@@ -354,17 +356,14 @@ def dev_records(suite: str | None, zoo_dir: Path | None, per_domain: int | None 
 
 def _own_dev(suite: str, name: str, domain, base: Path | None, per_domain: int | None) -> list[dict]:
     from evaluation.datafiles import check_columns, read_rows
+    from evaluation.suite_file import suite_path
 
     where = f"suite {suite!r}, domain {name!r}"
     if domain.dev is None:
         raise UsageError(f"{where} has no dev split for the search: add `dev: {{data: FILE, prompt: COL, "
                          "target: COL}` (rows not in its eval data)")
 
-    def resolved(p: str) -> Path:
-        path = Path(p)
-        return (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
-
-    path = resolved(domain.dev.data)
+    path = suite_path(domain.dev.data, base)
     check_columns(path, [domain.dev.prompt, domain.dev.target])
     rows = read_rows(path)[:per_domain]
     records = [{"prompt": str(r[domain.dev.prompt]), "target": str(r[domain.dev.target]), "group": name} for r in rows]
@@ -372,7 +371,7 @@ def _own_dev(suite: str, name: str, domain, base: Path | None, per_domain: int |
     for task in domain.tasks:
         if task.data is None:
             continue
-        seen = prompts & {str(r.get(task.prompt)) for r in read_rows(resolved(task.data))}
+        seen = prompts & {str(r.get(task.prompt)) for r in read_rows(suite_path(task.data, base))}
         if seen:
             raise UsageError(f"{where}: {len(seen)} dev prompt(s) of {domain.dev.data} are in its eval data "
                              f"{task.data} (e.g. {sorted(seen)[0][:60]!r}); the search must not see the eval split")

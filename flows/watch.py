@@ -32,7 +32,6 @@ from merge.errors import CheckFailed, MergeopsError, UsageError
 from merge.manifest import content_id
 
 PARENT_UPDATED = "mergeops.parent.updated"
-DEFAULT_CRON = WATCH_CRON
 
 
 def watched(recipes: list[str] | None = None, *, policy: str | None = None, suite: str | None = None,
@@ -132,7 +131,7 @@ def watch_flow(recipes: list[str] | None = None, policy_path: str | None = None,
     return outcomes
 
 
-def deployment(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON, *,
+def deployment(recipes: list[str] | None, policy_path: str | None, cron: str = WATCH_CRON, *,
                suite: str | None = None, zoo_dir: str | None = None):
     """The watch as a deployment: a cron schedule plus a trigger on ``mergeops.parent.updated``.
     Settings not given here are read from mergeops.yaml at each run, so editing it needs no restart."""
@@ -152,7 +151,7 @@ def parent_updated_trigger(params: dict):
                                   parameters=params)
 
 
-def serve(recipes: list[str] | None, policy_path: str | None, cron: str = DEFAULT_CRON, *,
+def serve(recipes: list[str] | None, policy_path: str | None, cron: str = WATCH_CRON, *,
           suite: str | None = None, zoo_dir: str | None = None) -> None:
     """Serve the watch deployment until interrupted (a Prefect server runs the event trigger)."""
     from prefect import serve as serve_deployments

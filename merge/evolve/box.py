@@ -1,8 +1,8 @@
 """CMA-ES and random search over a box of real parameters (a recipe space's vector).
 
 CMA-ES (Hansen's covariance matrix adaptation, via the ``cmaes`` package) minimises, so it is told
-the negative objective (``objective.Objective``: the mean score, or the least retention). Random search draws uniformly from the same box at the same budget: the
-baseline any search must beat. Both propose ``{"id": i, "kind": "point", "x": [...]}``.
+the negative objective (``objective.Objective``: the mean score, or the least retention). Random
+search draws uniformly from the same box at the same budget: the baseline any search must beat. Both propose ``{"id": i, "kind": "point", "x": [...]}``.
 """
 
 from __future__ import annotations

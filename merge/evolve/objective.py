@@ -24,6 +24,15 @@ TIE_BREAK = 0.1  # weight of the mean retention beside the least one
 MIN_REFERENCE = 0.05  # a group's best parent score below this is no skill to keep
 
 
+def group_means(scores: np.ndarray, sizes) -> np.ndarray:
+    """The mean score of each group of contiguous examples, ``sizes`` examples each."""
+    s = np.asarray(scores, dtype=float)
+    if sum(sizes) != len(s):
+        raise ValueError(f"{len(s)} scores for groups of {sum(sizes)} examples")
+    bounds = np.cumsum((0,) + tuple(sizes))
+    return np.array([s[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
+
+
 @dataclass(frozen=True)
 class Objective:
     kind: str = "mean"
@@ -38,11 +47,7 @@ class Objective:
             raise ValueError("retention needs one reference score per group of examples")
 
     def group_means(self, scores: np.ndarray) -> np.ndarray:
-        s = np.asarray(scores, dtype=float)
-        if sum(self.sizes) != len(s):
-            raise ValueError(f"{len(s)} scores for groups of {sum(self.sizes)} examples")
-        bounds = np.cumsum((0,) + tuple(self.sizes))
-        return np.array([s[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
+        return group_means(scores, self.sizes)
 
     def retention(self, scores: np.ndarray) -> np.ndarray:
         """Per kept group (reference >= MIN_REFERENCE): the candidate's score over the reference."""
