@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 export DO_NOT_TRACK := 1
 
-.PHONY: venv demo test stack-test bench bench-evolve bench-pipeline clean
+.PHONY: venv demo test stack-test bench bench-evolve bench-pipeline stats clean
 
 venv: $(STAMP)
 
@@ -46,6 +46,15 @@ bench-evolve: $(STAMP)
 	$(BIN)/python benchmarks/evolve_throughput.py --zoo data/zoo
 	$(BIN)/python benchmarks/evolve_ablation.py --zoo data/zoo
 	$(BIN)/python benchmarks/evolve_digits.py
+
+# RegMean statistics of the demo zoo's specialists for recipes/demo-regmean.yaml: Gram matrices of
+# each linear layer's inputs on 256 records of the specialist's own train split (never eval).
+stats: $(STAMP)
+	@test -f data/zoo/zoo.json || $(BIN)/mergeops zoo build --profile demo --out data/zoo
+	for d in reverse sort swap; do \
+	  $(BIN)/mergeops calibrate data/zoo/models/$$d --data data/zoo/domains/$$d/train.jsonl --kind gram \
+	    --samples 256 --out data/stats/$$d.gram.safetensors || exit 1; \
+	done
 
 # The pipeline's own cost beyond merging and evaluating (see benchmarks/pipeline_overhead.py).
 bench-pipeline: $(STAMP)

@@ -290,15 +290,21 @@ def fisher(tensors: Sequence[torch.Tensor], fishers: Sequence[torch.Tensor], wei
     return (num / den).to(tensors[0].dtype)
 
 
-def regmean(tensors: Sequence[torch.Tensor], grams: Sequence[torch.Tensor], alpha: float = 0.9) -> torch.Tensor:
+def regmean(tensors: Sequence[torch.Tensor], grams: Sequence[torch.Tensor], alpha: float = 0.9,
+            weights: Sequence[float] | None = None) -> torch.Tensor:
     """RegMean (Jin et al.) for a linear layer y = W x, W [out, in], Gram G_i = X_iᵀX_i [in, in]:
-    W* = (sum_i W_i G̃_i)(sum_i G̃_i)^-1, with G̃ = alpha G + (1 - alpha) diag(G) for stability."""
+    W* = (sum_i W_i G̃_i)(sum_i G̃_i)^-1, with G̃ = alpha G + (1 - alpha) diag(G) for stability.
+
+    ``weights`` scale each parent's Gram (how much its calibration data counts in the joint least
+    squares); equal weights, whatever their value, give plain RegMean."""
     acc = torch.float64
     lhs = None
     rhs = None
-    for w, g in zip(tensors, grams):
+    for i, (w, g) in enumerate(zip(tensors, grams)):
         g = g.to(acc)
         g = alpha * g + (1 - alpha) * torch.diag(torch.diagonal(g))
+        if weights is not None:
+            g = g * float(weights[i])
         term = w.to(acc) @ g
         lhs = term if lhs is None else lhs + term
         rhs = g if rhs is None else rhs + g

@@ -223,10 +223,18 @@ def _fisher(c: Call) -> torch.Tensor:
 
 
 def _regmean(c: Call) -> torch.Tensor:
-    w = [p["weight"] for p in c.per_input]
-    if c.tensors[0].dim() == 2 and all(s is not None for s in c.stats):
-        return k.regmean(c.tensors, c.stats, c.shared["alpha"])
-    return k.linear(c.tensors, w, True)  # no Gram (embeddings, norms): plain weighted mean
+    o = c.others  # every input when there is no base_model; c.stats lists theirs, in this order
+    w = [c.per_input[i]["weight"] for i in o]
+    tensors = [c.tensors[i] for i in o]
+    if tensors[0].dim() == 2 and all(s is not None for s in c.stats):
+        merged = k.regmean(tensors, c.stats, c.shared["alpha"], w)
+    else:
+        merged = k.linear(tensors, w, True)  # no Gram (embeddings, norms): plain weighted mean
+    lam = c.shared["lambda"]
+    if c.base_index is None or lam == 1.0:
+        return merged
+    base = c.base.float()  # base + lambda * (merged - base): the merge's change, scaled
+    return (base + lam * (merged.float() - base)).to(merged.dtype)
 
 
 def _sce(c: Call) -> torch.Tensor:
@@ -318,8 +326,12 @@ METHODS: dict[str, Method] = _table([
     Method("fisher", "https://arxiv.org/abs/2111.09832", _fisher,
            (_factor("weight", "input", 1.0), Param("statistics", str, "input")),
            in_mergekit=False, statistics="fisher"),
+    # weight (> 0): scales the parent's Gram, i.e. how much its calibration data counts. The base
+    # (optional) is no input of the least squares: lambda scales the merge's change from it.
     Method("regmean", "https://arxiv.org/abs/2212.09849", _regmean,
-           (_factor("weight", "input", 1.0), Param("statistics", str, "input"),
-            Param("alpha", float, "shared", 0.9, low=0.0, high=1.0)),
-           in_mergekit=False, statistics="gram"),
+           (Param("weight", float, "non_base", 1.0, low=0.0, high=_FACTOR, low_open=True),
+            Param("statistics", str, "non_base"),
+            Param("alpha", float, "shared", 0.9, low=0.0, high=1.0),
+            _factor("lambda", "shared", 1.0)),
+           base="optional", in_mergekit=False, statistics="gram"),
 ])

@@ -316,6 +316,8 @@ def _check_statistics(recipe: Recipe, plans: list[TensorPlan], refs: list[str]) 
         if tp.compute_dtype is None:
             continue
         for (parent, name), params in zip(tp.inputs, tp.per_input):
+            if "statistics" not in params:
+                continue  # the base of a regmean: no input of the least squares
             path = recipe.path_of(params["statistics"])
             if str(path) not in headers:
                 if not path.is_file():

@@ -135,6 +135,8 @@ class Recipe(_Frozen):
             lengths = {src.layer_range[1] - src.layer_range[0] for src in s.sources}
             if len(lengths) > 1:
                 raise ValueError(f"all sources of a slice must span the same number of layers, got {sorted(lengths)}")
+        if self.merge_method == "regmean" and self.base_model is None and "lambda" in (self.parameters or {}):
+            raise ValueError("regmean's lambda scales the merge's change from base_model; set base_model")
         if self.split is not None and self.merge_method != "slerp":
             raise ValueError(f"split applies to slerp (t before the split point, 1 - t after), not {self.merge_method}")
         refs = set(self.input_refs())

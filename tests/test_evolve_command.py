@@ -149,6 +149,27 @@ def test_box_searches_write_the_best_point_as_a_recipe(tiny_zoo: Path, tmp_path:
     assert json.loads((out / "model" / "mergeops.manifest.json").read_text())["content_id"] == result.content_id
 
 
+def test_a_regmean_recipe_evolves_into_one_that_merge_rebuilds_byte_for_byte(tiny_zoo: Path, tmp_path: Path,
+                                                                             records) -> None:
+    from evaluation.calibration import compute_statistics
+
+    m = tiny_zoo / "models"
+    text = f"name: tiny-regmean\nmerge_method: regmean\nbase_model: {m / 'base'}\nmodels:\n  - {{model: {m / 'base'}}}\n"
+    for d in ("reverse", "swap"):
+        st = compute_statistics(m / d, tiny_zoo / "domains" / d / "train.jsonl", kind="gram",
+                                out=tmp_path / f"{d}.gram.safetensors", samples=8)
+        text += f"  - {{model: {m / d}, parameters: {{statistics: {st}}}}}\n"
+    out = tmp_path / "evolved"
+    result = evolve(parse_recipe(text), out, records=records, scorer_dir=m / "base", algorithm="cmaes",
+                    budget=3, seed=1, progress=False)
+    doc = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert doc["merge_method"] == "regmean" and len(doc["parameters"]["lambda"]) == BLOCKS
+    assert all(len(e["parameters"]["weight"]) == BLOCKS for e in doc["models"][1:])
+    again = run_merge(load_recipe(out / "recipe.yaml"), tmp_path / "again", progress=False)
+    assert again.content_id == result.content_id
+    assert (out / "model" / "model.safetensors").read_bytes() == (again.out_dir / "model.safetensors").read_bytes()
+
+
 def test_bad_input_is_one_error_line_and_leaves_nothing(tiny_zoo: Path, tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text(_recipe(tiny_zoo))
     (tmp_path / "full").mkdir()

@@ -207,6 +207,25 @@ def test_recipe_space_writes_per_block_gradients_into_an_ordinary_recipe() -> No
         RecipeSpace(parse_recipe("merge_method: karcher\nmodels: [{model: a}, {model: b}]\n"))
 
 
+def test_recipe_space_tunes_regmean_weights_as_ratios_and_its_lambda() -> None:
+    recipe = parse_recipe("merge_method: regmean\nbase_model: base\nmodels:\n  - {model: base}\n"
+                          "  - {model: a, parameters: {statistics: a.st, weight: 2.0}}\n"
+                          "  - {model: b, parameters: {statistics: b.st}}\nparameters: {lambda: 1.2}\n")
+    space = RecipeSpace(recipe, blocks=2)
+    assert [(p.model, p.param) for p in space.params] == [("a", "weight"), ("b", "weight"), (None, "lambda")]
+    # only the weights' ratio counts: the largest starts mid-range, so CMA-ES does not start on a wall
+    assert space.x0().tolist() == [0.5, 0.5, 0.25, 0.25, 1.2, 1.2]
+    assert space.bounds()[0, 0] > 0  # regmean refuses a weight of 0
+    again = parse_recipe(yaml.safe_dump(space.to_doc([0.0, 1.0, 0.3, 0.3, 3.0, 0.6])))
+    a = next(m for m in again.models if m.model == "a")
+    assert a.parameters["weight"] == [0.02, 1.0] and a.parameters["statistics"] == "a.st"
+    assert again.parameters["lambda"] == [2.0, 0.6]
+    assert next(m for m in again.models if m.model == "base").parameters is None
+    no_base = RecipeSpace(parse_recipe("merge_method: fisher\nmodels:\n  - {model: a, parameters: {statistics: a.st}}\n"
+                                       "  - {model: b, parameters: {statistics: b.st}}\n"), blocks=1)
+    assert [(p.model, p.param) for p in no_base.params] == [("a", "weight"), ("b", "weight")]
+
+
 def test_retention_is_the_least_group_score_over_its_reference_and_skips_groups_no_parent_has() -> None:
     obj = Objective("retention", sizes=(2, 2, 3), reference=(0.5, 1.0, 0.04), names=("a", "b", "c"))
     scores = np.array([1, 0, 1, 0, 1, 1, 1])  # a 0.5 of 0.5, b 0.5 of 1.0, c (reference under 5%) ignored

@@ -66,3 +66,60 @@ def test_missing_statistics_file_exits_2_before_merging(tiny_zoo, tmp_path):
     recipe.write_text(yaml.safe_dump(_doc(Path(tiny_zoo), "fisher", tmp_path / "nope.safetensors", tmp_path / "n2")))
     result = CliRunner().invoke(cli, ["merge", str(recipe), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "statistics file" in result.output and not (tmp_path / "out").exists()
+
+
+def _with_base(zoo: Path, stats, **parameters) -> dict:
+    doc = _doc(zoo, "regmean", stats["reverse.gram"], stats["sort.gram"])
+    doc["base_model"] = str(zoo / "models" / "base")
+    doc["models"].insert(0, {"model": str(zoo / "models" / "base")})
+    doc["parameters"] = parameters
+    return doc
+
+
+def test_regmean_weights_scale_each_parents_gram(stats, tiny_zoo, tmp_path):
+    zoo = Path(tiny_zoo)
+    q = "model.layers.1.mlp.down_proj.weight"
+
+    def merged(wa: float, wb: float, out: str) -> dict:
+        doc = _doc(zoo, "regmean", stats["reverse.gram"], stats["sort.gram"])
+        doc["models"][0]["parameters"]["weight"] = wa
+        doc["models"][1]["parameters"]["weight"] = wb
+        return load_file(run_merge(parse_recipe(yaml.safe_dump(doc)), tmp_path / out, progress=False).out_dir
+                         / "model.safetensors")
+
+    plain, equal, leaning = merged(1.0, 1.0, "p"), merged(0.25, 0.25, "e"), merged(1.0, 0.001, "l")
+    reverse = load_file(zoo / "models" / "reverse" / "model.safetensors")
+    assert torch.equal(plain[q], equal[q])  # only the ratio counts
+    # nearly all of the least squares on reverse's inputs: nearly reverse's own layer
+    assert (leaning[q] - reverse[q]).abs().max() < (plain[q] - reverse[q]).abs().max() / 10
+
+
+def test_regmean_lambda_scales_the_change_from_the_base(stats, tiny_zoo, tmp_path):
+    zoo = Path(tiny_zoo)
+    plain = run_merge(parse_recipe(yaml.safe_dump(_doc(zoo, "regmean", stats["reverse.gram"], stats["sort.gram"]))),
+                      tmp_path / "p", progress=False)
+    one = run_merge(parse_recipe(yaml.safe_dump(_with_base(zoo, stats, **{"lambda": 1.0}))), tmp_path / "one",
+                    progress=False)
+    p, o = load_file(plain.out_dir / "model.safetensors"), load_file(one.out_dir / "model.safetensors")
+    assert set(p) == set(o) and all(torch.equal(p[n], o[n]) for n in p)  # the base is no input of the least squares
+    scaled = run_merge(parse_recipe(yaml.safe_dump(_with_base(zoo, stats, **{"lambda": 1.5}))), tmp_path / "s",
+                       progress=False)
+    base = load_file(zoo / "models" / "base" / "model.safetensors")
+    s = load_file(scaled.out_dir / "model.safetensors")
+    for name in ("model.layers.1.mlp.down_proj.weight", "model.norm.weight"):
+        assert torch.allclose(s[name], base[name] + 1.5 * (p[name] - base[name]), atol=1e-5)
+
+
+def test_regmean_lambda_without_a_base_and_a_zero_weight_are_refused(stats, tiny_zoo, tmp_path):
+    zoo = Path(tiny_zoo)
+    doc = _doc(zoo, "regmean", stats["reverse.gram"], stats["sort.gram"])
+    doc["parameters"] = {"lambda": 1.2}
+    bad = tmp_path / "lambda.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(cli, ["merge", str(bad), "--out", str(tmp_path / "o1")])
+    assert result.exit_code == 2 and "set base_model" in result.output and not (tmp_path / "o1").exists()
+    doc = _doc(zoo, "regmean", stats["reverse.gram"], stats["sort.gram"])
+    doc["models"][1]["parameters"]["weight"] = 0
+    bad.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(cli, ["merge", str(bad), "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 2 and "'weight'" in result.output and not (tmp_path / "o2").exists()

@@ -196,6 +196,22 @@ def test_regmean_recovers_the_joint_least_squares_solution():
     assert torch.allclose(same, (w1 + w2) / 2, atol=1e-5)
 
 
+def test_weighted_regmean_is_the_weighted_least_squares_solution():
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randn(40, 4, generator=g), torch.randn(70, 4, generator=g)
+    w1, w2 = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    # W* minimises 3 |X1 W*ᵀ - X1 W1ᵀ|² + 0.5 |X2 W*ᵀ - X2 W2ᵀ|²: rows of X_i scaled by sqrt(w_i)
+    out = k.regmean([w1, w2], [x1.T @ x1, x2.T @ x2], alpha=1.0, weights=[3.0, 0.5])
+    x = torch.cat([x1 * 3.0 ** 0.5, x2 * 0.5 ** 0.5])
+    y = torch.cat([x1 @ w1.T * 3.0 ** 0.5, x2 @ w2.T * 0.5 ** 0.5])
+    ref = torch.linalg.lstsq(x.double(), y.double()).solution.T.float()
+    assert torch.allclose(out, ref, atol=1e-5)
+    plain = k.regmean([w1, w2], [x1.T @ x1, x2.T @ x2], alpha=1.0)
+    assert not torch.allclose(out, plain, atol=1e-3)
+    # equal weights, whatever their value, are plain RegMean
+    assert torch.allclose(k.regmean([w1, w2], [x1.T @ x1, x2.T @ x2], alpha=1.0, weights=[7.0, 7.0]), plain, atol=1e-6)
+
+
 def test_passthrough_scales_its_single_input():
     x = torch.tensor([1.0, -2.0])
     call = Call("w", [x], None, {}, [{"scale": 0.5}])

@@ -11,7 +11,10 @@ space stays per block only.
 
 - task_arithmetic, ties, dare_*, breadcrumbs*, della*: ``weight`` of every non-base model, and its
   ``density`` where the method sparsifies;
-- linear: ``weight`` of every model; slerp: the shared ``t``.
+- linear: ``weight`` of every model; slerp: the shared ``t``;
+- regmean and fisher (data-aware, with each parent's statistics file): ``weight`` of every non-base
+  model (how much its calibration data counts); regmean with a base_model also ``lambda``, the
+  scale of the merge's change from the base.
 
 ``to_doc(x)`` writes the vector back into the recipe's own YAML document, so every candidate is an
 ordinary recipe that ``mergeops merge`` runs.
@@ -29,9 +32,12 @@ from merge.recipe import Recipe
 from merge.bounded import load_yaml
 
 _DENSITY_LOW = 0.05  # a density near 0 drops a parent entirely (and 0 is refused by the recipe)
+_WEIGHT_LOW = 0.02  # regmean / fisher: only weight ratios count, and regmean refuses 0
+_LAMBDA = (0.5, 2.0)  # regmean's lambda: from half the merge's change from the base to twice it
 DIGITS = 6  # values are rounded so recipes stay readable; the search sees the rounded values too
 _TUNABLE = ("linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
-            "breadcrumbs_ties", "della", "della_linear")
+            "breadcrumbs_ties", "della", "della_linear", "regmean", "fisher")
+_DATA_AWARE = ("regmean", "fisher")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,13 @@ class RecipeSpace:
         self.params: list[Dim] = []
         if recipe.merge_method == "slerp":
             self.params.append(Dim(None, "t", 0.0, 1.0, _scalar(recipe.parameters, "t", 0.5)))
+        elif recipe.merge_method in _DATA_AWARE:
+            models = [m for m in recipe.models if m.model != recipe.base_model]
+            weights = [max(_scalar(m.parameters, "weight", 1.0), _WEIGHT_LOW) for m in models]
+            for m, w in zip(models, weights):  # only ratios count: start with the largest mid-range
+                self.params.append(Dim(m.model, "weight", _WEIGHT_LOW, 1.0, 0.5 * w / max(weights)))
+            if recipe.merge_method == "regmean" and recipe.base_model is not None:
+                self.params.append(Dim(None, "lambda", *_LAMBDA, _scalar(recipe.parameters, "lambda", 1.0)))
         else:
             models = [m for m in recipe.models if recipe.merge_method == "linear" or m.model != recipe.base_model]
             sparsifies = recipe.merge_method not in ("linear", "task_arithmetic")
