@@ -40,11 +40,15 @@ bench: $(STAMP)
 
 # Evolutionary merging on the demo zoo (built first if missing): candidate throughput in memory
 # against a merge + evaluate loop, the ablation (M2N2, M2N2 alpha = 0, CMA-ES, random search; 3
-# seeds, held-out eval split), and M2N2 against CMA-ES from scratch on sklearn's digits.
+# seeds, held-out eval split), the default search from the RegMean recipe (600 candidates, 300 dev
+# prompts per domain), and M2N2 against CMA-ES from scratch on sklearn's digits.
 bench-evolve: $(STAMP)
 	@test -f data/zoo/zoo.json || $(BIN)/mergeops zoo build --profile demo --out data/zoo
+	@test -f data/stats/swap.gram.safetensors || $(MAKE) stats
 	$(BIN)/python benchmarks/evolve_throughput.py --zoo data/zoo
 	$(BIN)/python benchmarks/evolve_ablation.py --zoo data/zoo
+	$(BIN)/python benchmarks/evolve_ablation.py --zoo data/zoo --recipe recipes/demo-regmean.yaml --arms CMA-ES \
+	  --seeds 1 --budget 600 --dev-size 300 --out bench-out/evolve-regmean
 	$(BIN)/python benchmarks/evolve_digits.py
 
 # RegMean statistics of the demo zoo's specialists for recipes/demo-regmean.yaml: Gram matrices of

@@ -16,7 +16,7 @@ from flows.cli_options import suite_option, zoo_option
               help="Output directory: recipe.yaml, model/, search.json and the checkpoint (rerun to resume).")
 @zoo_option
 @suite_option
-@click.option("--algorithm", type=click.Choice(["m2n2", "cmaes", "random"]), default="m2n2", show_default=True,
+@click.option("--algorithm", type=click.Choice(["m2n2", "cmaes", "random"]), default="cmaes", show_default=True,
               help="m2n2: archive + split-point crossover; cmaes / random: the recipe's parameters per layer block.")
 @click.option("--budget", type=int, default=None,
               help="Candidates to merge and score in all, resumed ones included [default: 600].")

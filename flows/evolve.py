@@ -217,7 +217,7 @@ def _check_out(out_dir: Path) -> None:
         raise UsageError(f"{out_dir}: holds {stray[0]!r}, which evolve did not write; choose another --out")
 
 
-def evolve(recipe: Recipe, out_dir: Path, *, records: list[dict], scorer_dir: Path, algorithm: str = "m2n2",
+def evolve(recipe: Recipe, out_dir: Path, *, records: list[dict], scorer_dir: Path, algorithm: str = "cmaes",
            budget: int = DEFAULT_BUDGET, seed: int = 0, objective: str = "retention",
            m2n2: M2N2Config | None = None, granularity: str = "block", progress: bool = True) -> EvolveResult:
     """Search ``budget`` candidates (replayed ones included) and write the winner to ``out_dir``.

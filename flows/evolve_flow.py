@@ -55,7 +55,7 @@ def tag_search(run_id: str, outcome: dict[str, str]) -> None:
 
 @flow(name="evolve", log_prints=True)
 def evolve_flow(recipe_path: str, out_dir: str, zoo_dir: str | None = None, suite: str | None = None,
-                algorithm: str = "m2n2", budget: int = DEFAULT_BUDGET, seed: int = 0, dev_size: int | None = None,
+                algorithm: str = "cmaes", budget: int = DEFAULT_BUDGET, seed: int = 0, dev_size: int | None = None,
                 objective: str = "retention", granularity: str = "block",
                 register_as: str | None = None, policy_path: str | None = None, requested_by: str | None = None,
                 wait_for_approval: bool = True, approval_timeout_s: int = 3600) -> dict:

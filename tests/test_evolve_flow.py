@@ -53,7 +53,7 @@ def ws(tiny_zoo: Path, tmp_path_factory, prefect_server):
 
 @pytest.fixture(scope="module")
 def flowed(ws: Path, tiny_zoo: Path) -> dict:
-    return evolve_flow(str(ws / "recipe.yaml"), str(ws / "out"), zoo_dir=str(tiny_zoo), suite="zoo", budget=5,
+    return evolve_flow(str(ws / "recipe.yaml"), str(ws / "out"), zoo_dir=str(tiny_zoo), suite="zoo", algorithm="m2n2", budget=5,
                        seed=0, dev_size=2, register_as="tiny-evolved", policy_path=str(ws / "policy.yaml"),
                        requested_by="alice")
 

@@ -212,14 +212,15 @@ def test_recipe_space_tunes_regmean_weights_as_ratios_and_its_lambda() -> None:
                           "  - {model: a, parameters: {statistics: a.st, weight: 2.0}}\n"
                           "  - {model: b, parameters: {statistics: b.st}}\nparameters: {lambda: 1.2}\n")
     space = RecipeSpace(recipe, blocks=2)
-    assert [(p.model, p.param) for p in space.params] == [("a", "weight"), ("b", "weight"), (None, "lambda")]
+    assert [(p.model, p.param) for p in space.params] == [("a", "weight"), ("b", "weight"), (None, "alpha"),
+                                                           (None, "lambda")]
     # only the weights' ratio counts: the largest starts mid-range, so CMA-ES does not start on a wall
-    assert space.x0().tolist() == [0.5, 0.5, 0.25, 0.25, 1.2, 1.2]
-    assert space.bounds()[0, 0] > 0  # regmean refuses a weight of 0
-    again = parse_recipe(yaml.safe_dump(space.to_doc([0.0, 1.0, 0.3, 0.3, 3.0, 0.6])))
+    assert space.x0().tolist() == [0.5, 0.5, 0.25, 0.25, 0.9, 0.9, 1.2, 1.2]
+    assert space.bounds()[0, 0] > 0 and space.bounds()[4, 1] < 1  # no weight 0, no alpha 1 (singular Grams)
+    again = parse_recipe(yaml.safe_dump(space.to_doc([0.0, 1.0, 0.3, 0.3, 0.7, 1.0, 3.0, 0.6])))
     a = next(m for m in again.models if m.model == "a")
     assert a.parameters["weight"] == [0.02, 1.0] and a.parameters["statistics"] == "a.st"
-    assert again.parameters["lambda"] == [2.0, 0.6]
+    assert again.parameters["alpha"] == [0.7, 0.99] and again.parameters["lambda"] == [2.0, 0.6]
     assert next(m for m in again.models if m.model == "base").parameters is None
     no_base = RecipeSpace(parse_recipe("merge_method: fisher\nmodels:\n  - {model: a, parameters: {statistics: a.st}}\n"
                                        "  - {model: b, parameters: {statistics: b.st}}\n"), blocks=1)

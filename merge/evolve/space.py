@@ -33,6 +33,7 @@ from merge.bounded import load_yaml
 
 _DENSITY_LOW = 0.05  # a density near 0 drops a parent entirely (and 0 is refused by the recipe)
 _WEIGHT_LOW = 0.02  # regmean / fisher: only weight ratios count, and regmean refuses 0
+_ALPHA = (0.5, 0.99)  # regmean's alpha: how much of each Gram's off-diagonal is kept (1 can be singular)
 _LAMBDA = (0.5, 2.0)  # regmean's lambda: from half the merge's change from the base to twice it
 DIGITS = 6  # values are rounded so recipes stay readable; the search sees the rounded values too
 _TUNABLE = ("linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
@@ -59,7 +60,8 @@ class RecipeSpace:
     def __init__(self, recipe: Recipe, blocks: int = 4, tensor_names: list[str] | None = None,
                  config: dict | None = None):
         if recipe.merge_method not in _TUNABLE:
-            raise RecipeError(f"evolve cannot tune {recipe.merge_method!r} recipes; use one of: {', '.join(_TUNABLE)}")
+            raise RecipeError(f"evolve cannot tune {recipe.merge_method!r} recipes by their parameters; use one of: "
+                              f"{', '.join(_TUNABLE)} or search with m2n2, which crosses any recipe's merge with its parents")
         if recipe.slices:
             raise RecipeError("evolve tunes recipes with 'models'; write the slices as models")
         if blocks < 1:
@@ -76,8 +78,10 @@ class RecipeSpace:
             weights = [max(_scalar(m.parameters, "weight", 1.0), _WEIGHT_LOW) for m in models]
             for m, w in zip(models, weights):  # only ratios count: start with the largest mid-range
                 self.params.append(Dim(m.model, "weight", _WEIGHT_LOW, 1.0, 0.5 * w / max(weights)))
-            if recipe.merge_method == "regmean" and recipe.base_model is not None:
-                self.params.append(Dim(None, "lambda", *_LAMBDA, _scalar(recipe.parameters, "lambda", 1.0)))
+            if recipe.merge_method == "regmean":
+                self.params.append(Dim(None, "alpha", *_ALPHA, _scalar(recipe.parameters, "alpha", 0.9)))
+                if recipe.base_model is not None:
+                    self.params.append(Dim(None, "lambda", *_LAMBDA, _scalar(recipe.parameters, "lambda", 1.0)))
         else:
             models = [m for m in recipe.models if recipe.merge_method == "linear" or m.model != recipe.base_model]
             sparsifies = recipe.merge_method not in ("linear", "task_arithmetic")

@@ -263,7 +263,7 @@ def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_nothing_half_registere
 
 def test_the_evolve_deployment_searches_logs_the_search_and_registers_its_winner(pool):
     run = _start(pool, "evolve/mergeops", recipe_path="recipes/evolve.yaml", out_dir="evolved/pool-evolve",
-                 budget=3, dev_size=4, register_as=EVOLVED, wait_for_approval=False)
+                 algorithm="m2n2", budget=3, dev_size=4, register_as=EVOLVED, wait_for_approval=False)
     states = _wait_final(pool, [run.id])
     assert states[run.id].is_completed(), (states[run.id].type, states[run.id].message)
     out = pool["proj"] / "evolved" / "pool-evolve"  # relative to the project, where the run starts
