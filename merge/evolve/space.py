@@ -13,8 +13,8 @@ space stays per block only.
   ``density`` where the method sparsifies;
 - linear: ``weight`` of every model; slerp: the shared ``t``;
 - regmean and fisher (data-aware, with each parent's statistics file): ``weight`` of every non-base
-  model (how much its calibration data counts); regmean with a base_model also ``lambda``, the
-  scale of the merge's change from the base.
+  model (how much its calibration data counts), regmean's ``alpha`` and, with a base_model, its
+  ``lambda`` (the scale of the merge's change from the base).
 
 ``to_doc(x)`` writes the vector back into the recipe's own YAML document, so every candidate is an
 ordinary recipe that ``mergeops merge`` runs.
