@@ -82,7 +82,9 @@ def parse_gate_policy(doc: dict | None, source: str = "policy") -> GatePolicy:
         return GatePolicy.model_validate(_deep_merge(_default_doc(), doc or {}))
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise PolicyError(f"{source}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        # a key may hold a newline or other control characters: quote it, so the error stays one line
+        where = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"])
+        raise PolicyError(f"{source}: {where}: {err['msg']}") from None
 
 
 def load_gate_policy(path: str | Path | None = None) -> GatePolicy:
