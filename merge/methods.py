@@ -233,8 +233,8 @@ def _regmean(c: Call) -> torch.Tensor:
     lam = c.shared["lambda"]
     if c.base_index is None or lam == 1.0:
         return merged
-    base = c.base.float()  # base + lambda * (merged - base): the merge's change, scaled
-    return (base + lam * (merged.float() - base)).to(merged.dtype)
+    # base + lambda * (merged - base): task arithmetic's scaling of one change, with its rounding
+    return k.task_arithmetic(c.base, [merged], weights=[1.0], lam=lam, consume=True)
 
 
 def _sce(c: Call) -> torch.Tensor:
