@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from evaluation.errors import PolicyError
 from merge.bounded import load_yaml, read_text
-from merge.errors import UsageError
+from merge.errors import UsageError, error_location
 from evaluation.leakage import LeakagePolicy, LeakageRecord
 
 
@@ -82,9 +82,7 @@ def parse_gate_policy(doc: dict | None, source: str = "policy") -> GatePolicy:
         return GatePolicy.model_validate(_deep_merge(_default_doc(), doc or {}))
     except ValidationError as exc:
         err = exc.errors()[0]
-        # a key may hold a newline or other control characters: quote it, so the error stays one line
-        where = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"])
-        raise PolicyError(f"{source}: {where}: {err['msg']}") from None
+        raise PolicyError(f"{source}: {error_location(err['loc'])}: {err['msg']}") from None
 
 
 def load_gate_policy(path: str | Path | None = None) -> GatePolicy:

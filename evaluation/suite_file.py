@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from evaluation.errors import SuiteError
 from merge.bounded import load_yaml, read_text
-from merge.errors import UsageError
+from merge.errors import UsageError, error_location
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # domain and task names become file names
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # columns are read by a Jinja template
@@ -221,7 +221,7 @@ def _known_keys(loc: tuple) -> list[str]:
 def _one_line(name: str, exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = tuple(err["loc"])
-    where = ".".join(str(x) for x in loc if not str(x).startswith(("function-", "union", "list[", "literal[")))
+    where = error_location(loc, skip=("function-", "union", "list[", "literal["))
     if err["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""

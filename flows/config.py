@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from flows.errors import ConfigError
 from merge.bounded import load_yaml, read_text
-from merge.errors import UsageError
+from merge.errors import UsageError, error_location
 
 CONFIG_NAME = "mergeops.yaml"
 ENV_VAR = "MERGEOPS_CONFIG"
@@ -138,7 +138,7 @@ def load_config(path: Path | None = None) -> ProjectConfig:
         config = ProjectConfig.model_validate(doc)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top)"
+        where = error_location(err["loc"]) or "(top)"
         raise ConfigError(f"{path}: {where}: {err['msg']}") from None
     config._path = Path(path).resolve()
     return config

@@ -9,6 +9,14 @@ It lives in ``merge/`` because that folder may import nothing else of ours.
 from __future__ import annotations
 
 
+def error_location(loc, skip: tuple[str, ...] = ()) -> str:
+    """A validation error's location (pydantic's ``loc``) as ``a.b.0.c`` for a one-line message. A
+    key from the user's file may hold a newline or other control characters: such a part is quoted
+    (``repr``), so the message stays one line. Parts starting with a ``skip`` prefix are left out."""
+    parts = (str(p) for p in loc)
+    return ".".join(p if p.isprintable() else repr(p) for p in parts if not (skip and p.startswith(skip)))
+
+
 class MergeopsError(Exception):
     """Base of every error mergeops raises on purpose; ``exit_code`` is what the CLI returns."""
 

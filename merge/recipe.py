@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from merge.bounded import KIB, decode_text, load_yaml_all, read_bytes
-from merge.errors import RecipeError, UsageError
+from merge.errors import RecipeError, UsageError, error_location
 from merge.hub import ModelSource, resolve_model
 from merge.methods import METHODS
 from merge.recipe_limits import check_size
@@ -330,7 +330,7 @@ def load_recipe(path: Path, base_dir: Path | None = None) -> Recipe:
 
 def _one_line(exc: ValidationError, doc: dict[str, Any]) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("function-", "union", "list[", "tuple[")))
+    loc = error_location(err["loc"], skip=("function-", "union", "list[", "tuple["))
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])
         known = [f for f in Recipe.model_fields if f not in _NOT_FROM_YAML] if len(err["loc"]) == 1 else []

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from merge.bounded import decode_text, load_yaml, read_bytes
-from merge.errors import UsageError
+from merge.errors import UsageError, error_location
 from registry.errors import PolicyError
 from registry.schemas import Finding
 
@@ -110,7 +110,7 @@ def load_license_policy(path: str | Path | None = None) -> LicensePolicy:
         return LicensePolicy(**doc, sha256=hashlib.sha256(raw).hexdigest())
     except (ValidationError, TypeError) as exc:
         first = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
-        where = ".".join(str(p) for p in first["loc"])
+        where = error_location(first["loc"])
         raise PolicyError(f"{path}: invalid licence policy at {where or 'top level'}: {first['msg']}") from exc
 
 

@@ -82,6 +82,14 @@ def test_a_bad_config_is_one_clear_error(tmp_path: Path, text: str, message: str
         load_config(path)
 
 
+def test_a_key_with_a_newline_is_quoted_in_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "mergeops.yaml"
+    path.write_text('"ho\\nme": x\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "'ho\\nme': Extra inputs are not permitted" in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_a_config_that_is_not_a_config_is_refused_without_reading_it_all(tmp_path: Path) -> None:
     path = tmp_path / "mergeops.yaml"
     path.write_bytes(b"a: " + b"x" * (2 << 20))
