@@ -99,7 +99,8 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
     parent_ids = {str(Path(p.resolved_path).resolve()): p.content_id for p in audit.parents}
     # Pin the merge to the audited bytes: run_merge re-hashes each parent before reading a weight.
     recipe = recipe.model_copy(update={"pins": {**audit.pins(), **(recipe.pins or {})}})
-    key = tasks.merge_cache_key(recipe.sha256, list(parent_ids.values()), tasks.code_version())
+    key = tasks.merge_cache_key(recipe.sha256, list(parent_ids.values()), tasks.code_version(),
+                                tasks.statistics_ids(recipe))
     merged = tasks.merge_recipe(recipe, key, str(settings.cache_dir))
     log.info("merge %s: %s (content id %s)", "reused" if merged.cached else "done", merged.out_dir,
              merged.content_id[:12])

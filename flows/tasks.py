@@ -19,7 +19,8 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from flows.errors import StepRefused
-from merge.manifest import MANIFEST_NAME, canonical_json
+from merge.errors import RecipeError
+from merge.manifest import MANIFEST_NAME, canonical_json, sha256_file
 
 _CODE_DIRS = ("merge",)  # the code whose change changes a merge's bytes
 _REPO = Path(__file__).resolve().parent.parent
@@ -54,10 +55,23 @@ def code_version() -> str:
     return digest.hexdigest()
 
 
-def merge_cache_key(recipe_sha256: str, parent_ids: list[str], code: str) -> str:
-    """The merged model's cache key: same recipe bytes, same parent bytes, same code → same key."""
-    return hashlib.sha256(canonical_json({"recipe": recipe_sha256, "parents": sorted(parent_ids),
-                                          "code": code})).hexdigest()
+def merge_cache_key(recipe_sha256: str, parent_ids: list[str], code: str, statistics: list[str] = ()) -> str:
+    """The merged model's cache key: same recipe bytes, same parent bytes, same calibration
+    statistics bytes (``statistics``: their sha256s), same code → same key."""
+    key = {"recipe": recipe_sha256, "parents": sorted(parent_ids), "code": code}
+    if statistics:  # a regmean / fisher recipe: recalibrating under the same path is another merge
+        key["statistics"] = sorted(statistics)
+    return hashlib.sha256(canonical_json(key)).hexdigest()
+
+
+def statistics_ids(recipe) -> list[str]:
+    """The sha256 of every statistics file the recipe names; RecipeError for one that is missing."""
+    out = []
+    for path in recipe.statistics_files():
+        if not path.is_file():
+            raise RecipeError(f"statistics file {path} not found (see `mergeops calibrate`)")
+        out.append(sha256_file(path))
+    return out
 
 
 @dataclass(frozen=True)

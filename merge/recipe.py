@@ -172,6 +172,25 @@ class Recipe(_Frozen):
             refs += ([s.base_model] if s.base_model else []) + [src.model for src in s.sources]
         return list(dict.fromkeys(refs))
 
+    def statistics_files(self) -> list[Path]:
+        """Every calibration statistics file the whole recipe names (each stage's ``statistics``
+        parameter, wherever it is set), resolved, sorted: inputs of the merge beside its parents."""
+        def values(setting) -> list[str]:
+            if isinstance(setting, Conditional):
+                return values(setting.value)
+            if isinstance(setting, list):
+                return [v for item in setting for v in values(item)]
+            return [setting] if isinstance(setting, str) else []
+
+        found: set[Path] = set()
+        for st in (*self.stages, self):
+            scopes = [st.parameters] + [m.parameters for m in st.models or []]
+            for s in st.slices or []:
+                scopes += [s.parameters] + [src.parameters for src in s.sources]
+            for params in scopes:
+                found.update(st.path_of(v) for v in values((params or {}).get("statistics")))
+        return sorted(found)
+
     def source_of(self, ref: str) -> ModelSource:
         """Where model reference ``ref`` is read from (raises SourceNotFound when nowhere)."""
         if ref in self.locked:

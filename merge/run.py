@@ -60,6 +60,7 @@ class MergeResult:
     out_dir: Path
     manifest: dict
     parents: tuple[dict, ...]  # [{"ref", "path", "content_id"}]
+    statistics: tuple[dict, ...] = ()  # [{"path", "sha256", "size"}]: calibration files read, every stage's
 
 
 def _seed(recipe: Recipe, name: str, parent: int) -> int:
@@ -82,7 +83,31 @@ class _Inputs:
         self._plan, self._parents, self._stack = plan, parents, stack
         self._fds: dict[str, int] = {}
         self._headers: dict[str, object] = {}
+        self._stats_seen: dict[str, tuple[str, int, tuple]] = {}  # path -> (sha256, size, fstat at hashing)
         self.perms: dict[int, dict[str, torch.Tensor]] = {}  # parent -> group -> permutation
+
+    def hash_statistics(self) -> None:
+        """Hash every statistics file the plan reads, through the descriptor its tensors are then
+        read from (a file swapped in under the same path afterwards is never read)."""
+        paths = {str(self._plan.recipe.path_of(params["statistics"]))
+                 for tp in self._plan.tensors for params in tp.per_input if "statistics" in params}
+        for path in sorted(paths):
+            fd = self._fd(Path(path))
+            digest, size = hashlib.sha256(), 0
+            while chunk := os.pread(fd, 8 * 1024 * 1024, size):
+                digest.update(chunk)
+                size += len(chunk)
+            self._stats_seen[path] = (digest.hexdigest(), size, _signature(fd))
+
+    def statistics_record(self) -> list[dict]:
+        """``[{"path", "sha256", "size"}]`` of the statistics files read, by path; MergeFailed when
+        one was written to while the merge read it."""
+        out = []
+        for path, (sha, size, sig) in sorted(self._stats_seen.items()):
+            if _signature(self._fds[path]) != sig:
+                raise MergeFailed(f"{path}: statistics file changed while the merge read it; run the merge again")
+            out.append({"path": str(Path(path).resolve()), "sha256": sha, "size": size})
+        return out
 
     def _fd(self, path: Path) -> int:
         key = str(path)
@@ -127,6 +152,11 @@ class _Inputs:
             if "statistics" in params:
                 stats.append(self.statistics(params["statistics"], name))
         return tensors, stats, reads
+
+
+def _signature(fd: int) -> tuple:
+    st = os.fstat(fd)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _typed(path: Path, info, buf: torch.Tensor) -> torch.Tensor:
@@ -258,6 +288,7 @@ def _run_stages(recipe: Recipe, out_dir: Path, *, device: str, progress: bool, s
     last_use = {st.name: max(j for j, later in enumerate(stages) if st.name in later.input_refs())
                 for st in recipe.stages}
     made: dict[str, MergeResult] = {}
+    stats: dict[str, dict] = {}  # path -> record, every stage's statistics files
     leaf: dict[str, dict] = {}  # parent reference -> {"ref", "path", "content_id"}, every stage's
     entries: list[dict] = []
 
@@ -283,20 +314,23 @@ def _run_stages(recipe: Recipe, out_dir: Path, *, device: str, progress: bool, s
             result = _run_stage(locked(st), work / str(i), device=device, progress=progress, shard_bytes=shard_bytes,
                                 audited=audited)
             note(result.parents)
+            stats.update((r["path"], r) for r in result.statistics)
             entries.append(_stage_entry(st, result.content_id))
             made[st.name] = result
             for name in [n for n in made if last_use[n] <= i]:
                 shutil.rmtree(made[name].out_dir, ignore_errors=True)  # no later stage reads it
         return _run_stage(locked(recipe), out_dir, device=device, progress=progress, shard_bytes=shard_bytes,
-                          audited=audited, lineage=lineage)
+                          audited=audited, lineage=lineage, earlier_statistics=tuple(stats.values()))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _run_stage(recipe: Recipe, out_dir: Path, *, device: str, progress: bool, shard_bytes: int,
-               audited: dict[str, list[FileEntry]] | None = None, lineage=None) -> MergeResult:
+               audited: dict[str, list[FileEntry]] | None = None, lineage=None,
+               earlier_statistics: tuple[dict, ...] = ()) -> MergeResult:
     """One merge into ``out_dir``; ``lineage(own parents, content id)`` gives a multi-stage
-    recipe's (parents, stages) for the manifest."""
+    recipe's (parents, stages) for the manifest, ``earlier_statistics`` its earlier stages'
+    statistics files."""
     plan = plan_merge(recipe)
     tmp = make_temp_dir(out_dir)  # before any weight is read: an unwritable --out fails now
     _one_malloc_arena()
@@ -315,6 +349,7 @@ def _run_stage(recipe: Recipe, out_dir: Path, *, device: str, progress: bool, sh
         with ExitStack() as stack:
             parents = ParentReads(plan, stack)
             inputs = _Inputs(plan, stack, parents)
+            inputs.hash_statistics()
             alignment = _align(plan, inputs, progress)
             bar = stack.enter_context(Progress("merge", len(plan.tensors), unit="tensors", enabled=progress))
 
@@ -350,6 +385,7 @@ def _run_stage(recipe: Recipe, out_dir: Path, *, device: str, progress: bool, sh
             hashes = writer.close()
             writer.write_index()
             _copy_side_files(plan, parents, tmp)
+            stats = {r["path"]: r for r in (*earlier_statistics, *inputs.statistics_record())}
             if alignment is not None:
                 (tmp / ALIGNMENT_NAME).write_text(json.dumps(alignment, sort_keys=True, separators=(",", ":")) + "\n")
         entries = [FileEntry(path=n, sha256=h, size=s) for n, (h, s) in hashes.items()]
@@ -361,6 +397,9 @@ def _run_stage(recipe: Recipe, out_dir: Path, *, device: str, progress: bool, sh
         parents = [{"path": str(p), "content_id": c} for p, c in zip(plan.parents, parent_ids)]
         manifest = {"content_id": cid, "files": [e.model_dump() for e in entries],
                     "recipe_sha256": recipe.sha256, "parents": parents}
+        statistics = tuple(stats[k] for k in sorted(stats))
+        if statistics:  # the calibration data a regmean / fisher merge solved with, by hash
+            manifest["statistics"] = list(statistics)
         if alignment is not None:
             manifest["alignment"] = {"file": ALIGNMENT_NAME, "method": alignment["method"],
                                      "residual": alignment["residual"], "reference": alignment["reference"],
@@ -378,5 +417,5 @@ def _run_stage(recipe: Recipe, out_dir: Path, *, device: str, progress: bool, sh
         raise
     finally:
         torch.set_num_threads(threads)
-    return MergeResult(cid, out_dir, manifest, tuple({"ref": r, **p} for r, p in zip(refs, parents)))
+    return MergeResult(cid, out_dir, manifest, tuple({"ref": r, **p} for r, p in zip(refs, parents)), statistics)
 

@@ -141,6 +141,9 @@ class LineageRecord(_Frozen):
     gates: list[GateRecord] = Field(default_factory=list)
     approvals: list[ApprovalRecord] = Field(default_factory=list)
     merged: MergedRecord
+    # The calibration statistics files a regmean / fisher merge solved with (path, sha256, size):
+    # inputs of the merge beside its parents, which a replay must read unchanged.
+    statistics: list[FileEntry] = Field(default_factory=list)
     suite: SettingsRecord | None = None
     policy: SettingsRecord | None = None
     # The model card, LICENSE and NOTICE registered beside the weights: written from this record,
@@ -289,6 +292,7 @@ def build_lineage(
         gates=[GateRecord(**{k: g.get(k) for k in ("gate", "observed", "threshold", "passed")},
                           reason=g.get("reason") or "") for g in evaluation.get("gates", [])],
         merged=MergedRecord(content_id=merged_id, files=[FileEntry(**f) for f in manifest["files"]]),
+        statistics=[FileEntry(**f) for f in manifest.get("statistics", [])],
         suite=SettingsRecord(**_plain(suite)) if suite is not None else None,
         policy=SettingsRecord(**_plain(policy)) if policy is not None else None,
     )

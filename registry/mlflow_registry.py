@@ -92,6 +92,8 @@ def _version_tags(lineage: LineageRecord, lineage_sha: str, audit_log: Path) -> 
         tags[f"parent.{i}.license"] = parent.license or "unknown"
         if parent.repo_id:
             tags[f"parent.{i}.repo_id"], tags[f"parent.{i}.commit"] = parent.repo_id, parent.commit or ""
+    for i, stat in enumerate(lineage.statistics):
+        tags[f"statistics.{i}.path"], tags[f"statistics.{i}.sha256"] = stat.path, stat.sha256
     return {TAG + k: v for k, v in tags.items()}
 
 

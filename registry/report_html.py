@@ -104,6 +104,8 @@ def _lineage(d: ReportData) -> str:
     dvc = "".join(f"<li><code>{_e(k)}</code> md5 <code>{_e(v)}</code></li>" for k, v in sorted(rec.dvc.md5s.items()))
     judged = "".join(f"<li>{kind}: {_e(j.name)} ({_e(j.source)}), sha256 {_id(j.sha256)}</li>"
                      for kind, j in (("suite", rec.suite), ("policy", rec.policy)) if j)
+    judged += "".join(f"<li>calibration statistics <code>{_e(s.path)}</code>, sha256 {_id(s.sha256)}</li>"
+                      for s in rec.statistics)
     return ("<section id=\"lineage\"><h2>Lineage</h2>"
             + lineage_graph(rec, title=f"{d.name} v{d.version}", aliases=d.aliases)
             + "<h3>Parents</h3>"

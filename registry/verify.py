@@ -21,7 +21,7 @@ from pathlib import Path
 
 from merge.errors import SourceNotFound
 from merge.hub import resolve_model
-from merge.manifest import content_id, file_entries
+from merge.manifest import content_id, file_entries, sha256_file
 from registry import mlflow_registry as reg
 from registry.errors import ArtifactMismatch, ParentUnavailable, VerifyMismatch
 from registry.lineage import code_version
@@ -113,6 +113,20 @@ def _remerge(lineage, work: Path, parents: dict[str, Path]):
     return run_merge(recipe, work / "merged", progress=False)
 
 
+def _check_statistics(info, lineage) -> None:
+    """The calibration statistics files the merge solved with must still hold their recorded bytes:
+    a changed one would re-merge to other weights, so it is named instead."""
+    for stat in lineage.statistics:
+        path = Path(stat.path)
+        if not path.is_file():
+            raise VerifyMismatch(f"{info.name} v{info.version}: statistics file {path} is gone; put its recorded "
+                                 f"bytes back (sha256 {stat.sha256[:16]}) to verify")
+        now = sha256_file(path)
+        if now != stat.sha256:
+            raise VerifyMismatch(f"{info.name} v{info.version}: statistics file {path} now hashes to {now[:16]}, "
+                                 f"not the recorded {stat.sha256[:16]}; put the recorded file back to verify")
+
+
 def _reproduce(info, lineage, work: Path, restore: RestoreParent | None) -> tuple[int, dict[str, str]]:
     """Find the parents, re-merge in ``work``; (files, {reference: content id} restored) or VerifyMismatch."""
     parents, restored = {}, {}
@@ -120,6 +134,7 @@ def _reproduce(info, lineage, work: Path, restore: RestoreParent | None) -> tupl
         parents[parent.reference], from_store = _find_parent(parent, restore, work)
         if from_store:
             restored[parent.reference] = parent.content_id
+    _check_statistics(info, lineage)
     result = _remerge(lineage, work, parents)
     out = Path(result.out_dir)
     if result.content_id != lineage.merged.content_id:

@@ -135,6 +135,57 @@ def test_an_unchanged_rerun_merges_nothing_evaluates_nothing_registers_nothing(w
     assert [v.version for v in versions(get_settings().tracking_uri, "flows-pass")] == ["1"]
 
 
+REGMEAN = """\
+name: flows-regmean
+merge_method: regmean
+models:
+  - model: {zoo}/models/reverse
+    parameters: {{statistics: stats/reverse.gram.safetensors}}
+  - model: {zoo}/models/sort
+    parameters: {{statistics: stats/sort.gram.safetensors}}
+dtype: float32
+"""
+
+
+def test_recalibrated_statistics_are_another_merge_and_verify_names_a_changed_file(ws: Path) -> None:
+    """The statistics a regmean merge solves with are inputs like its parents: they key the merge
+    cache, the lineage records them by hash, and verify names one that changed since."""
+    from click.testing import CliRunner
+
+    from evaluation.calibration import compute_statistics
+    from flows.cli import cli
+    from merge.manifest import sha256_file
+
+    zoo = ws / "zoo"
+    stats = {d: ws / "stats" / f"{d}.gram.safetensors" for d in ("reverse", "sort")}
+    for d, path in stats.items():
+        compute_statistics(zoo / "models" / d, zoo / "domains" / d / "train.jsonl", kind="gram", out=path, samples=8)
+    (ws / "regmean.yaml").write_text(REGMEAN.format(zoo=zoo))
+    first = _pipeline(ws, "regmean.yaml")
+    assert first["version"] == "1" and not first["merge_cached"]
+    recorded = {Path(s.path): s.sha256 for s in _lineage("flows-regmean", "1").statistics}
+    assert recorded == {p.resolve(): sha256_file(p) for p in stats.values()}
+    tagged = versions(get_settings().tracking_uri, "flows-regmean")[0]
+    assert {tagged.tag(f"statistics.{i}.sha256") for i in range(2)} == set(recorded.values())
+    assert _pipeline(ws, "regmean.yaml")["status"] == "unchanged"
+
+    # Recalibrated on other records, same path, same recipe bytes: a new merge, a new version.
+    compute_statistics(zoo / "models" / "reverse", zoo / "domains" / "reverse" / "train.jsonl", kind="gram",
+                       out=stats["reverse"], samples=3)
+    second = _pipeline(ws, "regmean.yaml")
+    assert second["version"] == "2" and not second["merge_cached"]
+    assert second["content_id"] != first["content_id"]
+    assert {Path(s.path): s.sha256 for s in _lineage("flows-regmean", "2").statistics}[stats["reverse"].resolve()] \
+        == sha256_file(stats["reverse"])
+
+    done = CliRunner().invoke(cli, ["verify", "flows-regmean@1"])
+    assert done.exit_code == 1, done.output
+    line = done.stderr.strip()
+    assert line.startswith("error: flows-regmean v1: statistics file") and str(stats["reverse"].resolve()) in line
+    assert "\n" not in line
+    assert CliRunner().invoke(cli, ["verify", "flows-regmean@2"]).exit_code == 0
+
+
 def test_a_failed_gate_stops_the_run_before_registration(ws: Path) -> None:
     (ws / "strict.yaml").write_text("domain_minimums: {default: 0.5}\nretention_minimums: {default: null}\n")
     state = merge_pipeline(str(ws / "pass.yaml"), policy_path=str(ws / "strict.yaml"), suite=SUITE,

@@ -123,3 +123,42 @@ def test_regmean_lambda_without_a_base_and_a_zero_weight_are_refused(stats, tiny
     bad.write_text(yaml.safe_dump(doc))
     result = CliRunner().invoke(cli, ["merge", str(bad), "--out", str(tmp_path / "o2")])
     assert result.exit_code == 2 and "'weight'" in result.output and not (tmp_path / "o2").exists()
+
+
+def test_a_calibrated_merge_records_its_statistics_files_by_hash_through_every_stage(stats, tiny_zoo, tmp_path):
+    from merge.manifest import sha256_file
+
+    zoo = Path(tiny_zoo)
+    a, b = stats["reverse.gram"], stats["sort.gram"]
+    want = [{"path": str(p.resolve()), "sha256": sha256_file(p), "size": p.stat().st_size} for p in sorted((a, b))]
+    one = parse_recipe(yaml.safe_dump(_doc(zoo, "regmean", a, b)))
+    assert one.statistics_files() == sorted((a, b))
+    assert run_merge(one, tmp_path / "one", progress=False).manifest["statistics"] == want
+    # The statistics of an earlier stage are inputs of the output too.
+    staged = parse_recipe(yaml.safe_dump_all([{**_doc(zoo, "regmean", a, b), "name": "rm"}, {
+        "merge_method": "linear", "models": [{"model": "rm", "parameters": {"weight": 0.5}},
+                                             {"model": str(zoo / "models" / "base"), "parameters": {"weight": 0.5}}]}]))
+    assert staged.statistics_files() == sorted((a, b))
+    result = run_merge(staged, tmp_path / "staged", progress=False)
+    assert result.manifest["statistics"] == want and list(result.statistics) == want
+    plain = parse_recipe(yaml.safe_dump({"merge_method": "linear", "models": [
+        {"model": str(zoo / "models" / n), "parameters": {"weight": 0.5}} for n in ("reverse", "sort")]}))
+    assert plain.statistics_files() == [] and "statistics" not in run_merge(plain, tmp_path / "plain", progress=False).manifest
+
+
+def test_the_merge_cache_key_changes_with_the_statistics_bytes(stats, tiny_zoo, tmp_path):
+    from flows.tasks import merge_cache_key, statistics_ids
+    from merge.errors import RecipeError
+
+    zoo = Path(tiny_zoo)
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(stats["reverse.gram"].read_bytes())
+    b.write_bytes(stats["sort.gram"].read_bytes())
+    recipe = parse_recipe(yaml.safe_dump(_doc(zoo, "regmean", a, b)))
+    before = merge_cache_key(recipe.sha256, ["p1", "p2"], "code", statistics_ids(recipe))
+    assert before != merge_cache_key(recipe.sha256, ["p1", "p2"], "code")
+    a.write_bytes(stats["sort.gram"].read_bytes())  # recalibrated in place: same path, same recipe bytes
+    assert merge_cache_key(recipe.sha256, ["p1", "p2"], "code", statistics_ids(recipe)) != before
+    a.unlink()
+    with pytest.raises(RecipeError, match="statistics file .*a.safetensors not found"):
+        statistics_ids(recipe)
