@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from evaluation.quiet import quiet_libraries
 from merge.bounded import MIB, read_text
 from merge.errors import UsageError
+from merge.manifest import content_id, sha256_file
 from merge.model_dir import check_loadable
 
 
@@ -64,7 +65,10 @@ def compute_statistics(model_dir: Path, data: Path, *, kind: str, out: Path, sam
     stats = _fisher(model, tok, examples) if kind == "fisher" else _gram(model, tok, examples)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp), metadata={"mergeops.statistics": kind})
+    # Which model and data they describe: a merge refuses statistics of another version of its parent.
+    metadata = {"mergeops.statistics": kind, "mergeops.model_content_id": content_id(model_dir),
+                "mergeops.data_sha256": sha256_file(data), "mergeops.samples": str(len(examples))}
+    save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp), metadata=metadata)
     tmp.replace(out)
     return out
 

@@ -60,5 +60,9 @@ class PinMismatch(UsageError):
     """A parent's content id differs from the one the recipe pins (the audited bytes changed)."""
 
 
+class StaleStatistics(UsageError):
+    """Calibration statistics computed from another version of the parent they are given for."""
+
+
 class MergeFailed(UsageError):
     """The method cannot merge these inputs (e.g. multislerp of antipodal task vectors)."""

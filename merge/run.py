@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from merge.align import permute, weight_matching
-from merge.errors import FormatError, MergeFailed, UsageError
+from merge.errors import FormatError, MergeFailed, StaleStatistics, UsageError
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id_of, sha256_file
 from merge.methods import Call
 from merge.output import all_finite, check_out_dir, make_temp_dir, place_output
@@ -89,15 +89,32 @@ class _Inputs:
     def hash_statistics(self) -> None:
         """Hash every statistics file the plan reads, through the descriptor its tensors are then
         read from (a file swapped in under the same path afterwards is never read)."""
-        paths = {str(self._plan.recipe.path_of(params["statistics"]))
-                 for tp in self._plan.tensors for params in tp.per_input if "statistics" in params}
-        for path in sorted(paths):
+        self._stats_users: dict[str, set[int]] = {}  # path -> the parents whose statistics it holds
+        for tp in self._plan.tensors:
+            for (parent, _), params in zip(tp.inputs, tp.per_input):
+                if "statistics" in params:
+                    self._stats_users.setdefault(str(self._plan.recipe.path_of(params["statistics"])), set()).add(parent)
+        for path in sorted(self._stats_users):
             fd = self._fd(Path(path))
             digest, size = hashlib.sha256(), 0
             while chunk := os.pread(fd, 8 * 1024 * 1024, size):
                 digest.update(chunk)
                 size += len(chunk)
             self._stats_seen[path] = (digest.hexdigest(), size, _signature(fd))
+
+    def check_statistics_models(self, parent_ids: list[str]) -> None:
+        """Statistics written by ``mergeops calibrate`` name the model they were computed from: those
+        of another model, or of the parent before it changed, are refused and nothing is placed
+        (RegMean's and Fisher's statistics describe their own parent; shared ones reduce either to a
+        plain average). Statistics without that record (other tools') are taken as they are."""
+        for path, parents in sorted(self._stats_users.items()):
+            made_from = read_header(Path(path)).metadata.get("mergeops.model_content_id")
+            for parent in sorted(parents):
+                if made_from is not None and made_from != parent_ids[parent]:
+                    raise StaleStatistics(
+                        f"{path}: statistics computed from content {made_from[:16]}, but {self._plan.refs[parent]} "
+                        f"holds content {parent_ids[parent][:16]} (another model, or changed since); run "
+                        "`mergeops calibrate` on it again")
 
     def statistics_record(self) -> list[dict]:
         """``[{"path", "sha256", "size"}]`` of the statistics files read, by path; MergeFailed when
@@ -382,6 +399,7 @@ def _run_stage(recipe: Recipe, out_dir: Path, *, device: str, progress: bool, sh
                     parents.abort()
                     raise
             parent_ids = check_parents(plan, parents.finish(), audited)  # before a byte is placed
+            inputs.check_statistics_models(parent_ids)
             hashes = writer.close()
             writer.write_index()
             _copy_side_files(plan, parents, tmp)

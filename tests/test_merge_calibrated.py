@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from evaluation.calibration import compute_statistics
 from flows.cli import cli
@@ -50,8 +50,10 @@ def test_calibrated_merge_differs_from_the_mean_but_equals_it_with_equal_statist
     zoo = Path(tiny_zoo)
     merged = run_merge(parse_recipe(yaml.safe_dump(_doc(zoo, method, stats[f"reverse.{kind}"], stats[f"sort.{kind}"]))),
                        tmp_path / "m", progress=False).out_dir
-    same = run_merge(parse_recipe(yaml.safe_dump(_doc(zoo, method, stats[f"sort.{kind}"], stats[f"sort.{kind}"]))),
-                     tmp_path / "s", progress=False).out_dir
+    shared = tmp_path / "shared.safetensors"  # one parent's statistics for both, without calibrate's record
+    save_file(load_file(stats[f"sort.{kind}"]), str(shared))  # of the model they describe (else refused)
+    same = run_merge(parse_recipe(yaml.safe_dump(_doc(zoo, method, shared, shared))), tmp_path / "s",
+                     progress=False).out_dir
     a = load_file(zoo / "models" / "reverse" / "model.safetensors")
     b = load_file(zoo / "models" / "sort" / "model.safetensors")
     m, s = load_file(merged / "model.safetensors"), load_file(same / "model.safetensors")
@@ -162,3 +164,46 @@ def test_the_merge_cache_key_changes_with_the_statistics_bytes(stats, tiny_zoo, 
     a.unlink()
     with pytest.raises(RecipeError, match="statistics file .*a.safetensors not found"):
         statistics_ids(recipe)
+
+
+def test_statistics_of_another_version_of_the_parent_are_refused_and_nothing_is_written(tiny_zoo, tmp_path):
+    import shutil
+
+    from safetensors import safe_open
+
+    from merge.errors import StaleStatistics
+    from merge.manifest import content_id, sha256_file
+
+    zoo = Path(tiny_zoo)
+    sort = tmp_path / "sort"
+    shutil.copytree(zoo / "models" / "sort", sort)
+    data = zoo / "domains" / "sort" / "train.jsonl"
+    a = compute_statistics(zoo / "models" / "reverse", zoo / "domains" / "reverse" / "train.jsonl", kind="gram",
+                           out=tmp_path / "reverse.gram.safetensors", samples=4)
+    b = compute_statistics(sort, data, kind="gram", out=tmp_path / "sort.gram.safetensors", samples=4)
+    with safe_open(str(b), "pt") as fh:
+        meta = fh.metadata()
+    assert meta == {"mergeops.statistics": "gram", "mergeops.model_content_id": content_id(sort),
+                    "mergeops.data_sha256": sha256_file(data), "mergeops.samples": "4"}
+    doc = _doc(zoo, "regmean", a, b)
+    doc["models"][1]["model"] = str(sort)
+    recipe = parse_recipe(yaml.safe_dump(doc))
+    run_merge(recipe, tmp_path / "ok", progress=False)
+
+    weights = load_file(sort / "model.safetensors")  # the parent is updated after its calibration
+    q = "model.layers.0.self_attn.q_proj.weight"
+    weights[q] = weights[q] * 1.01
+    save_file(weights, str(sort / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(StaleStatistics, match=r"sort\.gram\.safetensors: statistics computed from content .* but "
+                                              r".*sort holds content .*run `mergeops calibrate` on it again"):
+        run_merge(recipe, tmp_path / "stale", progress=False)
+    assert not (tmp_path / "stale").exists() and [p.name for p in tmp_path.iterdir() if "stale" in p.name] == []
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(doc))
+    done = CliRunner().invoke(cli, ["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "stale")])
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.exit_code == 2 and len(errors) == 1 and errors[0].endswith("run `mergeops calibrate` on it again")
+    assert "changed since" in errors[0]
+
+    # Statistics written without that record (by other tools) are taken as they are.
+    save_file(load_file(b), str(b))
+    run_merge(recipe, tmp_path / "unrecorded", progress=False)
