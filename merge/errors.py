@@ -61,7 +61,8 @@ class PinMismatch(UsageError):
 
 
 class StaleStatistics(UsageError):
-    """Calibration statistics computed from another version of the parent they are given for."""
+    """Calibration statistics computed from another model than the parent they are given for, or
+    from that parent before it changed."""
 
 
 class MergeFailed(UsageError):

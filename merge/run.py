@@ -84,16 +84,17 @@ class _Inputs:
         self._fds: dict[str, int] = {}
         self._headers: dict[str, object] = {}
         self._stats_seen: dict[str, tuple[str, int, tuple]] = {}  # path -> (sha256, size, fstat at hashing)
+        self._stats_users: dict[str, set[int]] = {}  # path -> the parents whose statistics it holds
         self.perms: dict[int, dict[str, torch.Tensor]] = {}  # parent -> group -> permutation
 
     def hash_statistics(self) -> None:
         """Hash every statistics file the plan reads, through the descriptor its tensors are then
         read from (a file swapped in under the same path afterwards is never read)."""
-        self._stats_users: dict[str, set[int]] = {}  # path -> the parents whose statistics it holds
         for tp in self._plan.tensors:
             for (parent, _), params in zip(tp.inputs, tp.per_input):
                 if "statistics" in params:
-                    self._stats_users.setdefault(str(self._plan.recipe.path_of(params["statistics"])), set()).add(parent)
+                    path = str(self._plan.recipe.path_of(params["statistics"]))
+                    self._stats_users.setdefault(path, set()).add(parent)
         for path in sorted(self._stats_users):
             fd = self._fd(Path(path))
             digest, size = hashlib.sha256(), 0

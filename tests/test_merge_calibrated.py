@@ -145,7 +145,8 @@ def test_a_calibrated_merge_records_its_statistics_files_by_hash_through_every_s
     assert result.manifest["statistics"] == want and list(result.statistics) == want
     plain = parse_recipe(yaml.safe_dump({"merge_method": "linear", "models": [
         {"model": str(zoo / "models" / n), "parameters": {"weight": 0.5}} for n in ("reverse", "sort")]}))
-    assert plain.statistics_files() == [] and "statistics" not in run_merge(plain, tmp_path / "plain", progress=False).manifest
+    assert plain.statistics_files() == []
+    assert "statistics" not in run_merge(plain, tmp_path / "plain", progress=False).manifest
 
 
 def test_the_merge_cache_key_changes_with_the_statistics_bytes(stats, tiny_zoo, tmp_path):
