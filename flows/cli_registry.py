@@ -109,8 +109,9 @@ def verify(spec: str) -> None:
 
     Each parent is found by its recorded content id: where it was, else (a Hugging Face parent)
     at its recorded commit in the local Hub cache, else restored from the artifact store (its DVC
-    cache or remote) into a temporary folder ($TMPDIR) that is removed afterwards. Exit 1 when a
-    parent is nowhere to be found or the re-merged files differ (named).
+    cache or remote) into a temporary folder ($TMPDIR) that is removed afterwards; so is a
+    regmean / fisher merge's statistics file, by its recorded sha256. Exit 1 when a parent or
+    statistics file is nowhere to be found or the re-merged files differ (named).
 
     \b
     Example:
@@ -124,9 +125,11 @@ def verify(spec: str) -> None:
     governance = _governance_of(s)
     result = verify_version(s.tracking_uri, spec, audit_log_path=s.audit_log_path, work_dir=None,
                             public_key=governance.public_key(), restore=store.restore_parent,
-                            record=governance.record_verified)
+                            record=governance.record_verified, restore_statistics=store.restore_statistics)
     for reference, content_id in result.restored.items():
         click.echo(f"parent {reference}: restored from the store (content {content_id[:16]})")
+    for path, sha256 in result.restored_statistics.items():
+        click.echo(f"statistics {path}: restored from the store (sha256 {sha256[:16]})")
     click.echo(f"{result.name} v{result.version}: reproduced bit for bit "
                f"({result.files} files, content {result.content_id[:16]})")
 

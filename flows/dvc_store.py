@@ -66,6 +66,11 @@ def parent_path(content_id: str) -> str:
     return f"parents/{content_id}"
 
 
+def statistics_path(sha256: str) -> str:
+    """Where the store versions a calibration statistics file a merge read: by its sha256."""
+    return f"statistics/{sha256}"
+
+
 class DvcStore:
     """A git + DVC repository that versions artifacts; every method is safe to repeat."""
 
@@ -213,6 +218,18 @@ class DvcStore:
             raise ParentUnavailable(f"the artifact store {self.root} versions it, but neither its DVC cache nor "
                                     f"its remote {self.remote_url} holds the bytes (dvc get: {exc.detail}); "
                                     f"`dvc push` them from a copy of the store that has them") from None
+
+    def restore_statistics(self, sha256: str, dest: Path) -> None:
+        """``mergeops verify``'s restorer of statistics files: the bytes versioned under ``sha256``
+        into the file ``dest``, else ParentUnavailable saying how to get them."""
+        if not self.versions(statistics_path(sha256)):
+            raise ParentUnavailable(f"the artifact store {self.root} does not version it (registered with "
+                                    f"another store? point MERGEOPS_HOME at that one)")
+        try:
+            self.restore(statistics_path(sha256), dest)
+        except _CommandFailed as exc:
+            raise ParentUnavailable(f"the artifact store {self.root} versions it, but neither its DVC cache nor "
+                                    f"its remote {self.remote_url} holds the bytes (dvc get: {exc.detail})") from None
 
     def revision(self) -> str | None:
         if not (self.root / ".git").exists():

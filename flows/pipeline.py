@@ -19,7 +19,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from flows import tasks
 from flows.approval import await_approval
-from flows.dvc_store import lock_md5s, parent_path
+from flows.dvc_store import lock_md5s, parent_path, statistics_path
 from flows.evaluation import run_evaluation
 from flows.governance import Governance
 from flows.locks import model_lock
@@ -145,6 +145,23 @@ def merge_pipeline(recipe_path: str, policy_path: str | None = None, requested_b
                           summary).to_dict()
 
 
+def _statistics_items(merged) -> dict[str, str]:
+    """The store paths of the calibration statistics files the merge read (its manifest's), each
+    checked to still hold the bytes the merge read, so that verify can restore them."""
+    from merge.errors import StaleStatistics
+    from merge.manifest import MANIFEST_NAME, sha256_file
+
+    manifest = json.loads((Path(merged.out_dir) / MANIFEST_NAME).read_text())
+    items = {}
+    for stat in manifest.get("statistics", []):
+        path = Path(stat["path"])
+        if not path.is_file() or sha256_file(path) != stat["sha256"]:
+            raise StaleStatistics(f"{path}: statistics file changed or removed since the merge read it "
+                                  f"(sha256 {stat['sha256'][:16]}); run again")
+        items[statistics_path(stat["sha256"])] = str(path)
+    return items
+
+
 def _version_and_register(name, recipe, merged, parent_ids, audit, evaluation, judged_by, requested_by):
     """Version the artifacts in DVC, build the lineage and register the candidate (under the lock)."""
     settings = get_settings()
@@ -155,6 +172,7 @@ def _version_and_register(name, recipe, merged, parent_ids, audit, evaluation, j
         audit_json = Path(tmp) / "audit.json"
         audit_json.write_text(audit.to_json())
         items = {parent_path(cid): p for p, cid in parent_ids.items()}
+        items |= _statistics_items(merged)
         items |= {f"models/{merged.content_id}": merged.out_dir,
                   f"reports/{merged.content_id}/evaluation.json": str(eval_json),
                   f"reports/{merged.content_id}/audit.json": str(audit_json)}

@@ -174,7 +174,11 @@ class Recipe(_Frozen):
 
     def statistics_files(self) -> list[Path]:
         """Every calibration statistics file the whole recipe names (each stage's ``statistics``
-        parameter, wherever it is set), resolved, sorted: inputs of the merge beside its parents."""
+        parameter, wherever it is set), sorted: inputs of the merge beside its parents."""
+        return sorted({path for _, path in self.statistics_refs()})
+
+    def statistics_refs(self) -> list[tuple[str, Path]]:
+        """``(value as written, path read)`` of every ``statistics`` setting of every stage."""
         def values(setting) -> list[str]:
             if isinstance(setting, Conditional):
                 return values(setting.value)
@@ -182,14 +186,14 @@ class Recipe(_Frozen):
                 return [v for item in setting for v in values(item)]
             return [setting] if isinstance(setting, str) else []
 
-        found: set[Path] = set()
+        found: dict[str, Path] = {}
         for st in (*self.stages, self):
             scopes = [st.parameters] + [m.parameters for m in st.models or []]
             for s in st.slices or []:
                 scopes += [s.parameters] + [src.parameters for src in s.sources]
             for params in scopes:
-                found.update(st.path_of(v) for v in values((params or {}).get("statistics")))
-        return sorted(found)
+                found.update((v, st.path_of(v)) for v in values((params or {}).get("statistics")))
+        return list(found.items())
 
     def source_of(self, ref: str) -> ModelSource:
         """Where model reference ``ref`` is read from (raises SourceNotFound when nowhere)."""
@@ -198,9 +202,12 @@ class Recipe(_Frozen):
         return resolve_model(ref, self.base_dir)
 
     def path_of(self, ref: str) -> Path:
-        """The directory of a model reference; any other path (a policy, statistics) under ``base_dir``."""
+        """The directory of a model reference; any other path (a policy, statistics) under ``base_dir``,
+        or where ``locked`` points it (verify's copy of a statistics file restored from the store)."""
         if ref in self.input_refs() or ref in self.model_refs():
             return self.source_of(ref).path
+        if ref in self.locked:
+            return Path(self.locked[ref])
         p = Path(ref).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
 

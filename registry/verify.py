@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from merge.errors import SourceNotFound
@@ -39,6 +39,7 @@ class VerifyResult:
     content_id: str
     files: int
     restored: dict[str, str]  # {parent reference: content id} of the parents restored from the store
+    restored_statistics: dict[str, str] = field(default_factory=dict)  # {path: sha256}, statistics files restored
 
 
 def _local_copies(parent) -> list[tuple[Path | None, str]]:
@@ -99,7 +100,7 @@ def _code_hint(lineage) -> str:
             + (f"; packages changed: {', '.join(changed)}" if changed else "") + ")")
 
 
-def _remerge(lineage, work: Path, parents: dict[str, Path]):
+def _remerge(lineage, work: Path, parents: dict[str, Path], statistics: dict[str, Path] | None = None):
     # Imported here: the merge engine is heavy (torch) and only verify needs it.
     from merge.recipe import parse_recipe
     from merge.run import run_merge
@@ -107,35 +108,56 @@ def _remerge(lineage, work: Path, parents: dict[str, Path]):
     recipe = parse_recipe(lineage.recipe.text, Path(lineage.recipe.base_dir))
     # Each reference reads the bytes just re-hashed (a Hub ref at its recorded commit, not today's;
     # a parent changed in place from its restored copy).
-    recipe = recipe.model_copy(update={"locked": {r: p for r, p in parents.items() if r in recipe.model_refs()}})
+    locked = {r: p for r, p in parents.items() if r in recipe.model_refs()}
+    # Each statistics setting reads the file holding its recorded bytes (restored from the store).
+    locked |= {v: (statistics or {})[str(path.resolve())] for v, path in recipe.statistics_refs()
+               if str(path.resolve()) in (statistics or {})}
+    recipe = recipe.model_copy(update={"locked": locked})
     if lineage.seed is not None and getattr(recipe, "seed", lineage.seed) != lineage.seed:
         recipe = recipe.model_copy(update={"seed": lineage.seed})
     return run_merge(recipe, work / "merged", progress=False)
 
 
-def _check_statistics(info, lineage) -> None:
-    """The calibration statistics files the merge solved with must still hold their recorded bytes:
-    a changed one would re-merge to other weights, so it is named instead."""
+def _find_statistics(info, lineage, restore: RestoreParent | None, work: Path) -> dict[str, Path]:
+    """{recorded path: a file holding its recorded bytes} for the statistics files the merge solved
+    with: the file where it was when unchanged, else a copy the store versions under its sha256;
+    one that is nowhere is named (a changed one would re-merge to other weights)."""
+    found = {}
     for stat in lineage.statistics:
         path = Path(stat.path)
-        if not path.is_file():
-            raise VerifyMismatch(f"{info.name} v{info.version}: statistics file {path} is gone; put its recorded "
-                                 f"bytes back (sha256 {stat.sha256[:16]}) to verify")
-        now = sha256_file(path)
-        if now != stat.sha256:
-            raise VerifyMismatch(f"{info.name} v{info.version}: statistics file {path} now hashes to {now[:16]}, "
-                                 f"not the recorded {stat.sha256[:16]}; put the recorded file back to verify")
+        now = sha256_file(path) if path.is_file() else None
+        if now == stat.sha256:
+            found[stat.path] = path
+            continue
+        where = (f"{info.name} v{info.version}: statistics file {path} "
+                 + ("is gone" if now is None else f"now hashes to {now[:16]}, not the recorded {stat.sha256[:16]}"))
+        if restore is None:
+            raise VerifyMismatch(f"{where}; put the recorded file back to verify")
+        dest = work / "statistics" / stat.sha256
+        dest.parent.mkdir(exist_ok=True)
+        try:
+            restore(stat.sha256, dest)
+        except ParentUnavailable as exc:
+            raise VerifyMismatch(f"{where}; {exc}; or put the recorded file back") from None
+        if sha256_file(dest) != stat.sha256:
+            raise VerifyMismatch(f"{where}; the copy restored from the store does not hash to it either; "
+                                 "refusing it (the store's copy is damaged)")
+        found[stat.path] = dest
+    return found
 
 
-def _reproduce(info, lineage, work: Path, restore: RestoreParent | None) -> tuple[int, dict[str, str]]:
-    """Find the parents, re-merge in ``work``; (files, {reference: content id} restored) or VerifyMismatch."""
+def _reproduce(info, lineage, work: Path, restore: RestoreParent | None,
+               restore_statistics: RestoreParent | None = None) -> tuple[int, dict[str, str], dict[str, str]]:
+    """Find the parents and statistics files, re-merge in ``work``; (files, {reference: content id}
+    of the parents restored, {path: sha256} of the statistics files restored) or VerifyMismatch."""
     parents, restored = {}, {}
     for parent in lineage.parents:
         parents[parent.reference], from_store = _find_parent(parent, restore, work)
         if from_store:
             restored[parent.reference] = parent.content_id
-    _check_statistics(info, lineage)
-    result = _remerge(lineage, work, parents)
+    statistics = _find_statistics(info, lineage, restore_statistics, work)
+    restored_statistics = {s.path: s.sha256 for s in lineage.statistics if statistics[s.path] != Path(s.path)}
+    result = _remerge(lineage, work, parents, statistics)
     out = Path(result.out_dir)
     if result.content_id != lineage.merged.content_id:
         hint = _code_hint(lineage)
@@ -145,7 +167,7 @@ def _reproduce(info, lineage, work: Path, restore: RestoreParent | None) -> tupl
             raise VerifyMismatch(f"{info.name} v{info.version}: not reproduced; {exc}{hint}") from exc
         raise VerifyMismatch(f"{info.name} v{info.version}: content id {result.content_id[:16]} "
                              f"differs from {lineage.merged.content_id[:16]}{hint}")
-    return len(file_entries(out)), restored
+    return len(file_entries(out)), restored, restored_statistics
 
 
 Recorder = Callable[[reg.VersionInfo, dict], None]
@@ -160,7 +182,7 @@ def _recorder(tracking_uri: str, audit_log_path: Path) -> Recorder:
 
 def verify_version(tracking_uri: str, spec: str, *, audit_log_path: Path, public_key: bytes,
                    work_dir: Path | None = None, restore: RestoreParent | None = None,
-                   record: Recorder | None = None) -> VerifyResult:
+                   record: Recorder | None = None, restore_statistics: RestoreParent | None = None) -> VerifyResult:
     """Re-create ``NAME@VERSION`` from its lineage; raise VerifyMismatch naming what differs.
 
     ``public_key`` (PEM) is the trusted key the model's signature is checked with. ``restore``
@@ -168,7 +190,9 @@ def verify_version(tracking_uri: str, spec: str, *, audit_log_path: Path, public
     on this machine count). Restored parents and the re-merge live in a temporary directory under
     ``work_dir`` (the system's by default), removed whatever happens. ``record(info, data)`` writes
     the ``verified`` outcome (default: this store's audit log and the version's ``verify`` tag; with
-    a governance service, the service does both).
+    a governance service, the service does both). ``restore_statistics(sha256, dest)`` fetches a
+    calibration statistics file that changed or is gone from the store by its sha256 (None: only the
+    file where it was counts).
     """
     record = record or _recorder(tracking_uri, audit_log_path)
     info = reg.resolve(tracking_uri, spec)
@@ -179,10 +203,11 @@ def verify_version(tracking_uri: str, spec: str, *, audit_log_path: Path, public
         except ArtifactMismatch as exc:
             raise VerifyMismatch(str(exc)) from exc
         with tempfile.TemporaryDirectory(dir=work_dir, prefix="mergeops-verify-") as tmp:
-            files, restored = _reproduce(info, lineage, Path(tmp), restore)
+            files, restored, restored_statistics = _reproduce(info, lineage, Path(tmp), restore, restore_statistics)
     except VerifyMismatch as exc:
         record(info, {"outcome": "mismatch", "reason": str(exc)})
         raise
     record(info, {"outcome": "reproduced", "content_id": lineage.merged.content_id,
-                  **({"restored_from_store": sorted(restored)} if restored else {})})
-    return VerifyResult(info.name, info.version, lineage.merged.content_id, files, restored)
+                  **({"restored_from_store": sorted(restored)} if restored else {}),
+                  **({"statistics_restored_from_store": sorted(restored_statistics)} if restored_statistics else {})})
+    return VerifyResult(info.name, info.version, lineage.merged.content_id, files, restored, restored_statistics)

@@ -178,12 +178,30 @@ def test_recalibrated_statistics_are_another_merge_and_verify_names_a_changed_fi
     assert {Path(s.path): s.sha256 for s in _lineage("flows-regmean", "2").statistics}[stats["reverse"].resolve()] \
         == sha256_file(stats["reverse"])
 
+    # v1's statistics changed in place: verify restores them from the store by their sha256.
+    store = get_settings().home_dir / "store"
+    assert sorted(p.name for p in (store / "statistics").glob("*.dvc")) == sorted(
+        f"{sha}.dvc" for sha in {*recorded.values(), sha256_file(stats["reverse"])})
     done = CliRunner().invoke(cli, ["verify", "flows-regmean@1"])
-    assert done.exit_code == 1, done.output
-    line = done.stderr.strip()
-    assert line.startswith("error: flows-regmean v1: statistics file") and str(stats["reverse"].resolve()) in line
-    assert "\n" not in line
+    assert done.exit_code == 0, done.output
+    old = recorded[stats["reverse"].resolve()]
+    assert f"statistics {stats['reverse'].resolve()}: restored from the store (sha256 {old[:16]})" in done.output
+    assert "reproduced bit for bit" in done.output
+    assert sha256_file(stats["reverse"]) != old  # the user's file is left as it is
     assert CliRunner().invoke(cli, ["verify", "flows-regmean@2"]).exit_code == 0
+
+    # Without a store to restore from, the changed file is named on one line.
+    from registry.errors import VerifyMismatch
+    from registry.verify import verify_version
+
+    from flows.governance import Governance
+
+    settings = get_settings()
+    with pytest.raises(VerifyMismatch, match=rf"flows-regmean v1: statistics file {stats['reverse'].resolve()} now "
+                                             rf"hashes to {sha256_file(stats['reverse'])[:16]}, not the recorded "
+                                             rf"{old[:16]}; put the recorded file back to verify"):
+        verify_version(settings.tracking_uri, "flows-regmean@1", audit_log_path=settings.audit_log_path,
+                       public_key=Governance(settings).public_key())
 
 
 def test_a_failed_gate_stops_the_run_before_registration(ws: Path) -> None:
