@@ -209,27 +209,23 @@ class DvcStore:
     def restore_parent(self, content_id: str, dest: Path) -> None:
         """``mergeops verify``'s restorer (registry/verify.py ``RestoreParent``): the parent bytes
         versioned under ``content_id`` into ``dest``, else ParentUnavailable saying how to get them."""
-        if not self.versions(parent_path(content_id)):
-            raise ParentUnavailable(f"the artifact store {self.root} does not version it (registered with "
-                                    f"another store? point MERGEOPS_HOME at that one)")
-        try:
-            self.restore(parent_path(content_id), dest)
-        except _CommandFailed as exc:
-            raise ParentUnavailable(f"the artifact store {self.root} versions it, but neither its DVC cache nor "
-                                    f"its remote {self.remote_url} holds the bytes (dvc get: {exc.detail}); "
-                                    f"`dvc push` them from a copy of the store that has them") from None
+        self._restore_versioned(parent_path(content_id), dest)
 
     def restore_statistics(self, sha256: str, dest: Path) -> None:
         """``mergeops verify``'s restorer of statistics files: the bytes versioned under ``sha256``
         into the file ``dest``, else ParentUnavailable saying how to get them."""
-        if not self.versions(statistics_path(sha256)):
+        self._restore_versioned(statistics_path(sha256), dest)
+
+    def _restore_versioned(self, rel: str, dest: Path) -> None:
+        if not self.versions(rel):
             raise ParentUnavailable(f"the artifact store {self.root} does not version it (registered with "
                                     f"another store? point MERGEOPS_HOME at that one)")
         try:
-            self.restore(statistics_path(sha256), dest)
+            self.restore(rel, dest)
         except _CommandFailed as exc:
             raise ParentUnavailable(f"the artifact store {self.root} versions it, but neither its DVC cache nor "
-                                    f"its remote {self.remote_url} holds the bytes (dvc get: {exc.detail})") from None
+                                    f"its remote {self.remote_url} holds the bytes (dvc get: {exc.detail}); "
+                                    f"`dvc push` them from a copy of the store that has them") from None
 
     def revision(self) -> str | None:
         if not (self.root / ".git").exists():

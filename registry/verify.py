@@ -72,19 +72,27 @@ def _find_parent(parent, restore: RestoreParent | None, work: Path) -> tuple[Pat
     where = f"parent {parent.reference} (content {parent.content_id[:16]})"
     back = (f"download {parent.repo_id}@{parent.commit} into the Hugging Face cache" if parent.repo_id and parent.commit
             else f"put its recorded bytes back at {parent.path}")
+    dest = _from_store(restore, parent.content_id, work / "parents" / parent.content_id, content_id,
+                       where, "; ".join(misses), back, "content id")
+    return dest, True
+
+
+def _from_store(restore: RestoreParent | None, key: str, dest: Path, digest: Callable[[Path], str], where: str,
+                missing: str, back: str, what: str) -> Path:
+    """``restore(key, dest)``, the copy refused unless ``digest(dest)`` is ``key``; VerifyMismatch
+    ``where: missing; ...`` saying how to get the bytes back (``back``) when there is no copy."""
     if restore is None:
-        raise VerifyMismatch(f"{where}: {'; '.join(misses)}; {back} to verify")
-    dest = work / "parents" / parent.content_id
+        raise VerifyMismatch(f"{where}: {missing}; {back} to verify")
     dest.parent.mkdir(exist_ok=True)
     try:
-        restore(parent.content_id, dest)
+        restore(key, dest)
     except ParentUnavailable as exc:
-        raise VerifyMismatch(f"{where}: {'; '.join(misses)}; {exc}; or {back}") from None
-    got = content_id(dest)
-    if got != parent.content_id:
+        raise VerifyMismatch(f"{where}: {missing}; {exc}; or {back}") from None
+    got = digest(dest)
+    if got != key:
         raise VerifyMismatch(f"{where}: the copy restored from the store hashes to {got[:16]}, not the "
-                             f"recorded content id; refusing it (the store's copy is damaged)")
-    return dest, True
+                             f"recorded {what}; refusing it (the store's copy is damaged)")
+    return dest
 
 
 def _code_hint(lineage) -> str:
@@ -129,20 +137,10 @@ def _find_statistics(info, lineage, restore: RestoreParent | None, work: Path) -
         if now == stat.sha256:
             found[stat.path] = path
             continue
-        where = (f"{info.name} v{info.version}: statistics file {path} "
-                 + ("is gone" if now is None else f"now hashes to {now[:16]}, not the recorded {stat.sha256[:16]}"))
-        if restore is None:
-            raise VerifyMismatch(f"{where}; put the recorded file back to verify")
-        dest = work / "statistics" / stat.sha256
-        dest.parent.mkdir(exist_ok=True)
-        try:
-            restore(stat.sha256, dest)
-        except ParentUnavailable as exc:
-            raise VerifyMismatch(f"{where}; {exc}; or put the recorded file back") from None
-        if sha256_file(dest) != stat.sha256:
-            raise VerifyMismatch(f"{where}; the copy restored from the store does not hash to it either; "
-                                 "refusing it (the store's copy is damaged)")
-        found[stat.path] = dest
+        missing = "it is gone" if now is None else f"it now hashes to {now[:16]}, not the recorded {stat.sha256[:16]}"
+        found[stat.path] = _from_store(restore, stat.sha256, work / "statistics" / stat.sha256, sha256_file,
+                                       f"{info.name} v{info.version}: statistics file {path}", missing,
+                                       "put the recorded file back", "sha256")
     return found
 
 

@@ -197,7 +197,7 @@ def test_recalibrated_statistics_are_another_merge_and_verify_names_a_changed_fi
     from flows.governance import Governance
 
     settings = get_settings()
-    with pytest.raises(VerifyMismatch, match=rf"flows-regmean v1: statistics file {stats['reverse'].resolve()} now "
+    with pytest.raises(VerifyMismatch, match=rf"flows-regmean v1: statistics file {stats['reverse'].resolve()}: it now "
                                              rf"hashes to {sha256_file(stats['reverse'])[:16]}, not the recorded "
                                              rf"{old[:16]}; put the recorded file back to verify"):
         verify_version(settings.tracking_uri, "flows-regmean@1", audit_log_path=settings.audit_log_path,
