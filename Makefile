@@ -27,7 +27,8 @@ test: $(STAMP)
 
 # Real servers on loopback (an authenticated MLflow server on PostgreSQL with S3 artifacts, the
 # governance service, a Prefect server on PostgreSQL with a work pool and two workers, Dask) and the long end-to-end tests (marked heavy: every crash point, the
-# evolve flow, the parent-update run of your own models, the seed-pair alignment, the pinned zoo build).
+# evolve flow, the parent-update run of your own models, a recalibrated RegMean recipe's re-run and verify, the
+# seed-pair alignment, the pinned zoo build).
 stack-test: $(STAMP)
 	$(BIN)/python -m pytest -q -m heavy
 

@@ -147,6 +147,7 @@ dtype: float32
 """
 
 
+@pytest.mark.heavy  # three pipeline runs and two verifies: with the long end-to-end tests (make stack-test)
 def test_recalibrated_statistics_are_another_merge_and_verify_names_a_changed_file(ws: Path) -> None:
     """The statistics a regmean merge solves with are inputs like its parents: they key the merge
     cache, the lineage records them by hash, and verify names one that changed since."""
