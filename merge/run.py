@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from merge.align import permute, weight_matching
-from merge.errors import FormatError, MergeFailed, StaleStatistics, UsageError
+from merge.errors import FormatError, MergeFailed, UsageError
 from merge.manifest import MANIFEST_NAME, FileEntry, content_id_of, sha256_file
 from merge.methods import Call
 from merge.output import all_finite, check_out_dir, make_temp_dir, place_output
@@ -42,6 +42,7 @@ from merge.plan import FLOAT_DTYPES, MergePlan, TensorPlan, plan_merge
 from merge.progress import Progress, say
 from merge.recipe import Recipe
 from merge.safetensors_header import read_header
+from merge.statistics_files import StatisticsFiles
 from merge.vocab import map_rows, union_tokenizer
 from merge.writer import DEFAULT_SHARD_BYTES, ShardWriter, layout_shards
 
@@ -83,51 +84,9 @@ class _Inputs:
         self._plan, self._parents, self._stack = plan, parents, stack
         self._fds: dict[str, int] = {}
         self._headers: dict[str, object] = {}
-        self._stats_seen: dict[str, tuple[str, int, tuple]] = {}  # path -> (sha256, size, fstat at hashing)
-        self._stats_users: dict[str, set[int]] = {}  # path -> the parents whose statistics it holds
         self.perms: dict[int, dict[str, torch.Tensor]] = {}  # parent -> group -> permutation
 
-    def hash_statistics(self) -> None:
-        """Hash every statistics file the plan reads, through the descriptor its tensors are then
-        read from (a file swapped in under the same path afterwards is never read)."""
-        for tp in self._plan.tensors:
-            for (parent, _), params in zip(tp.inputs, tp.per_input):
-                if "statistics" in params:
-                    path = str(self._plan.recipe.path_of(params["statistics"]))
-                    self._stats_users.setdefault(path, set()).add(parent)
-        for path in sorted(self._stats_users):
-            fd = self._fd(Path(path))
-            digest, size = hashlib.sha256(), 0
-            while chunk := os.pread(fd, 8 * 1024 * 1024, size):
-                digest.update(chunk)
-                size += len(chunk)
-            self._stats_seen[path] = (digest.hexdigest(), size, _signature(fd))
-
-    def check_statistics_models(self, parent_ids: list[str]) -> None:
-        """Statistics written by ``mergeops calibrate`` name the model they were computed from: those
-        of another model, or of the parent before it changed, are refused and nothing is placed
-        (RegMean's and Fisher's statistics describe their own parent; shared ones reduce either to a
-        plain average). Statistics without that record (other tools') are taken as they are."""
-        for path, parents in sorted(self._stats_users.items()):
-            made_from = read_header(Path(path)).metadata.get("mergeops.model_content_id")
-            for parent in sorted(parents):
-                if made_from is not None and made_from != parent_ids[parent]:
-                    raise StaleStatistics(
-                        f"{path}: statistics computed from content {made_from[:16]}, but {self._plan.refs[parent]} "
-                        f"holds content {parent_ids[parent][:16]} (another model, or changed since); run "
-                        "`mergeops calibrate` on it again")
-
-    def statistics_record(self) -> list[dict]:
-        """``[{"path", "sha256", "size"}]`` of the statistics files read, by path; MergeFailed when
-        one was written to while the merge read it."""
-        out = []
-        for path, (sha, size, sig) in sorted(self._stats_seen.items()):
-            if _signature(self._fds[path]) != sig:
-                raise MergeFailed(f"{path}: statistics file changed while the merge read it; run the merge again")
-            out.append({"path": str(Path(path).resolve()), "sha256": sha, "size": size})
-        return out
-
-    def _fd(self, path: Path) -> int:
+    def fd(self, path: Path) -> int:
         key = str(path)
         if key not in self._fds:
             fd = os.open(key, os.O_RDONLY)
@@ -138,7 +97,7 @@ class _Inputs:
     def _read(self, path: Path, header, name: str) -> torch.Tensor:
         info = header.tensors[name]
         buf = torch.empty(info.nbytes, dtype=torch.uint8)  # not zero-filled: preadv overwrites it
-        got = os.preadv(self._fd(path), [buf.numpy()], header.data_offset + info.start) if info.nbytes else 0
+        got = os.preadv(self.fd(path), [buf.numpy()], header.data_offset + info.start) if info.nbytes else 0
         if got != info.nbytes:
             raise FormatError(f"{path}: tensor {name!r} is truncated ({got} of {info.nbytes} bytes)")
         return _typed(path, info, buf)
@@ -170,11 +129,6 @@ class _Inputs:
             if "statistics" in params:
                 stats.append(self.statistics(params["statistics"], name))
         return tensors, stats, reads
-
-
-def _signature(fd: int) -> tuple:
-    st = os.fstat(fd)
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _typed(path: Path, info, buf: torch.Tensor) -> torch.Tensor:
@@ -367,7 +321,8 @@ def _run_stage(recipe: Recipe, out_dir: Path, *, device: str, progress: bool, sh
         with ExitStack() as stack:
             parents = ParentReads(plan, stack)
             inputs = _Inputs(plan, stack, parents)
-            inputs.hash_statistics()
+            statistics_files = StatisticsFiles(plan, inputs.fd)  # the descriptors the tensors are read from
+            statistics_files.hash()
             alignment = _align(plan, inputs, progress)
             bar = stack.enter_context(Progress("merge", len(plan.tensors), unit="tensors", enabled=progress))
 
@@ -400,11 +355,11 @@ def _run_stage(recipe: Recipe, out_dir: Path, *, device: str, progress: bool, sh
                     parents.abort()
                     raise
             parent_ids = check_parents(plan, parents.finish(), audited)  # before a byte is placed
-            inputs.check_statistics_models(parent_ids)
+            statistics_files.check_models(parent_ids)
             hashes = writer.close()
             writer.write_index()
             _copy_side_files(plan, parents, tmp)
-            stats = {r["path"]: r for r in (*earlier_statistics, *inputs.statistics_record())}
+            stats = {r["path"]: r for r in (*earlier_statistics, *statistics_files.record())}
             if alignment is not None:
                 (tmp / ALIGNMENT_NAME).write_text(json.dumps(alignment, sort_keys=True, separators=(",", ":")) + "\n")
         entries = [FileEntry(path=n, sha256=h, size=s) for n, (h, s) in hashes.items()]

@@ -116,10 +116,11 @@ def _remerge(lineage, work: Path, parents: dict[str, Path], statistics: dict[str
     recipe = parse_recipe(lineage.recipe.text, Path(lineage.recipe.base_dir))
     # Each reference reads the bytes just re-hashed (a Hub ref at its recorded commit, not today's;
     # a parent changed in place from its restored copy).
+    statistics = statistics or {}
     locked = {r: p for r, p in parents.items() if r in recipe.model_refs()}
     # Each statistics setting reads the file holding its recorded bytes (restored from the store).
-    locked |= {v: (statistics or {})[str(path.resolve())] for v, path in recipe.statistics_refs()
-               if str(path.resolve()) in (statistics or {})}
+    locked |= {v: statistics[str(path.resolve())] for v, path in recipe.statistics_refs()
+               if str(path.resolve()) in statistics}
     recipe = recipe.model_copy(update={"locked": locked})
     if lineage.seed is not None and getattr(recipe, "seed", lineage.seed) != lineage.seed:
         recipe = recipe.model_copy(update={"seed": lineage.seed})
