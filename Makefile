@@ -41,25 +41,30 @@ bench: $(STAMP)
 
 # Evolutionary merging on the demo zoo (built first if missing): candidate throughput in memory
 # against a merge + evaluate loop, the ablation (M2N2, M2N2 alpha = 0, CMA-ES, random search; 3
-# seeds, held-out eval split), the default search from the RegMean recipe (600 candidates, 300 dev
-# prompts per domain), and M2N2 against CMA-ES from scratch on sklearn's digits.
+# seeds, held-out eval split), the default search from the sequential RegMean recipe (600
+# candidates, 300 dev prompts per domain), and M2N2 against CMA-ES from scratch on sklearn's digits.
 bench-evolve: $(STAMP)
 	@test -f data/zoo/zoo.json || $(BIN)/mergeops zoo build --profile demo --out data/zoo
-	@test -f data/stats/swap.gram.safetensors || $(MAKE) stats
+	@test -f data/stats/swap.sequential.safetensors || $(MAKE) stats
 	$(BIN)/python benchmarks/evolve_throughput.py --zoo data/zoo
 	$(BIN)/python benchmarks/evolve_ablation.py --zoo data/zoo
-	$(BIN)/python benchmarks/evolve_ablation.py --zoo data/zoo --recipe recipes/demo-regmean.yaml --arms CMA-ES \
-	  --seeds 1 --budget 600 --dev-size 300 --out bench-out/evolve-regmean
+	$(BIN)/python benchmarks/evolve_ablation.py --zoo data/zoo --recipe recipes/demo-regmean-sequential.yaml \
+	  --arms CMA-ES --seeds 1 --budget 600 --dev-size 300 --out bench-out/evolve-regmean-sequential
 	$(BIN)/python benchmarks/evolve_digits.py
 
-# RegMean statistics of the demo zoo's specialists for recipes/demo-regmean.yaml: Gram matrices of
-# each linear layer's inputs on 256 records of the specialist's own train split (never eval).
+# RegMean statistics of the demo zoo's specialists, from 256 records of each one's own train split
+# (never eval): Gram matrices of each linear layer's inputs for recipes/demo-regmean.yaml, and the
+# sequential ones (each layer measured with the layers before it merged) for
+# recipes/demo-regmean-sequential.yaml.
 stats: $(STAMP)
 	@test -f data/zoo/zoo.json || $(BIN)/mergeops zoo build --profile demo --out data/zoo
 	for d in reverse sort swap; do \
 	  $(BIN)/mergeops calibrate data/zoo/models/$$d --data data/zoo/domains/$$d/train.jsonl --kind gram \
 	    --samples 256 --out data/stats/$$d.gram.safetensors || exit 1; \
 	done
+	$(BIN)/mergeops calibrate recipes/demo-regmean-sequential.yaml --kind sequential --samples 256 \
+	  --data data/zoo/domains/reverse/train.jsonl --data data/zoo/domains/sort/train.jsonl \
+	  --data data/zoo/domains/swap/train.jsonl
 
 # The pipeline's own cost beyond merging and evaluating (see benchmarks/pipeline_overhead.py).
 bench-pipeline: $(STAMP)

@@ -296,16 +296,29 @@ def regmean(tensors: Sequence[torch.Tensor], grams: Sequence[torch.Tensor], alph
     W* = (sum_i W_i G̃_i)(sum_i G̃_i)^-1, with G̃ = alpha G + (1 - alpha) diag(G) for stability.
 
     ``weights`` scale each parent's Gram (how much its calibration data counts in the joint least
-    squares); equal weights, whatever their value, give plain RegMean."""
+    squares); equal weights, whatever their value, give plain RegMean.
+
+    A sequential statistic ``[2, in, in]`` (``mergeops calibrate --kind sequential``) holds
+    [Xₘᵀ Xₘ, Xₘᵀ Xᵢ]: the merged model's inputs Xₘ to this layer, with every earlier layer already
+    merged, beside the parent's own Xᵢ on the same tokens. The fit is then
+    min Σᵢ |Xₘ Wᵀ − Xᵢ Wᵢᵀ|², W* = (Σᵢ Wᵢ Cᵢᵀ)(Σᵢ Gₘᵢ)⁻¹: each layer also undoes the drift of its
+    inputs that the layers before it leave."""
     acc = torch.float64
+
+    def shrunk(m: torch.Tensor) -> torch.Tensor:
+        m = m.to(acc)
+        return alpha * m + (1 - alpha) * torch.diag(torch.diagonal(m))
+
     lhs = None
     rhs = None
-    for i, (w, g) in enumerate(zip(tensors, grams)):
-        g = g.to(acc)
-        g = alpha * g + (1 - alpha) * torch.diag(torch.diagonal(g))
+    for i, (w, s) in enumerate(zip(tensors, grams)):
+        sequential = s.dim() == 3
+        g = shrunk(s[0] if sequential else s)
+        c = shrunk(s[1]) if sequential else None
         if weights is not None:
             g = g * float(weights[i])
-        term = w.to(acc) @ g
+            c = None if c is None else c * float(weights[i])
+        term = w.to(acc) @ g if c is None else w.to(acc) @ c.T
         lhs = term if lhs is None else lhs + term
         rhs = g if rhs is None else rhs + g
     # W* rhs = lhs  ->  rhs^T W*^T = lhs^T (rhs is symmetric)

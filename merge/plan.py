@@ -327,5 +327,6 @@ def _check_statistics(recipe: Recipe, plans: list[TensorPlan], refs: list[str]) 
             want = tp.shape if recipe.method.statistics == "fisher" else (tp.shape[-1], tp.shape[-1])
             if recipe.method.statistics == "fisher" and info is None:
                 raise FormatError(f"{path}: no Fisher statistics for tensor {name!r} of {refs[parent]}")
-            if info is not None and tuple(info.shape) != want:
+            sequential = (2, *want) if recipe.method.statistics == "gram" else None  # [Gram, cross-Gram]
+            if info is not None and tuple(info.shape) not in (want, sequential):
                 raise FormatError(f"{path}: statistics for {name!r} have shape {list(info.shape)}, expected {list(want)}")

@@ -3,7 +3,9 @@
 Each file is hashed through the descriptor its tensors are then read from (``fd``, shared with the
 tensor reads), so the recorded sha256 is of the bytes merged; a file written to while the merge
 reads it fails the merge. Files written by ``mergeops calibrate`` name the model they were computed
-from (``mergeops.model_content_id``), which must be the parent they are given for.
+from (``mergeops.model_content_id``), which must be the parent they are given for; sequential
+statistics also name every parent they were computed with (``mergeops.merged_with``), which must all
+be parents of the merge.
 """
 
 from __future__ import annotations
@@ -45,8 +47,17 @@ class StatisticsFiles:
         is placed (RegMean's and Fisher's statistics describe their own parent; shared ones reduce
         either to a plain average). Statistics without calibrate's record (other tools') are taken
         as they are."""
+        present = set(parent_ids)
         for path, parents in sorted(self._users.items()):
-            made_from = read_header(Path(path)).metadata.get("mergeops.model_content_id")
+            metadata = read_header(Path(path)).metadata
+            made_from = metadata.get("mergeops.model_content_id")
+            merged_with = [c for c in metadata.get("mergeops.merged_with", "").split(",") if c]
+            missing = [c for c in merged_with if c not in present]
+            if missing:  # sequential statistics describe the merge of one set of parents
+                raise StaleStatistics(
+                    f"{path}: sequential statistics computed with parent content {missing[0][:16]}, which this "
+                    "merge does not have (another model, or changed since); run `mergeops calibrate --kind "
+                    "sequential` on this recipe again")
             for parent in sorted(parents):
                 if made_from is not None and made_from != parent_ids[parent]:
                     raise StaleStatistics(

@@ -1,0 +1,204 @@
+"""Sequential RegMean statistics: each linear layer's Grams taken with every layer before it merged.
+
+Plain RegMean fits every linear layer to the parents' outputs on the parents' own inputs, layer by
+layer and independently. In the merged model, though, a layer's inputs come from the merged layers
+before it, and that drift grows with depth. Here the layers are taken in the order the model runs
+them. For each, the model merged so far (the regmean recipe's own settings) and each parent run the
+parent's calibration data, and the statistics hold [Xₘᵀ Xₘ, Xₘᵀ Xᵢ]: the merged model's inputs
+beside the parent's own on the same tokens. ``merge.kernels.regmean`` then fits
+min Σᵢ |Xₘ Wᵀ − Xᵢ Wᵢᵀ|² (each layer matches the parents' outputs from the inputs it will really get),
+and the layer is merged before the next one is measured. Layers that read the same input (q, k, v)
+are one step.
+
+The files are ordinary ``statistics`` of the recipe, one per parent: ``mergeops merge`` solves from
+them alone and never runs a model. Each records its parent's content id and those of every parent
+it was computed with (``mergeops.merged_with``), so a merge with another set of parents refuses it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from evaluation.calibration import _encode, _examples
+from evaluation.quiet import quiet_libraries
+from merge import kernels as k
+from merge.errors import UsageError
+from merge.layout import read_layout
+from merge.manifest import content_id, sha256_file
+from merge.model_dir import check_loadable
+from merge.recipe import Conditional, Recipe
+
+
+class _Stop(Exception):
+    """Raised by a hook once the step's last layer has run: the rest of the forward is not needed."""
+
+
+def _scalar(params: dict | None, key: str, default: float, where: str) -> float:
+    value = (params or {}).get(key, default)
+    if isinstance(value, (Conditional, list)) or isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{where}: sequential statistics need one number for {key!r}, not per-layer values")
+    return float(value)
+
+
+def _check(recipe: Recipe, data: list[Path]) -> tuple[list[str], list[Path], list[float]]:
+    if recipe.stages or recipe.merge_method != "regmean" or not recipe.models or recipe.align:
+        raise UsageError("sequential statistics are for a one-stage `merge_method: regmean` recipe with `models:`")
+    refs, outs, weights = [], [], []
+    for m in recipe.models:
+        if m.model == recipe.base_model:
+            continue
+        out = (m.parameters or {}).get("statistics")
+        if not isinstance(out, str):
+            raise UsageError(f"{m.model}: give its `statistics` as one file path; calibrate writes it there")
+        refs.append(m.model)
+        outs.append(recipe.path_of(out))
+        weights.append(_scalar(m.parameters, "weight", 1.0, m.model))
+    if len(refs) < 2:
+        raise UsageError("sequential statistics need at least two models to merge besides the base")
+    if len(data) != len(refs):
+        raise UsageError(f"give one --data per model in the recipe's order ({', '.join(refs)}); got {len(data)}")
+    for out in outs:
+        if out.is_symlink() or (out.exists() and not out.is_file()):
+            raise UsageError(f"{out}: a statistics path is a symbolic link, a directory or a special file")
+    if len(set(map(str, outs))) != len(outs):
+        raise UsageError("two models name the same statistics file; sequential statistics are one file per model")
+    return refs, outs, weights
+
+
+def _load(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_loadable(path)  # no pickle under any name, no FIFO or /dev/zero, before transformers
+    with quiet_libraries():
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
+    return tok, model.eval()
+
+
+def _steps(model, ids: torch.Tensor, stored: set[str]) -> list[list[str]]:
+    """The model's linear layers in the order one forward runs them; consecutive layers reading the
+    same input tensor (q, k, v; gate, up) form one step. Only layers whose weight the checkpoint
+    holds under that name (``stored``) are measured: a tied output layer (the embedding's weight) and
+    weights stored under other names are what the merge averages, and so does the model here."""
+    calls: list[tuple[str, torch.Tensor]] = []  # the input itself, held: an id() could be reused
+    hooks = [m.register_forward_hook(lambda _m, inp, _o, n=n: calls.append((n, inp[0])))
+             for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and f"{n}.weight" in stored]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    steps: list[list[str]] = []
+    seen, last = set(), None
+    for name, source in calls:
+        if name in seen:
+            continue  # a layer run twice (shared weights) is fitted at its first use
+        seen.add(name)
+        if steps and source is last:
+            steps[-1].append(name)
+        else:
+            steps.append([name])
+        last = source
+    return steps
+
+
+def _inputs(model, names: list[str], ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each named layer's input rows (float64) on ``ids``; the forward stops after the last of them."""
+    mods = dict(model.named_modules())
+    got: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(_m, inp, _o):
+            if name not in got:
+                got[name] = inp[0].detach().reshape(-1, inp[0].shape[-1]).double()
+            if len(got) == len(names):
+                raise _Stop
+        return fn
+
+    hooks = [mods[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            model(input_ids=ids)
+    except _Stop:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+def compute_sequential(recipe: Recipe, data: list[Path], *, samples: int = 32) -> dict[str, torch.Tensor]:
+    """Write the sequential statistics of ``recipe`` (a regmean recipe) to each model's ``statistics``
+    path, from ``data[i]`` (calibration JSONL) for the i-th model; return the merged model's state as
+    computed on the way (what ``mergeops merge`` of the recipe then builds)."""
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    refs, outs, weights = _check(recipe, data)
+    params = recipe.parameters or {}
+    alpha = _scalar(params, "alpha", 0.9, "parameters")
+    lam = _scalar(params, "lambda", 1.0, "parameters")
+    examples = [_examples(d, samples) for d in data]
+    loaded = [_load(recipe.path_of(r)) for r in refs]
+    parents = [m for _, m in loaded]
+    states = [m.state_dict() for m in parents]
+    base = _load(recipe.path_of(recipe.base_model))[1].state_dict() if recipe.base_model and lam != 1.0 else None
+    for r, s in zip(refs[1:], states[1:]):
+        if {n: t.shape for n, t in s.items()} != {n: t.shape for n, t in states[0].items()}:
+            raise UsageError(f"{r}: its tensors differ in names or shapes from {refs[0]}'s; these models cannot be merged")
+
+    def scaled(name: str, merged: torch.Tensor) -> torch.Tensor:
+        if base is None:
+            return merged
+        return k.task_arithmetic(base[name], [merged], weights=[1.0], lam=lam, consume=True)
+
+    merged_model = copy.deepcopy(parents[0])
+    merged = merged_model.state_dict()
+    with torch.no_grad():  # every tensor starts as the weighted mean (what regmean gives all but linear layers)
+        for name in (n for n, t in merged.items() if t.is_floating_point()):
+            merged[name].copy_(scaled(name, k.linear([s[name] for s in states], weights, True)))
+    encoded = [[_encode(tok, p, t)[0] for p, t in ex] for (tok, _), ex in zip(loaded, examples)]
+    stored = set(read_layout(recipe.path_of(refs[0])).tensors)
+    steps = _steps(merged_model, encoded[0][0], {n for n in stored if n in merged})
+    if not steps:
+        raise UsageError(f"{refs[0]}: no torch.nn.Linear layer whose weight the checkpoint holds; sequential "
+                         "statistics are for models built of them (GPT-2's Conv1D layers are not)")
+    stats: list[dict[str, torch.Tensor]] = [{} for _ in refs]
+    for step in steps:
+        for i, parent in enumerate(parents):
+            g = {n: 0 for n in step}
+            c = {n: 0 for n in step}
+            rows = {n: 0 for n in step}
+            for ids in encoded[i]:
+                own, at = _inputs(parent, step, ids), _inputs(merged_model, step, ids)
+                for n in step:
+                    g[n] = g[n] + at[n].T @ at[n]
+                    c[n] = c[n] + at[n].T @ own[n]
+                    rows[n] += at[n].shape[0]
+            for n in step:  # float64: with alpha near 1 the solve is ill-conditioned and float32 loses it
+                stats[i][f"{n}.weight"] = torch.stack([g[n], c[n]]) / rows[n]
+        with torch.no_grad():
+            for n in step:
+                w = f"{n}.weight"
+                merged[w].copy_(scaled(w, k.regmean([s[w] for s in states], [st[w] for st in stats], alpha, weights)))
+    ids = [content_id(recipe.path_of(r)) for r in refs]
+    tmps = []
+    try:
+        for i, out in enumerate(outs):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+            tmps.append(tmp)
+            metadata = {"mergeops.statistics": "sequential", "mergeops.model_content_id": ids[i],
+                        "mergeops.merged_with": ",".join(ids), "mergeops.data_sha256": sha256_file(data[i]),
+                        "mergeops.samples": str(len(examples[i]))}
+            save_file({n: t.contiguous() for n, t in stats[i].items()}, str(tmp), metadata=metadata)
+        for tmp, out in zip(tmps, outs):
+            tmp.replace(out)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+    return {n: t.detach().clone() for n, t in merged.items()}
