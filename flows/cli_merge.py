@@ -53,7 +53,7 @@ def calibrate(source: Path, data: tuple[Path, ...], kind: str, out: Path | None,
     SOURCE is a model directory (fisher, gram) or, for --kind sequential, a regmean recipe.
 
     \b
-    Examples:
+    Example:
       mergeops calibrate data/zoo/models/sort --data data/zoo/domains/sort/train.jsonl \\
           --kind fisher --out /tmp/sort.fisher.safetensors
       mergeops calibrate recipes/demo-regmean-sequential.yaml --kind sequential --samples 256 \\
