@@ -133,6 +133,27 @@ def _inputs(model, names: list[str], ids: torch.Tensor) -> dict[str, torch.Tenso
     return got
 
 
+def _measure(parent, merged_model, step: list[str], encoded: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{weight name: [Xₘᵀ Xₘ, Xₘᵀ Xᵢ] / rows}`` (float64: with alpha near 1 the solve is ill-conditioned
+    and float32 loses it) for the step's layers on ``encoded``. A layer whose rows do not pair up on
+    some example (a routed expert that the two models send other tokens to, a layer one of them
+    skips) gets no statistics, and the merge averages it."""
+    g: dict[str, torch.Tensor] = {}
+    c: dict[str, torch.Tensor] = {}
+    rows = dict.fromkeys(step, 0)
+    unpaired: set[str] = set()
+    for ids in encoded:
+        own, at = _inputs(parent, step, ids), _inputs(merged_model, step, ids)
+        for n in step:
+            if n in own and n in at and own[n].shape == at[n].shape:
+                g[n] = g[n] + at[n].T @ at[n] if n in g else at[n].T @ at[n]
+                c[n] = c[n] + at[n].T @ own[n] if n in c else at[n].T @ own[n]
+                rows[n] += at[n].shape[0]
+            elif n in own or n in at:
+                unpaired.add(n)
+    return {f"{n}.weight": torch.stack([g[n], c[n]]) / rows[n] for n in step if rows[n] and n not in unpaired}
+
+
 def compute_sequential(recipe: Recipe, data: list[Path], *, samples: int = 32) -> dict[str, torch.Tensor]:
     """Write the sequential statistics of ``recipe`` (a regmean recipe) to each model's ``statistics``
     path, from ``data[i]`` (calibration JSONL) for the i-th model; return the merged model's state as
@@ -170,21 +191,13 @@ def compute_sequential(recipe: Recipe, data: list[Path], *, samples: int = 32) -
     stats: list[dict[str, torch.Tensor]] = [{} for _ in refs]
     for step in steps:
         for i, parent in enumerate(parents):
-            g = {n: 0 for n in step}
-            c = {n: 0 for n in step}
-            rows = {n: 0 for n in step}
-            for ids in encoded[i]:
-                own, at = _inputs(parent, step, ids), _inputs(merged_model, step, ids)
-                for n in step:
-                    g[n] = g[n] + at[n].T @ at[n]
-                    c[n] = c[n] + at[n].T @ own[n]
-                    rows[n] += at[n].shape[0]
-            for n in step:  # float64: with alpha near 1 the solve is ill-conditioned and float32 loses it
-                stats[i][f"{n}.weight"] = torch.stack([g[n], c[n]]) / rows[n]
+            stats[i].update(_measure(parent, merged_model, step, encoded[i]))
         with torch.no_grad():
             for n in step:
                 w = f"{n}.weight"
-                merged[w].copy_(scaled(w, k.regmean([s[w] for s in states], [st[w] for st in stats], alpha, weights)))
+                if all(w in st for st in stats):  # else the merge averages it, as the model here already does
+                    merged[w].copy_(scaled(w, k.regmean([s[w] for s in states], [st[w] for st in stats], alpha,
+                                                        weights)))
     ids = [content_id(recipe.path_of(r)) for r in refs]
     tmps = []
     try:

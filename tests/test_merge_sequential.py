@@ -152,3 +152,36 @@ def test_other_architectures_merge_to_the_model_calibrate_measured(family, tiny_
     measured = load_file(tmp_path / "sort.seq.safetensors")
     assert measured and all(n in merged and t.shape[0] == 2 for n, t in measured.items())
     assert ("lm_head.weight" in measured) == ("lm_head.weight" in merged)  # a tied output layer is not
+
+
+class _Routed(torch.nn.Module):
+    """Each token goes to one of two expert layers, by the sign of a router: a routed mixture."""
+
+    def __init__(self, bias: float):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.router = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 1)
+        self.e0, self.e1, self.out = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 10)
+        with torch.no_grad():
+            self.router.bias.fill_(bias)
+
+    def forward(self, input_ids):
+        h = self.embed(input_ids)[0]
+        first = self.router(h)[:, 0] > 0
+        y = torch.zeros_like(h)
+        if first.any():
+            y[first] = self.e0(h[first])
+        if (~first).any():
+            y[~first] = self.e1(h[~first])
+        return self.out(y)
+
+
+def test_layers_whose_rows_do_not_pair_up_get_no_statistics_and_are_averaged():
+    from evaluation.sequential_calibration import _measure
+
+    parent, merged = _Routed(10.0), _Routed(-10.0)  # the parent routes every token to e0, the merged model to e1
+    ids = [torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5]])]
+    assert set(_measure(parent, merged, ["router"], ids)) == {"router.weight"}
+    assert _measure(parent, merged, ["e0", "e1"], ids) == {}
+    out = _measure(parent, merged, ["out"], ids)["out.weight"]
+    assert out.shape == (2, 4, 4) and out.dtype == torch.float64
