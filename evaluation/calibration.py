@@ -45,31 +45,50 @@ def _encode(tok, prompt: str, target: str) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, labels
 
 
-def compute_statistics(model_dir: Path, data: Path, *, kind: str, out: Path, samples: int = 32) -> Path:
-    """Compute ``kind`` ("fisher" | "gram") statistics of ``model_dir`` on ``data``; write ``out``."""
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+def check_out(out: Path, what: str) -> None:
+    """Refuse a statistics path that is a symbolic link, a directory or a special file."""
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise UsageError(f"{out}: {what} is a symbolic link, a directory or a special file; give the path of a "
+                         "new or regular .safetensors file")
+
+
+def load_model(model_dir: Path):
+    """``(tokenizer, model)`` of ``model_dir`` in float32, in eval mode, after ``check_loadable``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if kind not in ("fisher", "gram"):
-        raise UsageError(f"unknown statistics kind {kind!r}; use fisher or gram")
-    out = Path(out)
-    if out.is_symlink() or (out.exists() and not out.is_file()):
-        raise UsageError(f"{out}: --out is a symbolic link, a directory or a special file; give the path of a "
-                         "new or regular .safetensors file")
     check_loadable(model_dir)  # no pickle under any name, no FIFO or /dev/zero, before transformers
-    examples = _examples(data, samples)
     with quiet_libraries():  # no "Loading weights" bar in a log
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True)
-    model.eval()
-    stats = _fisher(model, tok, examples) if kind == "fisher" else _gram(model, tok, examples)
+    return tok, model.eval()
+
+
+def temp_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.tmp-{os.getpid()}")
+
+
+def write_temp(out: Path, stats: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``stats`` beside ``out`` at ``temp_path(out)`` (the caller renames it into place)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = temp_path(out)
+    save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp), metadata=metadata)
+    return tmp
+
+
+def compute_statistics(model_dir: Path, data: Path, *, kind: str, out: Path, samples: int = 32) -> Path:
+    """Compute ``kind`` ("fisher" | "gram") statistics of ``model_dir`` on ``data``; write ``out``."""
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if kind not in ("fisher", "gram"):
+        raise UsageError(f"unknown statistics kind {kind!r}; use fisher or gram")
+    out = Path(out)
+    check_out(out, "--out")
+    examples = _examples(data, samples)
+    tok, model = load_model(model_dir)
+    stats = _fisher(model, tok, examples) if kind == "fisher" else _gram(model, tok, examples)
     # Which model and data they describe: a merge refuses statistics of another version of its parent.
     metadata = {"mergeops.statistics": kind, "mergeops.model_content_id": content_id(model_dir),
                 "mergeops.data_sha256": sha256_file(data), "mergeops.samples": str(len(examples))}
-    save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp), metadata=metadata)
-    tmp.replace(out)
+    write_temp(out, stats, metadata).replace(out)
     return out
 
 

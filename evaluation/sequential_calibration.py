@@ -22,16 +22,13 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from evaluation.calibration import _encode, _examples
-from evaluation.quiet import quiet_libraries
-from merge import kernels as k
+from evaluation.calibration import _encode, _examples, check_out, load_model, temp_path, write_temp
 from merge.errors import UsageError
 from merge.layout import read_layout
 from merge.manifest import content_id, sha256_file
-from merge.model_dir import check_loadable
-from merge.recipe import Conditional, Recipe
+from merge.methods import Call
+from merge.recipe import Recipe
 
 
 class _Stop(Exception):
@@ -40,7 +37,7 @@ class _Stop(Exception):
 
 def _scalar(params: dict | None, key: str, default: float, where: str) -> float:
     value = (params or {}).get(key, default)
-    if isinstance(value, (Conditional, list)) or isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # a list or a conditional: per layer
         raise UsageError(f"{where}: sequential statistics need one number for {key!r}, not per-layer values")
     return float(value)
 
@@ -63,21 +60,10 @@ def _check(recipe: Recipe, data: list[Path]) -> tuple[list[str], list[Path], lis
     if len(data) != len(refs):
         raise UsageError(f"give one --data per model in the recipe's order ({', '.join(refs)}); got {len(data)}")
     for out in outs:
-        if out.is_symlink() or (out.exists() and not out.is_file()):
-            raise UsageError(f"{out}: a statistics path is a symbolic link, a directory or a special file")
+        check_out(out, "a statistics path")
     if len(set(map(str, outs))) != len(outs):
         raise UsageError("two models name the same statistics file; sequential statistics are one file per model")
     return refs, outs, weights
-
-
-def _load(path: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    check_loadable(path)  # no pickle under any name, no FIFO or /dev/zero, before transformers
-    with quiet_libraries():
-        tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
-    return tok, model.eval()
 
 
 def _steps(model, ids: torch.Tensor, stored: set[str]) -> list[list[str]]:
@@ -164,24 +150,28 @@ def compute_sequential(recipe: Recipe, data: list[Path], *, samples: int = 32) -
     alpha = _scalar(params, "alpha", 0.9, "parameters")
     lam = _scalar(params, "lambda", 1.0, "parameters")
     examples = [_examples(d, samples) for d in data]
-    loaded = [_load(recipe.path_of(r)) for r in refs]
+    loaded = [load_model(recipe.path_of(r)) for r in refs]
     parents = [m for _, m in loaded]
     states = [m.state_dict() for m in parents]
-    base = _load(recipe.path_of(recipe.base_model))[1].state_dict() if recipe.base_model and lam != 1.0 else None
+    base = load_model(recipe.path_of(recipe.base_model))[1].state_dict() if recipe.base_model and lam != 1.0 else None
     for r, s in zip(refs[1:], states[1:]):
         if {n: t.shape for n, t in s.items()} != {n: t.shape for n, t in states[0].items()}:
             raise UsageError(f"{r}: its tensors differ in names or shapes from {refs[0]}'s; these models cannot be merged")
 
-    def scaled(name: str, merged: torch.Tensor) -> torch.Tensor:
-        if base is None:
-            return merged
-        return k.task_arithmetic(base[name], [merged], weights=[1.0], lam=lam, consume=True)
+    lead = [] if base is None else [{}]  # the base: first input, no parameters of its own
+    per_input = lead + [{"weight": w} for w in weights]
+
+    def merge(name: str, statistics: list[torch.Tensor | None]) -> torch.Tensor:
+        """The regmean method's own kernel on tensor ``name``, as the merge calls it."""
+        tensors = ([] if base is None else [base[name]]) + [s[name] for s in states]
+        return recipe.method.kernel(Call(name, tensors, None if base is None else 0, {"alpha": alpha, "lambda": lam},
+                                         per_input, stats=statistics))
 
     merged_model = copy.deepcopy(parents[0])
     merged = merged_model.state_dict()
-    with torch.no_grad():  # every tensor starts as the weighted mean (what regmean gives all but linear layers)
+    with torch.no_grad():  # every tensor as the merge makes it without statistics (a weighted mean)
         for name in (n for n, t in merged.items() if t.is_floating_point()):
-            merged[name].copy_(scaled(name, k.linear([s[name] for s in states], weights, True)))
+            merged[name].copy_(merge(name, [None] * len(refs)))
     encoded = [[_encode(tok, p, t)[0] for p, t in ex] for (tok, _), ex in zip(loaded, examples)]
     stored = set(read_layout(recipe.path_of(refs[0])).tensors)
     steps = _steps(merged_model, encoded[0][0], {n for n in stored if n in merged})
@@ -196,19 +186,16 @@ def compute_sequential(recipe: Recipe, data: list[Path], *, samples: int = 32) -
             for n in step:
                 w = f"{n}.weight"
                 if all(w in st for st in stats):  # else the merge averages it, as the model here already does
-                    merged[w].copy_(scaled(w, k.regmean([s[w] for s in states], [st[w] for st in stats], alpha,
-                                                        weights)))
+                    merged[w].copy_(merge(w, [st[w] for st in stats]))
     ids = [content_id(recipe.path_of(r)) for r in refs]
     tmps = []
     try:
         for i, out in enumerate(outs):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-            tmps.append(tmp)
             metadata = {"mergeops.statistics": "sequential", "mergeops.model_content_id": ids[i],
                         "mergeops.merged_with": ",".join(ids), "mergeops.data_sha256": sha256_file(data[i]),
                         "mergeops.samples": str(len(examples[i]))}
-            save_file({n: t.contiguous() for n, t in stats[i].items()}, str(tmp), metadata=metadata)
+            tmps.append(temp_path(out))  # removed below if a write fails
+            write_temp(out, stats[i], metadata)
         for tmp, out in zip(tmps, outs):
             tmp.replace(out)
     finally:
